@@ -1,0 +1,400 @@
+"""Configuration: YAML (safe loading) merged over the documented defaults.
+
+Every key a user may set is in DEFAULTS (and documented in config/lipsyncd.yaml, which a test keeps in
+step with this file). A mistake is reported as ConfigError naming the key, the file and the line, so
+`lipsyncd` can exit 2 with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SYSTEM_CONFIG = Path("/etc/lipsyncd/lipsyncd.yaml")
+DATA_ROOT = "/var/lib/lipsyncd"
+ENGINES = ("builtin", "wav2lip", "heygem", "command")
+
+DEFAULTS: dict[str, Any] = {
+    "paths": {
+        "inbox": f"{DATA_ROOT}/inbox",
+        "outputs": f"{DATA_ROOT}/outputs",
+        "failed": f"{DATA_ROOT}/failed",
+        "spool": f"{DATA_ROOT}/spool",
+        "state": f"{DATA_ROOT}/state",
+        "avatars": f"{DATA_ROOT}/avatars",
+    },
+    "ingest": {
+        "settle_seconds": 5,
+        "pair_timeout_minutes": 60,
+        "users_from": "folder",
+        "default_user": "shared",
+        "poll": False,
+        "rescan_seconds": 60,
+    },
+    "pipeline": {
+        "engine": "builtin",
+        "device": "auto",
+        "allowed_engines": list(ENGINES),
+        "batch_frames": 32,
+        "crf": 20,
+        "preset": "veryfast",
+        "builtin": {
+            "detect_every": 5,
+            "mouth_gain": 1.0,
+        },
+        "wav2lip": {
+            "checkpoint": None,
+            "pads": [0, 10, 0, 0],
+            "batch_size": 64,
+        },
+        "heygem": {
+            "base_url": "http://127.0.0.1:8383",
+            "host_data_dir": None,
+            "container_data_dir": "/code/data",
+            "timeout_minutes": 120,
+            "stall_minutes": 10,
+            "poll_seconds": 2.0,
+        },
+        "command": {
+            "argv": [],
+            "timeout_seconds": 3600,
+            "env": {},
+            "cwd": None,
+        },
+    },
+    "queue": {
+        "url": None,
+        "lease_seconds": 30,
+        "stop_timeout_seconds": 120,
+        "max_attempts": 3,
+    },
+    "janitor": {
+        "retention": {"default_days": 7, "rules": []},
+        "keep_marker": ".keep",
+        "failed_days": 14,
+        "min_age_hours": 24,
+        "disk": {"warn_percent": 80, "critical_percent": 90, "clear_percent": 75, "target_free_percent": 25},
+    },
+    "notify": {
+        "urls": [],
+        "apprise_config": None,
+        "events": ["disk", "job_failed"],
+        "repeat_hours": 6,
+    },
+    "logging": {"level": "INFO", "file": None},
+    "metrics": {"textfile": None},
+}
+
+# Keys whose default is None or whose shape a default cannot show: dotted key -> allowed types.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "pipeline.device": (str, list),
+    "pipeline.wav2lip.checkpoint": (str, type(None)),
+    "pipeline.heygem.host_data_dir": (str, type(None)),
+    "pipeline.command.cwd": (str, type(None)),
+    "queue.url": (str, type(None)),
+    "notify.apprise_config": (str, type(None)),
+    "logging.file": (str, type(None)),
+    "metrics.textfile": (str, type(None)),
+}
+_NUMBER = (int, float)
+_EVENTS = ("disk", "job_failed", "job_done")
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """A configuration mistake, worded for the person who edits the file."""
+
+    def __init__(self, message: str, key: str | None = None, source: str | None = None,
+                 line: int | None = None) -> None:
+        where = ""
+        if source:
+            where = f"{source}:{line}: " if line else f"{source}: "
+        what = f"{key}: " if key else ""
+        super().__init__(f"{where}{what}{message}")
+        self.key, self.source, self.line = key, source, line
+
+
+class Config(dict):
+    """The merged configuration (a plain nested dict) plus where it came from."""
+
+    source: str | None = None
+    lines: dict[str, int]
+
+    def __init__(self, data: Mapping[str, Any], source: str | None, lines: dict[str, int]) -> None:
+        super().__init__(data)
+        self.source = source
+        self.lines = lines
+
+    def path(self, name: str) -> Path:
+        """One of paths.* as a Path."""
+        return Path(self["paths"][name])
+
+    def error(self, key: str, message: str) -> ConfigError:
+        """A ConfigError pointing at the line that set *key* (or the file, for a default)."""
+        line = None
+        parts = key.split(".")
+        while parts and line is None:
+            line = self.lines.get(".".join(parts))
+            parts.pop()
+        return ConfigError(message, key=key, source=self.source, line=line)
+
+
+def default_config_path() -> Path | None:
+    """--config's default: $LIPSYNCD_CONFIG, then /etc/lipsyncd/lipsyncd.yaml if it exists."""
+    env = os.environ.get("LIPSYNCD_CONFIG")
+    if env:
+        return Path(env)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None
+
+
+def load(path: str | os.PathLike[str] | None, *, required: bool = True,
+         overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load and validate a config file merged over DEFAULTS.
+
+    With path None and required False (render, sync-score), the defaults alone are used.
+    *overrides* is a nested dict applied on top (tests, the demo).
+    """
+    data = copy.deepcopy(DEFAULTS)
+    lines: dict[str, int] = {}
+    source = None
+    if path is None:
+        if required:
+            raise ConfigError(
+                f"no configuration file: pass --config FILE, set LIPSYNCD_CONFIG, or create {SYSTEM_CONFIG}"
+            )
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError("file not found", source=source) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read it: {exc}", source=source) from None
+        user, lines = _parse(text, source)
+        _merge(data, user, "", source, lines)
+    if overrides:
+        _merge(data, copy.deepcopy(dict(overrides)), "", source, lines)
+    config = Config(data, source, lines)
+    _validate(config)
+    return config
+
+
+def _parse(text: str, source: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Safe-load YAML, recording the line of every mapping key for error messages."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", source=source,
+                          line=mark.line + 1 if mark else None) from None
+    if node is None:
+        return {}, {}
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError("the top level must be a mapping of sections (paths:, ingest:, ...)",
+                          source=source, line=node.start_mark.line + 1)
+    lines: dict[str, int] = {}
+    _record_lines(node, "", lines)
+    loader = yaml.SafeLoader("")
+    try:
+        value = loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", source=source) from None
+    return value, lines
+
+
+def _record_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            _record_lines(value_node, key + ".", lines)
+
+
+def _merge(base: dict[str, Any], user: Mapping[str, Any], prefix: str, source: str | None,
+           lines: dict[str, int]) -> None:
+    for key, value in user.items():
+        dotted = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in base:
+            known = ", ".join(sorted(base)) or "none"
+            raise ConfigError(f"unknown key (known here: {known})", key=dotted, source=source,
+                              line=lines.get(dotted))
+        if isinstance(base[key], dict) and key not in _FREE_FORM_KEYS.get(prefix.rstrip("."), ()):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"must be a mapping, not {_kind(value)}", key=dotted, source=source,
+                                  line=lines.get(dotted))
+            _merge(base[key], value, dotted + ".", source, lines)
+        else:
+            base[key] = value
+
+
+# Mappings whose keys are the user's own (not checked against DEFAULTS).
+_FREE_FORM_KEYS = {"pipeline.command": ("env",)}
+
+
+def _kind(value: Any) -> str:
+    return {type(None): "empty", bool: "true/false", str: "text", int: "a number", float: "a number",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _walk_leaves(defaults: Mapping[str, Any], prefix: str = ""):
+    for key, value in defaults.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in _FREE_DICTS:
+            yield from _walk_leaves(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+_FREE_DICTS = {"pipeline.command.env"}
+
+
+def _get(data: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = data
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def _validate(config: Config) -> None:
+    """Type-check every leaf against its default, then the few rules types cannot say."""
+    for dotted, default in _walk_leaves(DEFAULTS):
+        value = _get(config, dotted)
+        allowed = _TYPES.get(dotted)
+        if allowed is None:
+            if isinstance(default, bool):
+                allowed = (bool,)
+            elif isinstance(default, (int, float)):
+                allowed = _NUMBER
+            else:
+                allowed = (type(default),)
+        if isinstance(value, bool) and bool not in allowed:
+            ok = False
+        else:
+            ok = isinstance(value, allowed)
+        if not ok:
+            wanted = " or ".join(sorted({_kind_name(t) for t in allowed}))
+            raise config.error(dotted, f"must be {wanted}, not {_kind(value)} ({value!r})")
+
+    for dotted, check in _RULES.items():
+        message = check(_get(config, dotted))
+        if message:
+            raise config.error(dotted, message)
+
+    for name, value in config["paths"].items():
+        if not str(value).strip():
+            raise config.error(f"paths.{name}", "must not be empty")
+    rules = config["janitor"]["retention"]["rules"]
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, dict) or set(rule) != {"match", "days"} \
+                or not isinstance(rule["match"], str) or not isinstance(rule["days"], _NUMBER):
+            raise config.error("janitor.retention.rules",
+                               f"rule {i + 1} must look like {{match: \"<glob under outputs>\", days: N}}")
+    disk = config["janitor"]["disk"]
+    if not disk["clear_percent"] <= disk["warn_percent"] <= disk["critical_percent"] <= 100:
+        raise config.error("janitor.disk", "needs clear_percent <= warn_percent <= critical_percent <= 100")
+
+
+def _kind_name(t: type) -> str:
+    return {type(None): "empty (null)", bool: "true/false", str: "text", int: "a number",
+            float: "a number", list: "a list", dict: "a mapping"}.get(t, t.__name__)
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)} (not {value!r})"
+    return check
+
+
+def _devices(value: Any) -> str | None:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        return "must name at least one device"
+    for item in items:
+        if not isinstance(item, str) or not (item in ("auto", "cpu") or item == "cuda"
+                                              or (item.startswith("cuda:") and item[5:].isdigit())):
+            return f"each device must be auto, cpu, cuda or cuda:N (not {item!r})"
+    return None
+
+
+def _strings(value: Any) -> str | None:
+    return None if all(isinstance(v, str) for v in value) else "must be a list of text items"
+
+
+def _allowed_engines(value: Any) -> str | None:
+    bad = [v for v in value if v not in ENGINES]
+    return f"unknown engine(s) {bad}; known: {', '.join(ENGINES)}" if bad else None
+
+
+def _events(value: Any) -> str | None:
+    bad = [v for v in value if v not in _EVENTS]
+    return f"unknown event(s) {bad}; known: {', '.join(_EVENTS)}" if bad else None
+
+
+def _percent(value: Any) -> str | None:
+    return None if 0 < value <= 100 else "must be a percentage between 0 and 100"
+
+
+def _queue_url(value: Any) -> str | None:
+    if value is None or str(value).startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return "must be empty (SQLite in paths.state) or a redis://host:port/db URL"
+
+
+_RULES: dict[str, Callable[[Any], str | None]] = {
+    "ingest.settle_seconds": _not_negative,
+    "ingest.pair_timeout_minutes": _positive,
+    "ingest.rescan_seconds": _positive,
+    "ingest.users_from": _one_of("folder", "default"),
+    "pipeline.engine": _one_of(*ENGINES),
+    "pipeline.device": _devices,
+    "pipeline.allowed_engines": _allowed_engines,
+    "pipeline.batch_frames": _positive,
+    "pipeline.command.argv": _strings,
+    "queue.url": _queue_url,
+    "queue.lease_seconds": _positive,
+    "queue.stop_timeout_seconds": _not_negative,
+    "queue.max_attempts": _positive,
+    "janitor.retention.default_days": _not_negative,
+    "janitor.failed_days": _not_negative,
+    "janitor.min_age_hours": _not_negative,
+    "janitor.disk.warn_percent": _percent,
+    "janitor.disk.critical_percent": _percent,
+    "janitor.disk.clear_percent": _percent,
+    "janitor.disk.target_free_percent": _percent,
+    "notify.urls": _strings,
+    "notify.events": _events,
+    "notify.repeat_hours": _positive,
+    "logging.level": _one_of(*_LEVELS),
+}
+
+
+def ensure_folders(config: Config, names: tuple[str, ...] = ("inbox", "outputs", "failed", "spool", "state",
+                                                              "avatars")) -> None:
+    """Create the data folders; one that cannot be created is a configuration error (exit 2)."""
+    for name in names:
+        folder = config.path(name)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise config.error(f"paths.{name}", f"folder {folder} cannot be created: {exc.strerror}") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise config.error(f"paths.{name}", f"folder {folder} is not writable by this user")
+
+
+def devices(config: Mapping[str, Any]) -> list[str]:
+    """pipeline.device as a list: one worker per entry."""
+    value = config["pipeline"]["device"]
+    return list(value) if isinstance(value, list) else [value]

@@ -1,0 +1,23 @@
+"""Device choice: `auto` means CUDA when present, else CPU. Nothing here assumes CUDA exists."""
+
+from __future__ import annotations
+
+
+def resolve(device: str) -> str:
+    """Turn a configured device (auto, cpu, cuda, cuda:N) into the one to use, or raise ValueError."""
+    import torch
+
+    if device == "cpu":
+        return "cpu"
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = "cuda:0"
+    if device.startswith("cuda:") and device[5:].isdigit():
+        index = int(device[5:])
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} was asked for but this machine has no usable CUDA GPU")
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+        return device
+    raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda:N")

@@ -1,0 +1,87 @@
+"""Configuration: defaults, the shipped file, and errors that name the key, the file and the line."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daemon import config as configmod
+from daemon.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_config_documents_exactly_the_defaults() -> None:
+    shipped = yaml.safe_load((ROOT / "config" / "lipsyncd.yaml").read_text())
+    assert shipped == configmod.DEFAULTS
+    loaded = configmod.load(ROOT / "config" / "lipsyncd.yaml")
+    assert dict(loaded) == configmod.DEFAULTS
+
+
+def test_defaults_without_file_only_when_not_required() -> None:
+    assert configmod.load(None, required=False)["ingest"]["settle_seconds"] == 5
+    with pytest.raises(configmod.ConfigError, match="no configuration file"):
+        configmod.load(None, required=True)
+
+
+def test_user_values_merge_over_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("ingest:\n  settle_seconds: 1.5\npipeline:\n  device: [cpu, cuda:1]\n")
+    cfg = configmod.load(path)
+    assert cfg["ingest"]["settle_seconds"] == 1.5
+    assert cfg["ingest"]["rescan_seconds"] == 60
+    assert configmod.devices(cfg) == ["cpu", "cuda:1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("ingest:\n  settle_secs: 3\n", "ingest.settle_secs", 2),
+        ("paths:\n  inbox: /x\ningest:\n  poll: 'yes'\n", "ingest.poll", 4),
+        ("ingest:\n  settle_seconds: -1\n", "ingest.settle_seconds", 2),
+        ("pipeline:\n  engine: magic\n", "pipeline.engine", 2),
+        ("pipeline:\n  device: gpu0\n", "pipeline.device", 2),
+        ("queue:\n  url: http://x\n", "queue.url", 2),
+        ("janitor:\n  retention:\n    rules: [{match: x}]\n", "janitor.retention.rules", 3),
+        ("notify: []\n", "notify", 1),
+    ],
+)
+def test_errors_name_key_file_and_line(tmp_path: Path, text: str, key: str, line: int) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(configmod.ConfigError) as info:
+        configmod.load(path)
+    message = str(info.value)
+    assert key in message
+    assert f"{path}:{line}:" in message
+
+
+def test_invalid_yaml_reports_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("paths:\n  inbox: [unclosed\n")
+    with pytest.raises(configmod.ConfigError, match="not valid YAML"):
+        configmod.load(path)
+
+
+def test_cli_exits_2_on_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("logging:\n  level: LOUD\n")
+    assert cli_main(["--config", str(path), "status"]) == 2
+    err = capsys.readouterr().err
+    assert "logging.level" in err and f"{path}:2" in err
+
+
+def test_folders_that_cannot_be_created_are_config_errors(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    data = copy.deepcopy(configmod.DEFAULTS)
+    path = tmp_path / "c.yaml"
+    data["paths"] = {k: str(tmp_path / k) for k in data["paths"]}
+    data["paths"]["outputs"] = str(blocker / "outputs")
+    path.write_text(yaml.safe_dump(data))
+    cfg = configmod.load(path)
+    with pytest.raises(configmod.ConfigError, match="paths.outputs"):
+        configmod.ensure_folders(cfg)
