@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
             "timeout_minutes": 120,
             "stall_minutes": 10,
             "poll_seconds": 2.0,
+            "result_wait_seconds": 30,
         },
         "command": {
             "argv": [],
