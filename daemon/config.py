@@ -86,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
         "apprise_config": None,
         "events": ["disk", "job_failed"],
         "repeat_hours": 6,
+        "language": "en",
     },
     "logging": {"level": "INFO", "file": None},
     "metrics": {"textfile": None},
@@ -378,6 +379,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "notify.urls": _strings,
     "notify.events": _events,
     "notify.repeat_hours": _positive,
+    "notify.language": _one_of("en", "zh"),
     "logging.level": _one_of(*_LEVELS),
 }
 
