@@ -5,10 +5,10 @@ from __future__ import annotations
 
 def resolve(device: str) -> str:
     """Turn a configured device (auto, cpu, cuda, cuda:N) into the one to use, or raise ValueError."""
-    import torch
-
     if device == "cpu":
         return "cpu"
+    import torch  # only when a GPU may be involved: a CPU-only command-engine worker starts faster
+
     if device == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if device == "cuda":

@@ -1,0 +1,98 @@
+"""What a file name in the inbox means: media kind, stem, temp name, or a name we refuse.
+
+User and stem names may be any Unicode (Chinese names are normal); names with path separators, `..`,
+control characters or a leading dot are refused, because they end up as folder names under outputs/.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import unicodedata
+from dataclasses import dataclass
+
+AUDIO_EXTENSIONS = ("wav", "mp3", "m4a", "aac", "flac", "ogg", "opus")
+VIDEO_EXTENSIONS = ("mp4", "mov", "mkv", "webm", "avi")
+MANIFEST_SUFFIX = ".job.yaml"
+AVATAR_SEPARATOR = "@"
+# Names that copy tools use while a file is still being written; never treated as a drop.
+TEMP_PATTERNS = (".*", "*.part", "*.partial", "*.tmp", "*.crdownload", "*.download", "~*", "*~", "*.swp")
+MAX_NAME_BYTES = 255
+
+
+@dataclass(frozen=True)
+class DropName:
+    """A parsed inbox file name."""
+
+    name: str
+    stem: str
+    kind: str  # "audio" | "video" | "manifest" | "other"
+    ext: str  # lower-case, no dot ("" for manifests)
+
+    @property
+    def avatar(self) -> tuple[str, str] | None:
+        """(title, avatar) for an audio named <title>@<avatar>.<ext>, else None."""
+        if self.kind != "audio" or AVATAR_SEPARATOR not in self.stem:
+            return None
+        title, _, avatar = self.stem.rpartition(AVATAR_SEPARATOR)
+        if not title or not avatar:
+            return None
+        return title, avatar
+
+
+def is_temp_name(name: str) -> bool:
+    """True for names a copy is still being written under (rsync's .name.XXXXXX, *.part, ...)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in TEMP_PATTERNS)
+
+
+def parse(name: str) -> DropName:
+    lower = name.lower()
+    if lower.endswith(MANIFEST_SUFFIX):
+        return DropName(name, name[: -len(MANIFEST_SUFFIX)], "manifest", "")
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        return DropName(name, name, "other", "")
+    ext = ext.lower()
+    if ext in AUDIO_EXTENSIONS:
+        kind = "audio"
+    elif ext in VIDEO_EXTENSIONS:
+        kind = "video"
+    else:
+        kind = "other"
+    return DropName(name, stem, kind, ext)
+
+
+def refusal(name: str) -> str | None:
+    """Why *name* cannot be used as a user or job name, or None when it is fine."""
+    if not name:
+        return "the name is empty"
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return "the name contains a path separator or '..'"
+    if name.startswith("."):
+        return "the name starts with a dot (hidden and temporary files are ignored)"
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+        return "the name contains a control character (such as a newline or tab)"
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        return f"the name is longer than {MAX_NAME_BYTES} bytes"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the name is not valid UTF-8"
+    return None
+
+
+def printable(name: str) -> str:
+    """A form of *name* that is safe to use as a folder name and to print (control characters escaped)."""
+    out = []
+    for ch in name:
+        if ch in "/\\\0" or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(f"%{ord(ch):02X}")
+        elif "\udc80" <= ch <= "\udcff":  # undecodable byte kept by surrogateescape
+            out.append(f"%{ord(ch) - 0xDC00:02X}")
+        else:
+            out.append(ch)
+    text = "".join(out).lstrip(".") or "unnamed"
+    return text[:120]
+
+
+def media_kind(name: str) -> str:
+    return parse(name).kind

@@ -1,0 +1,85 @@
+"""The lease reaper: at-least-once execution on top of Huey's at-most-once delivery.
+
+Every pass looks at the spool: a running job whose lease went stale (its worker died) and a queued job
+that is not on the queue (Redis was down, or the daemon died between claim and enqueue) are put back
+on the queue. It also counts each user's jobs in flight, which the fairness priorities use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon import spool
+from daemon.log import fields
+from daemon.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
+
+log = logging.getLogger("lipsyncd.reaper")
+
+
+@dataclass
+class SpoolSummary:
+    queued: int = 0
+    running: list[dict[str, Any]] = field(default_factory=list)  # lease data of running jobs
+    per_user: dict[str, int] = field(default_factory=dict)
+    requeued: list[str] = field(default_factory=list)
+
+
+def reap(config: Mapping[str, Any], queue: JobQueue, *, grace_seconds: float | None = None) -> SpoolSummary:
+    """One pass over the spool; re-queues what was lost. Returns what the spool holds."""
+    lease_seconds = float(config["queue"]["lease_seconds"])
+    grace = lease_seconds if grace_seconds is None else grace_seconds
+    summary = SpoolSummary()
+    try:
+        pending = set(queue.pending())
+    except QueueUnavailable as exc:
+        log.warning("%s; lost jobs are re-queued when it is back", exc)
+        pending = None
+    now = time.time()
+    for entry in spool.jobs(Path(config["paths"]["spool"])):
+        job = entry.job
+        if job is None:
+            continue
+        summary.per_user[job.user] = summary.per_user.get(job.user, 0) + 1
+        if entry.lease is not None and entry.lease_age is not None and entry.lease_age < lease_seconds:
+            summary.running.append({**entry.lease, "job": job.id, "user": job.user, "stem": job.stem})
+            continue
+        summary.queued += 1
+        if pending is None or job.id in pending:
+            continue
+        if entry.lease is not None:
+            why = f"its worker {entry.lease.get('worker', '?')} stopped heartbeating {entry.lease_age:.0f} s ago"
+            spool.drop_lease(entry.folder)
+        else:
+            # A job that just left the queue has no lease for a moment: wait a grace period.
+            changed = _mtime(entry.folder / "job.json")
+            if now - changed < grace:
+                continue
+            why = "it was not on the queue"
+        try:
+            queue.put(job.id, priority=REQUEUE_PRIORITY)
+        except QueueUnavailable as exc:
+            log.warning("%s; job %s stays in the spool", exc, job.id, extra=fields(job_id=job.id, user=job.user))
+            break
+        _touch(entry.folder / "job.json")
+        summary.requeued.append(job.id)
+        log.warning("re-queued job %s (%s) because %s", job.id, job.stem, why,
+                    extra=fields(job_id=job.id, user=job.user, stage="reap"))
+    return summary
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.touch()

@@ -1,0 +1,283 @@
+"""`lipsyncd run`: the daemon systemd runs. Watches the inbox, claims pairs, supervises the workers.
+
+The main thread owns everything but the observer: it sleeps until a watcher event, a settle deadline,
+a rescan, a reaper pass or a signal, so an idle daemon uses no CPU. Workers are child processes (one
+per device) so torch never loads here. READY=1 goes to systemd only when the watcher runs and every
+worker has reported in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as queuemod
+import signal
+import subprocess
+import sys
+import time
+
+from daemon import config as configmod
+from daemon import log as logmod
+from daemon import spool
+from daemon.ingest import Ingest
+from daemon.log import fields
+from daemon.queue import JobQueue
+from daemon.reaper import SpoolSummary, reap
+from daemon.sdnotify import Notifier
+from daemon.watcher import Watcher
+
+log = logging.getLogger("lipsyncd")
+
+READY_TIMEOUT_SECONDS = 300.0  # torch + CUDA initialisation on a cold GPU host can be slow
+RESTART_BACKOFF_MAX = 60.0
+STATUS_EVERY_SECONDS = 2.0
+
+
+class WorkerProcess:
+    """One supervised `lipsyncd worker --device D` child."""
+
+    def __init__(self, device: str, config_path: str | None) -> None:
+        self.device = device
+        self.config_path = config_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.backoff = 1.0
+        self.restart_at = 0.0
+        self.failures = 0
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "daemon.cli"]
+        if self.config_path:
+            argv += ["--config", str(self.config_path)]
+        argv += ["worker", "--device", self.device]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        self.started = time.monotonic()
+        log.info("started worker for %s (pid %d)", self.device, self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Service:
+    def __init__(self, config: configmod.Config, config_path: str | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = Notifier()
+        self.stop_requested = False
+        self.reload_requested = False
+        self.queue = JobQueue(config)
+        self.ingest = Ingest(config, self.queue, on_failure=self._on_ingest_failure)
+        self.watcher = Watcher(config.path("inbox"), poll=config["ingest"]["poll"])
+        self.workers = [WorkerProcess(d, config_path) for d in configmod.devices(config)]
+        self.summary = SpoolSummary()
+        self.ready = False
+        self.exit_code = 0
+
+    # --- signals -----------------------------------------------------------------------------------
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.stop_requested = True
+        self.watcher.changes.put_nowait(None)  # type: ignore[arg-type]  # wake the main loop
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self.reload_requested = True
+        self.watcher.changes.put_nowait(None)  # type: ignore[arg-type]
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        spool_dir = self.config.path("spool")
+        for job_id in spool.recover_claims(spool_dir):
+            log.info("recovered interrupted claim %s", job_id, extra=fields(job_id=job_id))
+        self.summary = reap(self.config, self.queue, grace_seconds=0)
+        self.ingest.in_flight = dict(self.summary.per_user)
+        for worker in self.workers:
+            worker.start()
+        self.watcher.start()
+        self.ingest.scan()
+        self.ingest.tick(all_folders=True)
+        log.info("watching %s (%s); %d worker(s): %s; queue %s", self.config.path("inbox"), self.watcher.mode,
+                 len(self.workers), ", ".join(w.device for w in self.workers), self.queue.where)
+
+        now = time.monotonic()
+        next_rescan = now + float(self.config["ingest"]["rescan_seconds"])
+        next_reap = now + self._reap_interval()
+        next_status = now
+        next_watchdog = now
+        ready_deadline = now + READY_TIMEOUT_SECONDS
+        last_status = ""
+        while not self.stop_requested:
+            now = time.monotonic()
+            wake = [next_rescan, next_reap, next_status if self.notifier.enabled else next_rescan]
+            if self.notifier.watchdog_interval:
+                wake.append(next_watchdog)
+            deadline = self.ingest.next_deadline()
+            if deadline is not None:
+                wake.append(deadline + 0.01)
+            timeout = max(0.0, min(wake) - now)
+            self._drain(timeout)
+            if self.stop_requested:
+                break
+            if self.reload_requested:
+                self._reload()
+            now = time.monotonic()
+            all_folders = now >= next_rescan
+            if all_folders:
+                self.ingest.scan()
+                next_rescan = now + float(self.config["ingest"]["rescan_seconds"])
+                if not self.watcher.alive():
+                    log.error("the inbox watcher stopped; restarting it")
+                    self.watcher.stop()
+                    self.watcher.start()
+            self.ingest.tick(all_folders=all_folders)
+            if now >= next_reap:
+                self.summary = reap(self.config, self.queue)
+                self.ingest.in_flight = dict(self.summary.per_user)
+                next_reap = now + self._reap_interval()
+            if not self._supervise():
+                self.exit_code = 2
+                break
+            if not self.ready and self._workers_ready():
+                self.ready = True
+                self.notifier.ready(self._status_text())
+                log.info("ready: taking work")
+            elif not self.ready and now > ready_deadline:
+                log.error("workers did not report ready within %.0f s", READY_TIMEOUT_SECONDS)
+                ready_deadline = float("inf")
+            if self.notifier.watchdog_interval and now >= next_watchdog:
+                if self.watcher.alive():
+                    self.notifier.watchdog()
+                next_watchdog = now + self.notifier.watchdog_interval
+            if now >= next_status:
+                text = self._status_text()
+                if text != last_status:
+                    self.notifier.status(text)
+                    last_status = text
+                next_status = now + STATUS_EVERY_SECONDS
+        self._shutdown()
+        return self.exit_code
+
+    def _drain(self, timeout: float) -> None:
+        """Wait up to *timeout* for watcher events, then take all that are waiting."""
+        try:
+            change = self.watcher.changes.get(timeout=timeout)
+        except queuemod.Empty:
+            return
+        while True:
+            if change is not None:
+                self.ingest.change(change)
+            try:
+                change = self.watcher.changes.get_nowait()
+            except queuemod.Empty:
+                return
+
+    def _reap_interval(self) -> float:
+        return max(1.0, min(5.0, float(self.config["queue"]["lease_seconds"]) / 3))
+
+    def _supervise(self) -> bool:
+        """Restart workers that died; False when a worker cannot start at all (bad engine setup)."""
+        now = time.monotonic()
+        for worker in self.workers:
+            if worker.alive() or self.stop_requested:
+                continue
+            if worker.proc is not None and worker.restart_at == 0.0:
+                code = worker.proc.returncode
+                if code == 2 and not self.ready:
+                    log.error("the worker for %s could not start (see its message above); stopping", worker.device)
+                    return False
+                worker.failures += 1
+                worker.restart_at = now + worker.backoff
+                log.error("worker for %s exited with status %s; restarting in %.0f s (its job, if any, is "
+                          "re-queued when its lease expires)", worker.device, code, worker.backoff)
+                worker.backoff = min(worker.backoff * 2, RESTART_BACKOFF_MAX)
+            elif now >= worker.restart_at:
+                worker.restart_at = 0.0
+                worker.start()
+            if worker.alive() and now - worker.started > 60:
+                worker.backoff = 1.0
+        return True
+
+    def _workers_ready(self) -> bool:
+        beats = {(b.get("pid")): b for b in spool.heartbeats(self.config.path("spool"))}
+        for worker in self.workers:
+            if worker.proc is None:
+                return False
+            beat = beats.get(worker.proc.pid)
+            if beat is None or beat.get("state") not in ("idle", "busy"):
+                return False
+        return True
+
+    def _status_text(self) -> str:
+        summary = self.summary
+        parts = [f"{summary.queued} queued", f"{len(summary.running)} running"]
+        for lease in summary.running[:3]:
+            parts.append(f"{lease.get('user')}/{lease.get('stem')} {lease.get('stage', '?')} "
+                         f"{100 * float(lease.get('progress') or 0):.0f}%")
+        parts.append(f"{self.ingest.claimed} claimed since start")
+        return "; ".join(parts)
+
+    def _reload(self) -> None:
+        self.reload_requested = False
+        self.notifier.reloading()
+        try:
+            new = configmod.load(self.config_path)
+            configmod.ensure_folders(new)
+        except configmod.ConfigError as exc:
+            log.error("configuration not reloaded, keeping the old one: %s", exc)
+            self.notifier.ready(self._status_text())
+            return
+        if configmod.devices(new) != configmod.devices(self.config) or new["paths"] != self.config["paths"] \
+                or new["queue"]["url"] != self.config["queue"]["url"]:
+            log.warning("pipeline.device, paths and queue.url changes take effect after a restart "
+                        "(systemctl restart lipsyncd)")
+        self.config = new
+        logmod.setup(new["logging"], service=True)
+        self.ingest.apply_config(new)
+        for worker in self.workers:
+            if worker.alive():
+                assert worker.proc is not None
+                worker.proc.send_signal(signal.SIGHUP)
+        log.info("configuration reloaded from %s", self.config_path)
+        self.notifier.ready(self._status_text())
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping("stopping: letting running jobs finish")
+        log.info("stopping: no new jobs are taken; running jobs get %s s to finish",
+                 self.config["queue"]["stop_timeout_seconds"])
+        self.watcher.stop()
+        for worker in self.workers:
+            if worker.alive():
+                assert worker.proc is not None
+                worker.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + float(self.config["queue"]["stop_timeout_seconds"]) + 15
+        for worker in self.workers:
+            if worker.proc is None:
+                continue
+            try:
+                worker.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker for %s did not stop in time; killing it (its job is re-queued at the next start)",
+                          worker.device)
+                worker.proc.kill()
+                worker.proc.wait()
+        self.queue.close()
+        log.info("stopped")
+
+    def _on_ingest_failure(self, user: str, stem: str, where: str, reason: str) -> None:
+        from daemon.worker import _notify
+
+        _notify(self.config, "job_failed", user, stem, "", f"{reason}\n({where})")
+
+
+def main(config: configmod.Config, config_path: str | os.PathLike[str] | None) -> int:
+    logmod.setup(config["logging"], service=True)
+    configmod.ensure_folders(config)
+    path = str(config_path) if config_path else None
+    return Service(config, path).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(configmod.load(os.environ.get("LIPSYNCD_CONFIG")), os.environ.get("LIPSYNCD_CONFIG")))

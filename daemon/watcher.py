@@ -1,0 +1,117 @@
+"""Watching the inbox: watchdog's inotify observer, or polling for NFS/SMB mounts.
+
+The watcher only reports which paths changed and how (a Change on a thread-safe queue); the ingest
+loop decides what the change means. When the kernel runs out of inotify watches or instances, the
+watcher says so with the sysctl to raise and falls back to polling, so drops are still seen.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import queue
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileClosedNoWriteEvent,
+    FileOpenedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+    FileSystemMovedEvent,
+)
+
+log = logging.getLogger("lipsyncd.watcher")
+
+POLL_INTERVAL_SECONDS = 1.0
+_IGNORED = (FileOpenedEvent, FileClosedNoWriteEvent)
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    closed: bool = False  # close_write or moved_to: the writer says it is done
+    is_dir: bool = False
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, changes: queue.Queue[Change]) -> None:
+        self.changes = changes
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, _IGNORED):
+            return
+        src = _text(event.src_path)
+        if isinstance(event, FileSystemMovedEvent):
+            dest = _text(event.dest_path)
+            self.changes.put(Change(src, is_dir=isinstance(event, DirMovedEvent)))
+            self.changes.put(Change(dest, closed=True, is_dir=isinstance(event, DirMovedEvent)))
+            return
+        closed = isinstance(event, FileClosedEvent)
+        self.changes.put(Change(src, closed=closed, is_dir=isinstance(event, DirCreatedEvent) or event.is_directory))
+
+
+def _text(path: str | bytes) -> str:
+    return path.decode("utf-8", "surrogateescape") if isinstance(path, bytes) else path
+
+
+class Watcher:
+    """Starts an observer on the inbox; Change objects arrive on .changes."""
+
+    def __init__(self, inbox: Path, *, poll: bool) -> None:
+        self.inbox = inbox
+        self.changes: queue.Queue[Change] = queue.Queue()
+        self.poll = poll
+        self._observer = None
+        self.mode = ""
+
+    def start(self) -> None:
+        if not self.poll:
+            try:
+                self._start(polling=False)
+                self.mode = "inotify"
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                    raise
+                log.warning("%s; watching %s by polling every %g s instead. To use inotify, raise the limit, e.g. "
+                            "sysctl -w fs.inotify.max_user_%s=%s (and add it to /etc/sysctl.d/)", exc.strerror,
+                            self.inbox, POLL_INTERVAL_SECONDS,
+                            "watches" if exc.errno == errno.ENOSPC else "instances",
+                            "524288" if exc.errno == errno.ENOSPC else "1024")
+                self._stop_observer()
+        self._start(polling=True)
+        self.mode = "polling"
+
+    def _start(self, *, polling: bool) -> None:
+        if polling:
+            from watchdog.observers.polling import PollingObserver
+
+            observer = PollingObserver(timeout=POLL_INTERVAL_SECONDS)
+        else:
+            from watchdog.observers.inotify import InotifyObserver
+
+            observer = InotifyObserver()
+        self._observer = observer
+        observer.schedule(_Handler(self.changes), str(self.inbox), recursive=True)
+        observer.start()
+
+    def _stop_observer(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is None:
+            return
+        try:
+            observer.stop()
+            if observer.is_alive():
+                observer.join(timeout=5)
+        except (OSError, RuntimeError):
+            pass
+
+    def alive(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
+
+    def stop(self) -> None:
+        self._stop_observer()

@@ -1,0 +1,409 @@
+"""A worker: one process per device that takes job ids off the queue and runs them through an engine.
+
+Only workers import the pipeline (and so torch). A job is run under a lease (spool/<id>/lease) that a
+heartbeat thread touches with the current stage and progress; a worker that dies leaves a stale lease
+and the daemon's reaper puts the job back on the queue. SIGTERM: finish the running job within
+queue.stop_timeout_seconds or put it back; SIGHUP: reload the configuration between jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from daemon import config as configmod
+from daemon import filing, spool
+from daemon import log as logmod
+from daemon.job import WORK_DIR, Job, load, save
+from daemon.log import fields
+from daemon.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
+
+log = logging.getLogger("lipsyncd.worker")
+
+IDLE_POLL_MIN, IDLE_POLL_MAX = 0.02, 0.25  # seconds between empty-queue polls (backs off when idle)
+QUEUE_RETRY_MAX = 30.0
+HEARTBEAT_MAX_SECONDS = 2.0
+EXIT_ENGINE_UNAVAILABLE = 2
+
+
+class Requeue(BaseException):
+    """Raised in the main thread when a stop cannot wait for the running job any longer."""
+
+
+class Worker:
+    def __init__(self, config: configmod.Config, device: str, config_path: str | os.PathLike[str] | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.configured_device = device
+        self.device = device
+        self.spool = config.path("spool")
+        self.name = f"{socket.gethostname()}-{device.replace(':', '')}"
+        self.stopping = False
+        self.reload_requested = False
+        self.current: tuple[Job, Path] | None = None
+        self.stage, self.progress = "idle", 0.0
+        self._engines: dict[str, Any] = {}
+        self._queue: JobQueue | None = None
+        self._stop_heartbeat = threading.Event()
+
+    # --- process life ------------------------------------------------------------------------------
+
+    def main(self) -> int:
+        from pipeline.devices import resolve
+        from pipeline.engines import EngineUnavailable
+
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        try:
+            self.device = resolve(self.configured_device)
+            self.engine(self.config["pipeline"]["engine"])  # checked now, not mid-job
+        except (ValueError, EngineUnavailable) as exc:
+            log.error("worker for %s cannot start: %s", self.configured_device, exc)
+            self._heartbeat(state="error", error=str(exc))
+            return EXIT_ENGINE_UNAVAILABLE
+        self._queue = JobQueue(self.config, blocking_seconds=1.0)
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        log.info("worker %s ready on %s (engine %s, queue %s)", self.name, self.device,
+                 self.config["pipeline"]["engine"], self._queue.where)
+        self._heartbeat(state="idle")
+        try:
+            self._loop()
+        finally:
+            self._stop_heartbeat.set()
+            self._heartbeat(state="stopped")
+            for engine in self._engines.values():
+                with contextlib.suppress(Exception):
+                    engine.close()
+        return 0
+
+    def _loop(self) -> None:
+        assert self._queue is not None
+        idle = IDLE_POLL_MIN
+        retry = 1.0
+        while not self.stopping:
+            if self.reload_requested:
+                self._reload()
+            try:
+                job_id = self._queue.take()
+                retry = 1.0
+            except QueueUnavailable as exc:
+                log.warning("%s; retrying in %.0f s", exc, retry)
+                self._sleep(retry)
+                retry = min(retry * 2, QUEUE_RETRY_MAX)
+                continue
+            if job_id is None:
+                self._sleep(idle)
+                idle = min(idle * 2, IDLE_POLL_MAX)
+                continue
+            idle = IDLE_POLL_MIN
+            try:
+                self.run_job(job_id)
+            except Requeue:
+                break
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(min(0.05, seconds))
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.current is not None:
+            timeout = float(self.config["queue"]["stop_timeout_seconds"])
+            log.info("stopping: giving job %s up to %g s to finish", self.current[0].id, timeout,
+                     extra=fields(job_id=self.current[0].id, user=self.current[0].user))
+            signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.001))
+
+    def _on_alarm(self, signum: int, frame: object) -> None:
+        if self.current is not None:
+            raise Requeue()
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self.reload_requested = True
+
+    def _reload(self) -> None:
+        self.reload_requested = False
+        try:
+            new = configmod.load(self.config_path)
+        except configmod.ConfigError as exc:
+            log.error("configuration not reloaded, keeping the old one: %s", exc)
+            return
+        self.config = new
+        self._engines.clear()
+        logmod.setup(new["logging"], service=True)
+        log.info("configuration reloaded from %s", self.config_path)
+
+    # --- heartbeats --------------------------------------------------------------------------------
+
+    def _heartbeat_interval(self) -> float:
+        return min(HEARTBEAT_MAX_SECONDS, float(self.config["queue"]["lease_seconds"]) / 3)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop_heartbeat.wait(self._heartbeat_interval()):
+            current = self.current
+            with contextlib.suppress(OSError):
+                if current is not None:
+                    spool.touch_lease(current[1], self._lease_data(current[0]))
+                self._heartbeat(state="busy" if current else ("stopping" if self.stopping else "idle"))
+
+    def _lease_data(self, job: Job) -> dict[str, Any]:
+        return {"worker": self.name, "host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
+                "job": job.id, "user": job.user, "stage": self.stage, "progress": round(self.progress, 4)}
+
+    def _heartbeat(self, **data: Any) -> None:
+        current = self.current
+        with contextlib.suppress(OSError):
+            spool.write_heartbeat(self.spool, self.name, {
+                "host": socket.gethostname(), "device": self.device, "pid": os.getpid(),
+                "job": current[0].id if current else None, "user": current[0].user if current else None,
+                "stage": self.stage, "progress": round(self.progress, 4),
+                "interval": self._heartbeat_interval(), **data})
+
+    def _progress(self, stage: str, fraction: float) -> None:
+        self.stage, self.progress = stage, max(0.0, min(1.0, fraction))
+
+    # --- one job -----------------------------------------------------------------------------------
+
+    def engine(self, name: str) -> Any:
+        from pipeline.engines import get_engine
+
+        engine = self._engines.get(name)
+        if engine is None:
+            engine = get_engine(name, self.config["pipeline"])
+            engine.check()
+            self._engines[name] = engine
+        return engine
+
+    def run_job(self, job_id: str) -> None:
+        folder = self.spool / job_id
+        lease_seconds = float(self.config["queue"]["lease_seconds"])
+        if not spool.take_lease(folder, {"worker": self.name, "host": socket.gethostname(), "pid": os.getpid(),
+                                          "device": self.device, "job": job_id}, stale_after=lease_seconds):
+            log.debug("job %s is done or held by another worker; skipping the duplicate", job_id)
+            return
+        try:
+            job = load(folder)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.error("job %s has an unreadable job.json (%s); moving it to failed/", job_id, exc,
+                      extra=fields(job_id=job_id))
+            self._fail_unreadable(folder, job_id, str(exc))
+            return
+        job.attempts += 1
+        job.state = "running"
+        save(folder, job)
+        self.current = (job, folder)
+        self._progress("starting", 0.0)
+        context = fields(job_id=job.id, user=job.user)
+        try:
+            if job.attempts > int(self.config["queue"]["max_attempts"]):
+                self._fail(job, folder, f"the worker processing this job stopped unexpectedly {job.attempts - 1} "
+                                        "times (crashed or was killed), so lipsyncd gave up on it. The input may "
+                                        "make the engine crash; check the log of this job.", engine=None)
+                return
+            self._execute(job, folder)
+        except Requeue:
+            self._requeue(job, folder, "the worker was stopped before the job finished")
+            raise
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self.current = None
+            self._progress("idle", 0.0)
+            log.debug("job %s left the worker", job.id, extra=context)
+
+    def _execute(self, job: Job, folder: Path) -> None:
+        from pipeline.engines import EngineError, JobSpec
+
+        engine_name = job.engine or self.config["pipeline"]["engine"]
+        context = fields(job_id=job.id, user=job.user)
+        if job.published and Path(job.published).exists():
+            log.info("job %s was already published as %s; finishing", job.id, job.published, extra=context)
+            self._finish(job, folder)
+            return
+        started = time.monotonic()
+        timings: dict[str, float] = {"queued": max(0.0, time.time() - job.created)}
+        audio = folder / job.audio.file
+        video = Path(job.video.file) if not job.video.consumed else folder / job.video.file
+        log.info("rendering %s with %s on %s (attempt %d)", job.stem, engine_name, self.device, job.attempts,
+                 extra=fields(job_id=job.id, user=job.user, stage="render"))
+        try:
+            self._progress("verify", 0.0)
+            t = time.monotonic()
+            hashes = {"audio": _sha256(audio), "video": _sha256(video)}
+            timings["verify"] = time.monotonic() - t
+            engine = self.engine(engine_name)
+            work = folder / WORK_DIR
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            output = work / "output.mp4"
+            spec = JobSpec(audio=audio, video=video, output=output, device=self.device, workdir=work,
+                           options=job.options)
+            t = time.monotonic()
+            result = engine.render(spec, self._progress)
+            timings["engine"] = time.monotonic() - t
+        except EngineError as exc:
+            self._fail(job, folder, str(exc), engine=engine_name)
+            return
+        except FileNotFoundError as exc:
+            self._fail(job, folder, f"an input file disappeared while the job was queued ({exc.filename}). "
+                                    "Drop the pair again.", engine=engine_name)
+            return
+        except Exception as exc:
+            log.exception("internal error in job %s", job.id, extra=fields(job_id=job.id, user=job.user,
+                                                                             stage=self.stage))
+            self._fail(job, folder, f"lipsyncd hit an internal error while rendering ({type(exc).__name__}: {exc}). "
+                                    "This is a bug, not a problem with your files; the log has the details. "
+                                    "Report it with the job id, then retry the job.", engine=engine_name)
+            return
+
+        self._progress("publish", 1.0)
+        t = time.monotonic()
+        score = _score(output)
+        timings["score"] = time.monotonic() - t
+        poster = work / "poster.jpg"
+        has_poster = _poster(output, poster)
+        timings.update({f"engine.{k}": v for k, v in result.timings.items()})
+        record = {
+            "job_id": job.id, "user": job.user, "name": job.stem, "engine": engine_name, "device": self.device,
+            "worker": self.name, "attempts": job.attempts,
+            "inputs": {role: {"name": f.name, "size": _size_of(p), "sha256": hashes[role]}
+                       for role, f, p in (("audio", job.audio, audio), ("video", job.video, video))},
+            "frames": result.frames, "fps": result.fps, "details": result.details,
+            "sync_score": score, "created": job.created, "finished": time.time(),
+            "timings": {k: round(v, 4) for k, v in timings.items()}, "output_bytes": output.stat().st_size,
+        }
+        if job.publish_dir is None:
+            job.publish_dir = str(Path(self.config["paths"]["outputs"]) / filing.today() / _safe(job.user))
+            save(folder, job)
+        sidecars: dict[str, Any] = {".json": record}
+        if has_poster:
+            sidecars[".jpg"] = poster
+        final = filing.publish(Path(self.config["paths"]["outputs"]), job, output, sidecars=sidecars,
+                               publish_dir=Path(job.publish_dir))
+        job.published = str(final)
+        save(folder, job)
+        total = time.monotonic() - started
+        log.info("done %s -> %s in %.1f s (sync score %s)", job.stem, final, total,
+                 f"{score['correlation']:.2f}" if score else "n/a", extra=fields(job_id=job.id, user=job.user,
+                                                                                 stage="done"))
+        self._finish(job, folder)
+        _notify(self.config, "job_done", job.user, job.stem, job.id, str(final))
+
+    def _finish(self, job: Job, folder: Path) -> None:
+        """The output is in place: the consumed inputs and the spool folder go."""
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _fail(self, job: Job, folder: Path, reason: str, *, engine: str | None) -> None:
+        files = [(folder / f.file, f.name) for f in job.inputs() if f.consumed and (folder / f.file).exists()]
+        if not job.video.consumed:
+            reason += f"\n\n(The avatar video {job.video.file} was used and is unchanged.)"
+        try:
+            where = filing.file_failure(Path(self.config["paths"]["failed"]), job.user, job.stem, files, reason,
+                                        job=job, engine=engine, device=self.device)
+        except OSError as exc:
+            log.error("job %s failed (%s) and could not be filed under failed/ (%s); it stays in the spool",
+                      job.id, reason.splitlines()[0], exc, extra=fields(job_id=job.id, user=job.user))
+            spool.drop_lease(folder)
+            return
+        log.error("failed %s: %s (inputs and error.txt in %s)", job.stem, reason.splitlines()[0], where,
+                  extra=fields(job_id=job.id, user=job.user, stage="failed"))
+        shutil.rmtree(folder, ignore_errors=True)
+        _notify(self.config, "job_failed", job.user, job.stem, job.id, reason)
+
+    def _fail_unreadable(self, folder: Path, job_id: str, why: str) -> None:
+        files = [(p, p.name) for p in folder.iterdir() if p.is_file() and p.name not in ("lease", "job.json")]
+        filing.file_failure(Path(self.config["paths"]["failed"]), "unknown", job_id, files,
+                            f"the job's record (job.json) is damaged: {why}")
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _requeue(self, job: Job, folder: Path, why: str) -> None:
+        job.state = "queued"
+        job.attempts = max(0, job.attempts - 1)  # a stop is not the job's fault
+        with contextlib.suppress(OSError):
+            save(folder, job)
+        spool.drop_lease(folder)
+        try:
+            assert self._queue is not None
+            self._queue.put(job.id, priority=REQUEUE_PRIORITY)
+            log.warning("%s; job %s is back on the queue", why, job.id, extra=fields(job_id=job.id, user=job.user))
+        except QueueUnavailable as exc:
+            log.warning("%s; %s (the daemon queues it again later)", why, exc,
+                        extra=fields(job_id=job.id, user=job.user))
+
+
+def _safe(user: str) -> str:
+    from daemon.names import printable
+
+    return printable(user)
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _score(video: Path) -> dict[str, Any] | None:
+    """The engine-independent sync score of an output, or None when it cannot be computed."""
+    try:
+        from pipeline.syncscore import sync_score
+
+        return sync_score(video).to_dict()
+    except Exception as exc:  # noqa: BLE001 - a missing score must not fail a finished render
+        log.warning("no sync score for %s: %s", video.name, exc)
+        return None
+
+
+def _poster(video: Path, poster: Path) -> bool:
+    """A JPEG still from a third of the way in; quick (seeks, decodes one frame)."""
+    try:
+        from pipeline.media import probe
+
+        at = max(0.0, probe(video).duration / 3)
+        done = subprocess.run(["ffmpeg", "-v", "error", "-y", "-ss", f"{at:.3f}", "-i", f"file:{video}",
+                               "-frames:v", "1", "-q:v", "3", f"file:{poster}"], capture_output=True, timeout=60)
+        return done.returncode == 0 and poster.exists()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("no poster for %s: %s", video.name, exc)
+        return False
+
+
+def _notify(config: Mapping[str, Any], event: str, user: str, stem: str, job_id: str, detail: str) -> None:
+    if event not in config["notify"]["events"] or not (config["notify"]["urls"] or config["notify"]["apprise_config"]):
+        return
+    try:
+        from daemon.notify import notify_job
+
+        notify_job(config, event, user, stem, job_id, detail)
+    except Exception as exc:  # noqa: BLE001 - a notification never fails a job
+        log.warning("could not send the %s notification: %s", event, exc)
+
+
+def main(config: configmod.Config, device: str | None, config_path: str | os.PathLike[str] | None) -> int:
+    logmod.setup(config["logging"], service=True)
+    configmod.ensure_folders(config, ("spool", "outputs", "failed", "state"))
+    device = device or configmod.devices(config)[0]
+    return Worker(config, device, config_path).main()
