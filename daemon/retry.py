@@ -1,0 +1,68 @@
+"""`lipsyncd retry JOB-ID|FAILED-DIR`: put a failed job's inputs back into the inbox.
+
+The inputs go back to inbox/<user>/ under their original names (temp name, then rename), so the
+daemon takes them like a new drop; the failed folder is removed once they are safely back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from daemon import names
+from daemon.config import Config
+
+SKIP = {"error.txt", "job.json"}
+
+
+def find(config: Config, target: str) -> Path | None:
+    path = Path(target)
+    failed = config.path("failed").resolve()
+    if path.is_dir():
+        resolved = path.resolve()
+        return resolved if failed in resolved.parents else None
+    for record in failed.glob("*/*/*/job.json"):
+        try:
+            if json.loads(record.read_text(encoding="utf-8")).get("id") == target:
+                return record.parent
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def main(config: Config, target: str) -> int:
+    folder = find(config, target)
+    if folder is None:
+        print(f"lipsyncd retry: {target!r} is neither a job id found under {config.path('failed')} nor a folder "
+              "inside it", file=sys.stderr)
+        return 2
+    try:
+        record = json.loads((folder / "job.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {}
+    user = record.get("user") or folder.parent.name
+    inbox = config.path("inbox")
+    dest = inbox if user == config["ingest"]["default_user"] and not (inbox / user).is_dir() else inbox / user
+    dest.mkdir(parents=True, exist_ok=True)
+    files = [p for p in sorted(folder.iterdir()) if p.name not in SKIP and p.is_file() and not p.is_symlink()]
+    if not files:
+        print(f"lipsyncd retry: {folder} holds no input files to retry", file=sys.stderr)
+        return 1
+    for path in files:
+        if names.refusal(path.name):
+            print(f"lipsyncd retry: {path.name!r} cannot go back into the inbox: {names.refusal(path.name)}; "
+                  "rename it first", file=sys.stderr)
+            return 1
+        if (dest / path.name).exists():
+            print(f"lipsyncd retry: {dest / path.name} already exists in the inbox", file=sys.stderr)
+            return 1
+    for path in files:
+        temp = dest / f".{path.name}.lipsyncd-retry"
+        shutil.copyfile(path, temp)
+        os.rename(temp, dest / path.name)
+        print(dest / path.name)
+    shutil.rmtree(folder)
+    return 0

@@ -1,0 +1,136 @@
+"""Run the real `lipsyncd run` daemon in a temp folder and wait for what it does (shared by daemon tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# The command engine muxing the audio onto the video: a real subprocess, fast.
+MUX_ARGV = ["ffmpeg", "-y", "-v", "error", "-i", "{video}", "-i", "{audio}", "-map", "0:v", "-map", "1:a",
+            "-c:v", "copy", "-c:a", "aac", "-shortest", "{output}"]
+
+
+def slow_mux_argv(seconds: float) -> list[str]:
+    """The mux command after a pause, for jobs long enough to be interrupted."""
+    return ["sh", "-c", f'sleep {seconds} && exec "$0" "$@"', *MUX_ARGV]
+
+
+def write_config(root: Path, **sections: dict[str, Any]) -> Path:
+    """A config file whose data folders all live under *root*; *sections* override keys per section."""
+    data: dict[str, Any] = {
+        "paths": {name: str(root / name) for name in ("inbox", "outputs", "failed", "spool", "state", "avatars")},
+        "ingest": {"settle_seconds": 1, "rescan_seconds": 30},
+        "pipeline": {"engine": "command", "device": "cpu", "command": {"argv": MUX_ARGV, "timeout_seconds": 120}},
+        "queue": {"lease_seconds": 3, "stop_timeout_seconds": 20},
+        "logging": {"level": "DEBUG"},
+    }
+    for section, values in sections.items():
+        merged = data.setdefault(section, {})
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+    for name in data["paths"]:
+        Path(data["paths"][name]).mkdir(parents=True, exist_ok=True)
+    path = root / "lipsyncd.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class Daemon:
+    """`lipsyncd --config CONFIG run` as a child process, its output captured to a log file."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.root = config.parent
+        self.log_path = self.root / f"daemon-{time.monotonic_ns()}.log"
+        inherited = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        self.env = {**inherited, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True) -> Daemon:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "--config", str(self.config), "run"],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+                                     start_new_session=True)
+        if wait_ready:
+            wait_for(lambda: "ready: taking work" in self.log() or self.proc.poll() is not None, 60,
+                     "the daemon to report ready")
+            assert self.proc.poll() is None, f"daemon exited early:\n{self.log()}"
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text("utf-8", "replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill_all(self) -> None:
+        """SIGKILL the daemon and its workers (its whole session)."""
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def outputs(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "outputs").rglob("*.mp4") if not p.name.startswith("."))
+
+
+def failures(root: Path) -> list[Path]:
+    return sorted(p.parent for p in (root / "failed").rglob("error.txt"))
+
+
+def records(root: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.with_suffix(".json").read_text(encoding="utf-8")) for p in outputs(root)]
+
+
+def drop_pair(folder: Path, stem: str, audio: Path, video: Path) -> None:
+    """Copy a pair in the way people do: cp of the video, then of the audio."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", str(video), str(folder / f"{stem}{video.suffix}")], check=True)
+    subprocess.run(["cp", str(audio), str(folder / f"{stem}{audio.suffix}")], check=True)
