@@ -1,0 +1,34 @@
+"""Whole-file writes that a reader (or a crash) never sees half done: temp file beside it, fsync, rename.
+
+Used for the janitor's state and the Prometheus textfile. The temp name starts with a dot and ends in
+.tmp, so node_exporter's textfile collector (which reads *.prom) and the janitor itself ignore it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+
+def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o644) -> None:
+    """Replace *path* with *data* in one rename; on any error the old file is left as it was."""
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    temp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise

@@ -1,0 +1,485 @@
+"""The prune plan: which outputs and failed/ entries a janitor pass deletes, and why. Reads, never writes.
+
+The plan is built once and is what --dry-run prints and what a real pass carries out (safedelete.py),
+so the two can never differ. Only the documented layout is managed:
+  outputs/YYYY-MM-DD/<user>/<stem>.mp4 + .json + .jpg   (one output: its files go together)
+  failed/YYYY-MM-DD/<user>/<stem>/                       (one failed entry: the folder goes as a whole)
+Anything else under those roots is reported as unmanaged and left alone. Symlinks are never followed,
+and folders on another filesystem (st_dev differs from the root's) are never entered.
+
+Rules, in order: pinned (<file>.keep, <stem>.keep, or the keep marker in any folder above) is kept;
+younger than janitor.min_age_hours is kept; older than its retention (the first matching rule, else
+default_days) is "expired". When the filesystem of outputs/ is at or above critical_percent, the
+oldest remaining outputs are added ("watermark") until free space would reach target_free_percent.
+Dot-named temp files (a job publishing) younger than min_age_hours, or whose job is still in the
+spool, are in flight and kept; older ones are "abandoned-temp".
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.disk import FsUsage
+
+DATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+OUTPUT_SUFFIXES = (".mp4", ".json", ".jpg")
+TEMP_MARKS = (".part", ".tmp", ".copy")
+DAY = 86400.0
+
+# Reasons, as they appear in --json and in the metrics.
+EXPIRED, WATERMARK, FAILED_EXPIRED, ABANDONED_TEMP, EMPTY_FOLDER = (
+    "expired", "watermark", "failed-expired", "abandoned-temp", "empty-folder")
+
+
+@dataclass(slots=True)
+class Group:
+    """Files that are deleted together: one output's .mp4/.json/.jpg, a temp file, or a failed entry folder."""
+
+    root: str  # "outputs" or "failed"
+    folder: tuple[str, str]  # (date, user) under the root
+    name: str  # the stem (outputs), the file name (temp), the entry folder's name (failed)
+    members: list[tuple[str, int, int, int, int]]  # (name, size, freed bytes, mtime_ns, inode)
+    mtime: float  # the newest member's mtime: the group's age
+    kind: str = "output"  # output | temp | failed
+    reason: str = ""
+    detail: str = ""
+    files: int = 0  # files inside a failed entry folder
+
+    @property
+    def size(self) -> int:
+        return sum(m[1] for m in self.members)
+
+    @property
+    def freed(self) -> int:
+        return sum(m[2] for m in self.members)
+
+
+@dataclass(slots=True)
+class _Folder:
+    """A date/user folder: how many entries it holds, to know whether the pass empties it."""
+
+    root: str
+    date: str
+    user: str
+    entries: int
+    mtime: float
+    deleted: int = 0
+
+
+@dataclass
+class Plan:
+    """Everything one pass will delete, plus what it saw and kept (for the report, alerts and metrics)."""
+
+    now: float
+    roots: dict[str, str]  # "outputs"/"failed" -> absolute path
+    devs: dict[str, int] = field(default_factory=dict)
+    deletions: list[Group] = field(default_factory=list)
+    folders: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # (root, rel parts), deepest first
+    pinned: dict[str, Any] = field(default_factory=lambda: {"files": 0, "bytes": 0, "markers": []})
+    young: dict[str, int] = field(default_factory=lambda: {"files": 0, "bytes": 0})
+    in_flight: int = 0
+    refused: list[dict[str, str]] = field(default_factory=list)
+    unmanaged: list[str] = field(default_factory=list)
+    users: dict[str, list[int]] = field(default_factory=dict)  # user -> [bytes, files] left after the pass
+    dates: dict[str, int] = field(default_factory=dict)  # date -> bytes left after the pass
+    outputs_left: int = 0  # outputs (groups with an .mp4) left after the pass
+    failed_entries: int = 0  # failed/ entries left after the pass
+    watermark: dict[str, Any] = field(default_factory=dict)
+    shortfall: dict[str, int] | None = None
+
+    def path_of(self, group: Group, member: str | None = None) -> str:
+        parts = [self.roots[group.root], *group.folder, member if member is not None else group.name]
+        return os.path.join(*parts)
+
+    def actions(self) -> list[dict[str, Any]]:
+        """One line per path, in the order the pass carries them out: each path, size, reason."""
+        out: list[dict[str, Any]] = []
+        for g in self.deletions:
+            if g.kind == "failed":
+                out.append({"path": self.path_of(g), "size": g.size, "files": g.files, "reason": g.reason,
+                            "detail": g.detail})
+                continue
+            for name, size, _freed, _mtime, _ino in g.members:
+                out.append({"path": self.path_of(g, name), "size": size, "reason": g.reason, "detail": g.detail})
+        for root, parts in self.folders:
+            out.append({"path": os.path.join(self.roots[root], *parts), "size": 0, "reason": EMPTY_FOLDER,
+                        "detail": "emptied folder"})
+        return out
+
+    def totals(self) -> dict[str, Any]:
+        by_reason: dict[str, dict[str, int]] = {}
+        files = size = freed = 0
+        for g in self.deletions:
+            n = g.files if g.kind == "failed" else len(g.members)
+            r = by_reason.setdefault(g.reason, {"files": 0, "bytes": 0})
+            r["files"] += n
+            r["bytes"] += g.size
+            files += n
+            size += g.size
+            freed += g.freed
+        return {"files": files, "bytes": size, "freed_estimate": freed, "folders": len(self.folders),
+                "by_reason": by_reason}
+
+
+class _Rules:
+    """Retention rules: the first glob (relative to outputs/) that matches the file or its folders wins."""
+
+    def __init__(self, rules: Iterable[dict[str, Any]], default_days: float) -> None:
+        self.rules = [(re.compile(fnmatch.translate(r["match"])).match, float(r["days"]), r["match"])
+                      for r in rules]
+        self.default_days = float(default_days)
+
+    def for_folder(self, date: str, user: str) -> list[bool]:
+        folder = f"{date}/{user}"
+        return [bool(m(date) or m(folder)) for m, _, _ in self.rules]
+
+    def days(self, folder_hits: list[bool], rel_names: list[str]) -> tuple[float, str]:
+        for (match, days, pattern), hit in zip(self.rules, folder_hits, strict=True):
+            if hit or any(match(n) for n in rel_names):
+                return days, f"rule {pattern!r}"
+        return self.default_days, "default_days"
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and any(mark in name for mark in TEMP_MARKS)
+
+
+def _temp_job_id(name: str) -> str:
+    """The job id in a publish temp name: .<stem>.<job-id>.part (or .part.copy, .<name>.json.<job-id>.part)."""
+    core = name
+    for suffix in (".copy", ".part", ".tmp"):
+        if core.endswith(suffix):
+            core = core[: -len(suffix)]
+    return core.rsplit(".", 1)[-1]
+
+
+def _freed(st: os.stat_result) -> int:
+    """Bytes a delete gives back: the allocated blocks, none while another hard link keeps them."""
+    return st.st_blocks * 512 if st.st_nlink <= 1 else 0
+
+
+class Planner:
+    """Builds a Plan from the configuration and the current state of the disk."""
+
+    def __init__(self, config: dict[str, Any], now: float, outputs_fs: FsUsage | None) -> None:
+        janitor = config["janitor"]
+        self.config = config
+        self.now = now
+        self.marker = janitor["keep_marker"]
+        self.min_age = float(janitor["min_age_hours"]) * 3600
+        self.failed_age = max(float(janitor["failed_days"]) * DAY, self.min_age)
+        self.rules = _Rules(janitor["retention"]["rules"], janitor["retention"]["default_days"])
+        self.disk = janitor["disk"]
+        self.outputs_fs = outputs_fs
+        self.plan = Plan(now=now, roots={"outputs": os.path.abspath(config["paths"]["outputs"]),
+                                         "failed": os.path.abspath(config["paths"]["failed"])})
+        self.spool_jobs = self._spool_job_ids(config["paths"]["spool"])
+        self._folders: list[_Folder] = []
+        self._candidates: list[Group] = []  # outputs that may go early when the disk is critical
+        self._young_freed = 0
+        self._pinned_freed = 0
+        self._deleted_counts: dict[tuple[str, str, str], int] = {}
+
+    @staticmethod
+    def _spool_job_ids(spool: str) -> set[str]:
+        try:
+            return {n[len(".claim-"):] if n.startswith(".claim-") else n for n in os.listdir(spool)}
+        except OSError:
+            return set()
+
+    # -- outputs ------------------------------------------------------------------------------------------
+
+    def build(self) -> Plan:
+        for root in ("outputs", "failed"):
+            path = self.plan.roots[root]
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+                self.plan.refused.append({"path": path, "why": "the root is a symlink or not a folder"})
+                continue
+            self.plan.devs[root] = st.st_dev
+            pinned = os.path.lexists(os.path.join(path, self.marker))
+            if pinned:
+                self.plan.pinned["markers"].append(os.path.join(path, self.marker))
+            self._scan_dates(root, path, st.st_dev, pinned)
+        self._apply_watermark()
+        self._plan_empty_folders()
+        self.plan.deletions.sort(key=lambda g: (g.root, g.folder, g.name))
+        return self.plan
+
+    def _scan_dates(self, root_name: str, root: str, dev: int, pinned: bool) -> None:
+        scan_folder = self._scan_output_folder if root_name == "outputs" else self._scan_failed_folder
+        with os.scandir(root) as it:
+            dates = sorted(it, key=lambda e: e.name)
+        for date in dates:
+            if date.name == self.marker:
+                continue
+            if not self._managed_dir(date, dev, DATE_NAME.match(date.name) is not None):
+                continue
+            date_pinned = pinned or os.path.lexists(os.path.join(date.path, self.marker))
+            if date_pinned and not pinned:
+                self.plan.pinned["markers"].append(os.path.join(date.path, self.marker))
+            with os.scandir(date.path) as it:
+                users = sorted(it, key=lambda e: e.name)
+            for user in users:
+                if user.name == self.marker:
+                    continue
+                if self._managed_dir(user, dev, not user.name.startswith(".")):
+                    scan_folder(date.name, user, dev, date_pinned)
+            mtime = date.stat(follow_symlinks=False).st_mtime
+            self._folders.append(_Folder(root_name, date.name, "", len(users), mtime))
+
+    def _managed_dir(self, entry: os.DirEntry[str], dev: int, name_ok: bool) -> bool:
+        """True for a real folder on the root's filesystem with a managed name; records why not otherwise."""
+        if entry.is_symlink():
+            self.plan.refused.append({"path": entry.path, "why": "symlink (never followed)"})
+            return False
+        if not entry.is_dir(follow_symlinks=False):
+            self.plan.unmanaged.append(entry.path)
+            return False
+        if entry.stat(follow_symlinks=False).st_dev != dev:
+            self.plan.refused.append({"path": entry.path, "why": "another filesystem (mount point)"})
+            return False
+        if not name_ok:
+            self.plan.unmanaged.append(entry.path)
+            return False
+        return True
+
+    def _scan_output_folder(self, date: str, user_entry: os.DirEntry[str], dev: int, pinned_above: bool) -> None:
+        user = user_entry.name
+        marker = self.marker
+        files: dict[str, os.stat_result] = {}
+        entries = 0
+        with os.scandir(user_entry.path) as it:
+            for entry in it:
+                entries += 1
+                if entry.is_symlink():
+                    self.plan.refused.append({"path": entry.path, "why": "symlink (never followed)"})
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    self.plan.unmanaged.append(entry.path)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    self.plan.refused.append({"path": entry.path, "why": "not a regular file"})
+                    continue
+                files[entry.name] = st
+        folder_pinned = pinned_above or marker in files
+        if marker in files and not pinned_above:
+            self.plan.pinned["markers"].append(os.path.join(user_entry.path, marker))
+        self._folders.append(_Folder("outputs", date, user, entries, user_entry.stat(follow_symlinks=False).st_mtime))
+        pins: set[str] = set()
+        groups: dict[str, list[tuple[str, os.stat_result]]] = {}
+        for name, st in files.items():
+            if name == marker:
+                continue
+            if name.endswith(marker):
+                pins.add(name[: -len(marker)])
+                continue
+            if _is_temp(name):
+                self._temp(date, user, name, st)
+                continue
+            stem = name
+            for suffix in OUTPUT_SUFFIXES:
+                if name.endswith(suffix):
+                    stem = name[: -len(suffix)]
+                    break
+            groups.setdefault(stem, []).append((name, st))
+        folder_hits = self.rules.for_folder(date, user) if self.rules.rules else []
+        usage = self.plan.users.setdefault(user, [0, 0])
+        for stem, members in groups.items():
+            size = sum(st.st_size for _, st in members)
+            usage[0] += size
+            usage[1] += len(members)
+            self.plan.dates[date] = self.plan.dates.get(date, 0) + size
+            has_video = any(n.endswith(".mp4") for n, _ in members)
+            self.plan.outputs_left += has_video
+            group = Group("outputs", (date, user), stem,
+                          [(n, st.st_size, _freed(st), st.st_mtime_ns, st.st_ino) for n, st in members],
+                          max(st.st_mtime for _, st in members))
+            if folder_pinned or stem in pins or any(n in pins for n, _ in members):
+                self.plan.pinned["files"] += len(members)
+                self.plan.pinned["bytes"] += size
+                self._pinned_freed += group.freed
+                if not folder_pinned:
+                    self.plan.pinned["markers"].append(
+                        os.path.join(user_entry.path, (stem if stem in pins else members[0][0]) + marker))
+                continue
+            age = self.now - group.mtime
+            if age < self.min_age:
+                self.plan.young["files"] += len(members)
+                self.plan.young["bytes"] += size
+                self._young_freed += group.freed
+                continue
+            if self.rules.rules:
+                days, why = self.rules.days(folder_hits, [f"{date}/{user}/{n}" for n, _ in members])
+            else:
+                days, why = self.rules.default_days, "default_days"
+            if age > days * DAY:
+                group.reason = EXPIRED
+                group.detail = f"{age / DAY:.1f} days old; kept {days:g} days ({why})"
+                self._delete(group, has_video)
+            else:
+                self._candidates.append(group)
+
+    def _temp(self, date: str, user: str, name: str, st: os.stat_result) -> None:
+        age = self.now - st.st_mtime
+        if age < self.min_age or _temp_job_id(name) in self.spool_jobs:
+            self.plan.in_flight += 1
+            return
+        group = Group("outputs", (date, user), name, [(name, st.st_size, _freed(st), st.st_mtime_ns, st.st_ino)],
+                      st.st_mtime, kind="temp", reason=ABANDONED_TEMP,
+                      detail=f"temp file {age / 3600:.0f} h old and its job is not in the spool")
+        self.plan.deletions.append(group)
+        self._count_deleted("outputs", date, user, 1)
+
+    def _delete(self, group: Group, has_video: bool = False) -> None:
+        self.plan.deletions.append(group)
+        date, user = group.folder
+        if group.root == "outputs":
+            usage = self.plan.users[user]
+            size = group.size
+            usage[0] -= size
+            usage[1] -= len(group.members)
+            self.plan.dates[date] -= size
+            self.plan.outputs_left -= has_video
+            self._count_deleted("outputs", date, user, len(group.members))
+        else:
+            self.plan.failed_entries -= 1
+            self._count_deleted("failed", date, user, 1)
+
+    def _count_deleted(self, root: str, date: str, user: str, n: int) -> None:
+        key = (root, date, user)
+        self._deleted_counts[key] = self._deleted_counts.get(key, 0) + n
+
+    # -- failed/ ------------------------------------------------------------------------------------------
+
+    def _scan_failed_folder(self, date: str, user_entry: os.DirEntry[str], dev: int, pinned_above: bool) -> None:
+        user = user_entry.name
+        marker = self.marker
+        with os.scandir(user_entry.path) as it:
+            entries = list(it)
+        names = {e.name for e in entries}
+        folder_pinned = pinned_above or marker in names
+        if marker in names and not pinned_above:
+            self.plan.pinned["markers"].append(os.path.join(user_entry.path, marker))
+        mtime = user_entry.stat(follow_symlinks=False).st_mtime
+        self._folders.append(_Folder("failed", date, user, len(entries), mtime))
+        for entry in entries:
+            if entry.name == marker or entry.name.endswith(marker):
+                continue
+            if entry.is_symlink():
+                self.plan.refused.append({"path": entry.path, "why": "symlink (never followed)"})
+                continue
+            measured = self._measure_entry(entry, dev)
+            if measured is None:
+                continue
+            size, freed, files, newest, entry_pinned = measured
+            st = entry.stat(follow_symlinks=False)
+            self.plan.failed_entries += 1
+            group = Group("failed", (date, user), entry.name, [(entry.name, size, freed, st.st_mtime_ns, st.st_ino)],
+                          newest, kind="failed", files=files)
+            if folder_pinned or entry_pinned or (entry.name + marker) in names:
+                self.plan.pinned["files"] += files
+                self.plan.pinned["bytes"] += size
+                self._pinned_freed += freed
+                if not folder_pinned:
+                    self.plan.pinned["markers"].append(entry.path + ("/" + marker if entry_pinned else marker))
+                continue
+            age = self.now - newest
+            if age > self.failed_age:
+                group.reason = FAILED_EXPIRED
+                days = self.config["janitor"]["failed_days"]
+                group.detail = f"{age / DAY:.1f} days old; failed/ entries are kept {days:g} days"
+                self._delete(group)
+
+    def _measure_entry(self, entry: os.DirEntry[str], dev: int) -> tuple[int, int, int, float, bool] | None:
+        """(size, freed, files, newest mtime, has a keep marker inside) of a failed entry; None if refused."""
+        st = entry.stat(follow_symlinks=False)
+        if not entry.is_dir(follow_symlinks=False):
+            if not stat.S_ISREG(st.st_mode):
+                self.plan.refused.append({"path": entry.path, "why": "not a regular file"})
+                return None
+            return st.st_size, _freed(st), 1, st.st_mtime, False
+        size = freed = files = 0
+        newest = 0.0  # the newest file's mtime: folder mtimes change when anything is added or removed
+        pinned = False
+        stack = [entry.path]
+        while stack:
+            folder = stack.pop()
+            with os.scandir(folder) as it:
+                for child in it:
+                    cst = child.stat(follow_symlinks=False)
+                    if cst.st_dev != dev:
+                        self.plan.refused.append({"path": child.path, "why": "another filesystem (mount point)"})
+                        return None
+                    if child.name == self.marker:
+                        pinned = True
+                    if child.is_dir(follow_symlinks=False):
+                        stack.append(child.path)
+                    else:
+                        newest = max(newest, cst.st_mtime)
+                        files += 1
+                        size += cst.st_size
+                        freed += _freed(cst)
+        return size, freed, files, newest or st.st_mtime, pinned
+
+    # -- watermark and folders ----------------------------------------------------------------------------
+
+    def _apply_watermark(self) -> None:
+        fs = self.outputs_fs
+        if fs is None or "outputs" not in self.plan.devs or fs.percent < self.disk["critical_percent"]:
+            return
+        on_fs = {root for root, dev in self.plan.devs.items() if dev == fs.dev}
+        avail = fs.avail + sum(g.freed for g in self.plan.deletions if g.root in on_fs)
+        target = fs.size * self.disk["target_free_percent"] / 100.0
+        taken = 0
+        if avail < target:
+            self._candidates.sort(key=lambda g: g.mtime)
+            for group in self._candidates:
+                if avail >= target:
+                    break
+                group.reason = WATERMARK
+                group.detail = (f"disk {fs.percent:.1f}% used >= critical {self.disk['critical_percent']}%: "
+                                f"oldest first until {self.disk['target_free_percent']}% is free")
+                self._delete(group, any(m[0].endswith(".mp4") for m in group.members))
+                avail += group.freed
+                taken += 1
+        self.plan.watermark = {"percent": round(fs.percent, 2), "target_free_percent": self.disk["target_free_percent"],
+                               "outputs": taken, "avail_after_estimate": int(avail)}
+        if avail < target:
+            self.plan.shortfall = {"needed": int(target - avail), "pinned": self._pinned_freed,
+                                   "young": self._young_freed}
+
+    def _plan_empty_folders(self) -> None:
+        """User folders the pass empties (or empty ones older than min_age_hours), then their date folders."""
+        counts = self._deleted_counts
+        recent = self.now - self.min_age
+        removed_users: dict[tuple[str, str], int] = {}
+        for f in self._folders:
+            if not f.user:
+                continue
+            deleted = counts.get((f.root, f.date, f.user), 0)
+            if f.entries - deleted == 0 and (deleted or f.mtime < recent):
+                self.plan.folders.append((f.root, (f.date, f.user)))
+                removed_users[(f.root, f.date)] = removed_users.get((f.root, f.date), 0) + 1
+        for f in self._folders:
+            if f.user:
+                continue
+            gone = removed_users.get((f.root, f.date), 0)
+            if f.entries - gone == 0 and (gone or f.mtime < recent):
+                self.plan.folders.append((f.root, (f.date,)))
+        self.plan.folders.sort(key=lambda item: (-len(item[1]), item))
+
+
+def make_plan(config: dict[str, Any], now: float, outputs_fs: FsUsage | None) -> Plan:
+    """The plan of one pass. outputs_fs: usage of the filesystem holding outputs/ (for the watermark)."""
+    return Planner(config, now, outputs_fs).build()
