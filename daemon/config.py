@@ -73,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
         "lease_seconds": 30,
         "stop_timeout_seconds": 120,
         "max_attempts": 3,
+        "local_workers": True,
     },
     "janitor": {
         "retention": {"default_days": 7, "rules": []},

@@ -38,7 +38,8 @@ def reap(config: Mapping[str, Any], queue: JobQueue, *, grace_seconds: float | N
     try:
         pending = set(queue.pending())
     except QueueUnavailable as exc:
-        log.warning("%s; lost jobs are re-queued when it is back", exc)
+        # A Redis queue logs the start and end of an outage itself; every pass repeating it is noise.
+        log.log(logging.DEBUG if queue.redis else logging.WARNING, "%s; lost jobs are re-queued when it is back", exc)
         pending = None
     now = time.time()
     for entry in spool.jobs(Path(config["paths"]["spool"])):
@@ -53,14 +54,18 @@ def reap(config: Mapping[str, Any], queue: JobQueue, *, grace_seconds: float | N
         if pending is None or job.id in pending:
             continue
         if entry.lease is not None:
-            why = f"its worker {entry.lease.get('worker', '?')} stopped heartbeating {entry.lease_age:.0f} s ago"
-            spool.drop_lease(entry.folder)
+            # The stale lease stays: the worker that takes the job replaces it only if it is still stale
+            # then (spool.take_lease), so a worker that was merely slow (NFS stall) keeps its job.
+            why = (f"its worker {entry.lease.get('worker', '?')} (pid {entry.lease.get('pid', '?')} on "
+                   f"{entry.lease.get('host', '?')}) stopped heartbeating {entry.lease_age:.0f} s ago: the worker "
+                   "or its host died")
         else:
             # A job that just left the queue has no lease for a moment: wait a grace period.
             changed = _mtime(entry.folder / "job.json")
             if now - changed < grace:
                 continue
-            why = "it was not on the queue"
+            why = ("it was not on the queue (claimed while the queue was unreachable, lost by a Redis restart, "
+                   "or the daemon stopped between claim and queue)")
         try:
             queue.put(job.id, priority=REQUEUE_PRIORITY)
         except QueueUnavailable as exc:
