@@ -193,7 +193,7 @@ def run_pass(config: Mapping[str, Any], *, dry_run: bool = False, now: float | N
             after = _estimate_after(before, plan, freed_by_root)
         result.spool = spoolreport.scan(config["paths"]["spool"], started, config["queue"]["lease_seconds"])
         result.log_file = log_file_size(config["logging"]["file"])
-        _alerts(config, state, result, after, plan, freed_by_root, started, dry_run)
+        _alerts(config, state, result, before, after, plan, freed_by_root, started, dry_run)
         if not dry_run:
             result.pending = notify.retry_pending(config, started)
             state["last_run"] = {"started": started, "duration": time.monotonic() - clock,
@@ -225,9 +225,15 @@ def _estimate_after(before: list[disk.FsUsage], plan: prune.Plan, freed_by_root:
     return out
 
 
-def _alerts(config: Mapping[str, Any], state: dict[str, Any], result: PassResult, after: list[disk.FsUsage],
-            plan: prune.Plan, freed_by_root: dict[str, int], now: float, dry_run: bool) -> None:
-    """Decide, per filesystem and per target, what to announce; send it (not in a dry run); update state."""
+def _alerts(config: Mapping[str, Any], state: dict[str, Any], result: PassResult, before: list[disk.FsUsage],
+            after: list[disk.FsUsage], plan: prune.Plan, freed_by_root: dict[str, int], now: float,
+            dry_run: bool) -> None:
+    """Decide, per filesystem and per target, what to announce; send it (not in a dry run); update state.
+
+    The level comes from the higher of the usage before and after this pass: a disk that reached critical
+    and was saved by early pruning is still announced (results were deleted before their time), and the
+    recovery message follows on the next pass.
+    """
     disk_cfg = config["janitor"]["disk"]
     send_to = notify.targets(config) if "disk" in config["notify"]["events"] else []
     lang = notify.language(config)
@@ -237,15 +243,19 @@ def _alerts(config: Mapping[str, Any], state: dict[str, Any], result: PassResult
     freed_now = sum(freed_by_root.values())
     state["freed_total"] = freed_total + (0 if dry_run else freed_now)
     known = state.setdefault("filesystems", {})
+    percent_before = {fs.dev: fs.percent for fs in before}
     for fs in after:
         fst = known.setdefault(fs.mount, {})
         previous = fst.get("level", alerts.OK)
-        level = alerts.level_for(fs.percent, previous, disk_cfg)
+        peak = max(fs.percent, percent_before.get(fs.dev, 0.0))
+        level = alerts.level_for(peak, previous, disk_cfg)
         on_fs = sum(b for root, b in freed_by_root.items() if plan.devs.get(root) == fs.dev)
         fs_freed_total = int(fst.get("freed_total", 0)) + on_fs
         growth = disk.growth(fst.get("samples", []), now, fs.used, fs_freed_total)
         facts = _facts(config, result, plan, fs, growth, host)
-        record: dict[str, Any] = {**fs.to_dict(), "level": level, "previous_level": previous,
+        facts["percent_before"] = percent_before.get(fs.dev)
+        record: dict[str, Any] = {**fs.to_dict(), "percent_before": round(percent_before.get(fs.dev, 0.0), 2),
+                                  "level": level, "previous_level": previous,
                                   "level_number": alerts.RANK[level],
                                   "growth": growth.to_dict(fs.avail) if growth else None, "notifications": []}
         told = fst.setdefault("told", {})

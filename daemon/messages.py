@@ -23,6 +23,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "title.clear": "[lipsyncd] Disk back to normal: {mount} on {host} is {percent} full",
         "head": "**{mount}** on **{host}** ({folders}): **{percent} used**",
         "used": "Used {used} of {size}; **{avail} free** ({free_percent})",
+        "before": "Before this pass: {percent} used",
         "levels": "Levels: warning at {warn}%, critical at {critical}%, clears below {clear}%",
         "growth": "Growth: {written}/day written, net {net}/day over {runs} runs ({days} days)",
         "full_in": "**Full in about {days} days** at this rate",
@@ -30,10 +31,10 @@ _TEXT: dict[str, dict[str, str]] = {
         "no_history": "Growth: not enough history yet (the janitor needs a few runs over at least an hour)",
         "freed": "This pass freed {bytes} ({files} files): {parts}",
         "freed_none": "This pass freed nothing",
-        "reason.expired": "expired {bytes}",
-        "reason.watermark": "early because the disk is critical {bytes}",
-        "reason.failed-expired": "old failed/ entries {bytes}",
-        "reason.abandoned-temp": "abandoned temp files {bytes}",
+        "reason.expired": "{bytes} expired",
+        "reason.watermark": "{bytes} early because the disk was critical",
+        "reason.failed-expired": "{bytes} of old failed/ entries",
+        "reason.abandoned-temp": "{bytes} of abandoned temp files",
         "short": "**Still not enough:** {needed} more must be freed to reach {target}% free, and the janitor "
                  "may not delete anything else: {pinned} is pinned with {marker}, {young} is younger than "
                  "{hours} h, the rest is not under outputs/. Remove pins, move results elsewhere, or add disk.",
@@ -57,6 +58,7 @@ _TEXT: dict[str, dict[str, str]] = {
         "title.clear": "[lipsyncd] 磁盘已恢复正常：{host} 上的 {mount} 已用 {percent}",
         "head": "**{host}** 上的 **{mount}**（{folders}）：**已用 {percent}**",
         "used": "已用 {used}，共 {size}；**剩余 {avail}**（{free_percent}）",
+        "before": "本次清理前：已用 {percent}",
         "levels": "阈值：{warn}% 告警，{critical}% 严重，低于 {clear}% 解除",
         "growth": "增长：每天写入 {written}，净增 {net}/天（{runs} 次运行，{days} 天）",
         "full_in": "**按此速度约 {days} 天后写满**",
@@ -110,13 +112,18 @@ def disk_message(lang: str, kind: str, level: str, fs: FsUsage, facts: dict[str,
     """(title, markdown body) of a disk alert; kind is alerts.ENTER, REPEAT or CLEAR."""
     t = _t(lang)
     percent = f"{fs.percent:.1f}%"
+    before = facts.get("percent_before")
+    pruned_down = before is not None and before - fs.percent >= 0.1
     host = facts.get("host", "")
     title_key = "title.clear" if kind == "clear" else f"title.{kind}.{level}"
-    title = t[title_key].format(mount=fs.mount, host=host, percent=percent)
+    shown = f"{before:.1f}% → {percent}" if pruned_down else percent
+    title = t[title_key].format(mount=fs.mount, host=host, percent=shown)
     disk = facts["disk"]
     lines = [t["head"].format(mount=fs.mount, host=host, folders=", ".join(fs.folders), percent=percent), ""]
     items = [t["used"].format(used=human(fs.used), size=human(fs.size), avail=human(fs.avail),
                               free_percent=f"{fs.free_percent:.1f}%")]
+    if pruned_down:
+        items.append(t["before"].format(percent=f"{before:.1f}%"))
     if kind == "clear":
         items.append(t["clear_body"].format(clear=disk["clear_percent"]))
     items.append(t["levels"].format(warn=disk["warn_percent"], critical=disk["critical_percent"],

@@ -100,7 +100,7 @@ def fill(folder: Path, leave_bytes: int = 0) -> None:
 class HttpSink:
     """An HTTP server on 127.0.0.1 that records every POST (path, headers, body) and answers *status*."""
 
-    def __init__(self, status: int = 200, reply: bytes = b'{"errcode": 0, "errmsg": "ok"}') -> None:
+    def __init__(self, status: int = 200, reply: bytes = b'{"errcode": 0, "errmsg": "ok"}', port: int = 0) -> None:
         self.requests: list[dict[str, Any]] = []
         self.status = status
         sink = self
@@ -118,7 +118,7 @@ class HttpSink:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
