@@ -1,0 +1,282 @@
+"""Faces over time: detect every few frames, track in between, smooth, pick the main face, place the mouth.
+
+Public API (shared by the engines and the sync score; keep it stable):
+
+- FaceTracker(detect_every=5).update(frames) -> list[FaceBox | None], one per frame, in order. Feed it
+  consecutive RGB batches of one video; it keeps its state between calls (a batch may be any size).
+  None means "no face here": engines leave that frame untouched.
+- FaceBox(x, y, w, h): a face box in frame pixels (floats; Haar-cascade style: brows to lower lip,
+  square). .mouth() places the mouth; .scaled(), .clipped(), .iou(), .as_ints() are helpers.
+- MouthRegion: the lip seam's centre, the mouth's half width and the face size; .bounds() is the
+  rectangle a mouth edit may change (nose to upper neck, cheek to cheek).
+- FaceDetector().detect(frame) -> list[FaceBox], largest first: one frame, no tracking.
+
+How tracking works: the OpenCV Haar cascade (opencv-python-headless, cv2.data.haarcascades) runs on
+every `detect_every`-th frame and on the last frame of each batch, on a copy scaled down to at most
+DETECT_MAX_SIDE pixels. The main face is the detection that overlaps the tracked one most, else the
+largest. Detections are smoothed with an alpha-beta filter on the centre (no lag on a steady pan) and
+an exponential average of the log size; frames in between are interpolated. A single missed detection
+between two hits is bridged; where a face appears or disappears the frames in between are each run
+through the detector, so the edge is exact and frames without a face are reported as None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+CASCADE_FILE = "haarcascade_frontalface_default.xml"
+DETECT_MAX_SIDE = 480  # detection runs on a copy whose longer side is at most this (speed)
+MIN_FACE_FRACTION = 0.12  # ignore faces smaller than this fraction of the frame's shorter side
+MIN_FACE_PIXELS = 24  # ... and smaller than this on the detection copy
+SCALE_FACTOR = 1.1  # cascade pyramid step: smaller gives finer box sizes, slower
+MIN_NEIGHBORS = 6  # higher: fewer false faces, more missed ones
+MATCH_IOU = 0.3  # a detection overlapping the tracked face this much continues the track
+POSITION_ALPHA = 0.4  # alpha-beta filter on the box centre, gains per frame of time between detections
+VELOCITY_BETA = 0.15
+SIZE_ALPHA = 0.1  # exponential average of log(size), per frame
+RESET_JUMP = 0.5  # a centre jump of more than this many face widths starts a new track (a cut)
+
+# Mouth geometry as fractions of a Haar frontal-face box (measured on frontal faces: the box spans brows
+# to lower lip; the lip seam sits at about 0.82 of its height, the chin at about 1.18).
+MOUTH_CENTER_X = 0.50
+MOUTH_SEAM_Y = 0.82
+MOUTH_HALF_WIDTH = 0.22
+REGION_TOP = 0.12  # .bounds(): from this far above the seam (below the nose) ...
+REGION_BOTTOM = 0.58  # ... to this far below it (upper neck), in face heights
+REGION_HALF_WIDTH = 0.50  # ... and this far either side of the centre, in face widths
+
+
+@dataclass(frozen=True)
+class MouthRegion:
+    """Where the mouth is in a frame, in pixels."""
+
+    cx: float  # centre of the lip seam
+    cy: float
+    half_width: float  # half the closed mouth's width
+    face_w: float
+    face_h: float
+
+    def bounds(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1), clipped to a width x height frame: the only pixels a mouth edit may change."""
+        x0 = math.floor(self.cx - REGION_HALF_WIDTH * self.face_w)
+        x1 = math.ceil(self.cx + REGION_HALF_WIDTH * self.face_w)
+        y0 = math.floor(self.cy - REGION_TOP * self.face_h)
+        y1 = math.ceil(self.cy + REGION_BOTTOM * self.face_h)
+        return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A face in frame pixels (top-left x, y; width, height)."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return self.x + self.w / 2, self.y + self.h / 2
+
+    @property
+    def area(self) -> float:
+        return self.w * self.h
+
+    def mouth(self) -> MouthRegion:
+        return MouthRegion(
+            cx=self.x + MOUTH_CENTER_X * self.w,
+            cy=self.y + MOUTH_SEAM_Y * self.h,
+            half_width=MOUTH_HALF_WIDTH * self.w,
+            face_w=self.w,
+            face_h=self.h,
+        )
+
+    def scaled(self, factor: float) -> FaceBox:
+        return FaceBox(self.x * factor, self.y * factor, self.w * factor, self.h * factor)
+
+    def clipped(self, width: int, height: int) -> FaceBox:
+        x0, y0 = max(0.0, self.x), max(0.0, self.y)
+        x1, y1 = min(float(width), self.x + self.w), min(float(height), self.y + self.h)
+        return FaceBox(x0, y0, max(0.0, x1 - x0), max(0.0, y1 - y0))
+
+    def as_ints(self) -> tuple[int, int, int, int]:
+        return round(self.x), round(self.y), round(self.w), round(self.h)
+
+    def iou(self, other: FaceBox) -> float:
+        ix = max(0.0, min(self.x + self.w, other.x + other.w) - max(self.x, other.x))
+        iy = max(0.0, min(self.y + self.h, other.y + other.h) - max(self.y, other.y))
+        inter = ix * iy
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0
+
+
+def lerp(a: FaceBox, b: FaceBox, t: float) -> FaceBox:
+    """The box a fraction t of the way from a to b."""
+    return FaceBox(a.x + (b.x - a.x) * t, a.y + (b.y - a.y) * t, a.w + (b.w - a.w) * t, a.h + (b.h - a.h) * t)
+
+
+class FaceDetector:
+    """OpenCV's frontal-face Haar cascade on a scaled-down grey copy of an RGB frame."""
+
+    def __init__(self, max_side: int = DETECT_MAX_SIDE, min_face_fraction: float = MIN_FACE_FRACTION) -> None:
+        import cv2
+
+        self.cv2 = cv2
+        self.max_side = max_side
+        self.min_face_fraction = min_face_fraction
+        self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
+        if self.cascade.empty():
+            raise RuntimeError(f"OpenCV's {CASCADE_FILE} could not be loaded from {cv2.data.haarcascades}; "
+                               "reinstall opencv-python-headless")
+
+    def detect(self, frame: np.ndarray) -> list[FaceBox]:
+        """Faces in one RGB frame (H, W, 3) uint8, largest first."""
+        cv2 = self.cv2
+        height, width = frame.shape[:2]
+        scale = min(1.0, self.max_side / max(height, width))
+        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        if scale < 1.0:
+            gray = cv2.resize(gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        smallest = max(MIN_FACE_PIXELS, round(self.min_face_fraction * min(gray.shape)))
+        found = self.cascade.detectMultiScale(gray, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS,
+                                              minSize=(smallest, smallest))
+        boxes = [FaceBox(float(x), float(y), float(w), float(h)).scaled(1.0 / scale) for x, y, w, h in found]
+        return sorted(boxes, key=lambda box: box.area, reverse=True)
+
+
+class _Smoother:
+    """Alpha-beta filter on the centre, exponential average on log size; reset on a jump."""
+
+    def __init__(self) -> None:
+        self.frame: int | None = None
+        self.cx = self.cy = self.vx = self.vy = 0.0
+        self.log_w = self.log_h = 0.0
+
+    def reset(self) -> None:
+        self.frame = None
+
+    def update(self, frame: int, box: FaceBox) -> FaceBox:
+        cx, cy = box.center
+        if self.frame is None or frame <= self.frame:
+            self._start(frame, box)
+            return box
+        dt = frame - self.frame
+        px, py = self.cx + self.vx * dt, self.cy + self.vy * dt
+        rx, ry = cx - px, cy - py
+        if math.hypot(rx, ry) > RESET_JUMP * box.w:
+            self._start(frame, box)
+            return box
+        alpha, beta, size_alpha = (1.0 - (1.0 - gain) ** dt for gain in (POSITION_ALPHA, VELOCITY_BETA, SIZE_ALPHA))
+        self.cx, self.cy = px + alpha * rx, py + alpha * ry
+        self.vx += beta * rx / dt
+        self.vy += beta * ry / dt
+        self.log_w += size_alpha * (math.log(box.w) - self.log_w)
+        self.log_h += size_alpha * (math.log(box.h) - self.log_h)
+        self.frame = frame
+        return self.box()
+
+    def box(self) -> FaceBox:
+        w, h = math.exp(self.log_w), math.exp(self.log_h)
+        return FaceBox(self.cx - w / 2, self.cy - h / 2, w, h)
+
+    def _start(self, frame: int, box: FaceBox) -> None:
+        self.frame = frame
+        self.cx, self.cy = box.center
+        self.vx = self.vy = 0.0
+        self.log_w, self.log_h = math.log(max(box.w, 1.0)), math.log(max(box.h, 1.0))
+
+
+class FaceTracker:
+    """The main face of a video, frame by frame, fed in consecutive batches (see the module docstring)."""
+
+    def __init__(self, detect_every: int = 5, detector: FaceDetector | None = None) -> None:
+        if detect_every < 1:
+            raise ValueError("detect_every must be at least 1")
+        self.detect_every = detect_every
+        self.detector = detector or FaceDetector()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: the next update() starts a new video."""
+        self.frames_seen = 0  # frames passed to update() so far
+        self.faces_seen = 0  # of those, frames with a face
+        self.detections_run = 0
+        self._smoother = _Smoother()
+        self._last_raw: FaceBox | None = None  # the most recent chosen detection (main-face choice)
+        self._carry: tuple[int, FaceBox | None] | None = None  # last keypoint of the previous batch
+
+    def update(self, frames: np.ndarray | Sequence[np.ndarray]) -> list[FaceBox | None]:
+        """Boxes for the next consecutive RGB frames of the video (a (B, H, W, 3) array or a list)."""
+        count = len(frames)
+        if count == 0:
+            return []
+        first = self.frames_seen
+        # 1. Detect on keypoints: every detect_every-th frame of the video and the batch's last frame.
+        keys = sorted({i for i in range(count) if (first + i) % self.detect_every == 0} | {count - 1})
+        raw: dict[int, FaceBox | None] = {}
+        for i in keys:
+            raw[first + i] = self._detect(frames[i])
+        if self._carry is not None:
+            raw[self._carry[0]] = self._carry[1]
+        # 2. Bridge single missed detections between two hits.
+        ordered = sorted(raw)
+        for k in range(1, len(ordered) - 1):
+            before, here, after = ordered[k - 1], ordered[k], ordered[k + 1]
+            if raw[here] is None and raw[before] is not None and raw[after] is not None and here >= first:
+                del raw[here]
+        # 3. Where a face appears or disappears between two keypoints, look at every frame in between.
+        ordered = sorted(raw)
+        for a, b in zip(ordered, ordered[1:], strict=False):
+            if (raw[a] is None) != (raw[b] is None) and b - a > 1:
+                self._last_raw = raw[a] or raw[b]
+                for g in range(max(a + 1, first), b):
+                    raw[g] = self._detect(frames[g - first])
+        # 4. Smooth the detections in order; a miss ends the track.
+        smoothed: dict[int, FaceBox | None] = {}
+        for g in sorted(raw):
+            if self._carry is not None and g == self._carry[0]:
+                smoothed[g] = self._carry[1]
+                continue
+            box = raw[g]
+            if box is None:
+                self._smoother.reset()
+                smoothed[g] = None
+            else:
+                smoothed[g] = self._smoother.update(g, box)
+        # 5. Each frame: its keypoint's box, or interpolated between two keypoints with faces.
+        points = sorted(smoothed)
+        boxes: list[FaceBox | None] = []
+        k = 0
+        for g in range(first, first + count):
+            while k + 1 < len(points) and points[k + 1] <= g:
+                k += 1
+            a = points[k]
+            if a == g:
+                boxes.append(smoothed[a])
+                continue
+            b = points[k + 1]
+            box_a, box_b = smoothed[a], smoothed[b]
+            both = box_a is not None and box_b is not None
+            boxes.append(lerp(box_a, box_b, (g - a) / (b - a)) if both else None)  # type: ignore[arg-type]
+        self._carry = (first + count - 1, boxes[-1])
+        self.frames_seen += count
+        self.faces_seen += sum(box is not None for box in boxes)
+        return boxes
+
+    def _detect(self, frame: np.ndarray) -> FaceBox | None:
+        self.detections_run += 1
+        found = self.detector.detect(frame)
+        if not found:
+            return None
+        choice = found[0]
+        if self._last_raw is not None:
+            overlaps = [(box.iou(self._last_raw), box) for box in found]
+            best_overlap, best = max(overlaps, key=lambda pair: pair[0])
+            if best_overlap >= MATCH_IOU:
+                choice = best
+        self._last_raw = choice
+        return choice
