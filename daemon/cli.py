@@ -92,7 +92,7 @@ def cmd_sync_score(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from daemon import demo
 
-    return demo.main(keep=args.keep, engine=args.engine, workdir=Path(args.dir) if args.dir else None)
+    return demo.main(engine=args.engine, workdir=Path(args.dir) if args.dir else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "make a sample pair and take it through the whole daemon")
     p.add_argument("--engine", choices=configmod.ENGINES, default="builtin")
     p.add_argument("--dir", help="where to put the demo's folders (default: a new temp folder)")
-    p.add_argument("--keep", action="store_true", help="keep the demo folder (always kept when --dir is given)")
     return parser
 
 

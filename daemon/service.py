@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from daemon import config as configmod
 from daemon import log as logmod
@@ -267,9 +268,9 @@ class Service:
         log.info("stopped")
 
     def _on_ingest_failure(self, user: str, stem: str, where: str, reason: str) -> None:
-        from daemon.worker import _notify
+        from daemon.notify import notify_job
 
-        _notify(self.config, "job_failed", user, stem, "", f"{reason}\n({where})")
+        notify_job(self.config, "job_failed", user, stem, Path(where).name, f"{reason}\n({where})")
 
 
 def main(config: configmod.Config, config_path: str | os.PathLike[str] | None) -> int:

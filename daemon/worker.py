@@ -392,14 +392,10 @@ def _poster(video: Path, poster: Path) -> bool:
 
 
 def _notify(config: Mapping[str, Any], event: str, user: str, stem: str, job_id: str, detail: str) -> None:
-    if event not in config["notify"]["events"] or not (config["notify"]["urls"] or config["notify"]["apprise_config"]):
-        return
-    try:
-        from daemon.notify import notify_job
+    """Job events go out through daemon.notify, which honours notify.events and never raises."""
+    from daemon.notify import notify_job
 
-        notify_job(config, event, user, stem, job_id, detail)
-    except Exception as exc:  # noqa: BLE001 - a notification never fails a job
-        log.warning("could not send the %s notification: %s", event, exc)
+    notify_job(config, event, user, stem, job_id, detail)
 
 
 def main(config: configmod.Config, device: str | None, config_path: str | os.PathLike[str] | None) -> int:
