@@ -12,6 +12,7 @@ import logging
 import os
 import queue as queuemod
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -191,6 +192,7 @@ class Service:
                     return False
                 worker.failures += 1
                 worker.restart_at = now + worker.backoff
+                spool.remove_heartbeat(self.config.path("spool"), socket.gethostname(), worker.proc.pid)
                 log.error("worker for %s exited with status %s; restarting in %.0f s (its job, if any, is "
                           "re-queued when its lease expires)", worker.device, code, worker.backoff)
                 worker.backoff = min(worker.backoff * 2, RESTART_BACKOFF_MAX)

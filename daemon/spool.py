@@ -230,6 +230,13 @@ def write_heartbeat(spool: Path, name: str, data: dict[str, Any]) -> None:
     write_json_atomic(folder / f"{name}.json", {**data, "updated": time.time()})
 
 
+def remove_heartbeat(spool: Path, host: str, pid: int) -> None:
+    """Forget the heartbeat of a worker process that has exited (named <host>-<device>-<pid>)."""
+    for path in (spool / WORKERS_DIR).glob(f"{host}-*-{pid}.json"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 def heartbeats(spool: Path) -> list[dict[str, Any]]:
     out = []
     for path in sorted((spool / WORKERS_DIR).glob("*.json")):

@@ -48,7 +48,7 @@ class Worker:
         self.configured_device = device
         self.device = device
         self.spool = config.path("spool")
-        self.name = f"{socket.gethostname()}-{device.replace(':', '')}"
+        self.name = f"{socket.gethostname()}-{device.replace(':', '')}-{os.getpid()}"
         self.stopping = False
         self.reload_requested = False
         self.current: tuple[Job, Path] | None = None
@@ -83,7 +83,7 @@ class Worker:
             self._loop()
         finally:
             self._stop_heartbeat.set()
-            self._heartbeat(state="stopped")
+            spool.remove_heartbeat(self.spool, socket.gethostname(), os.getpid())
             for engine in self._engines.values():
                 with contextlib.suppress(Exception):
                     engine.close()
@@ -234,8 +234,8 @@ class Worker:
             log.info("job %s was already published as %s; finishing", job.id, job.published, extra=context)
             self._finish(job, folder)
             return
-        started = time.monotonic()
-        timings: dict[str, float] = {"queued": max(0.0, time.time() - job.created)}
+        started, started_at = time.monotonic(), time.time()
+        timings: dict[str, float] = {"queued": max(0.0, started_at - job.created)}
         audio = folder / job.audio.file
         video = Path(job.video.file) if not job.video.consumed else folder / job.video.file
         log.info("rendering %s with %s on %s (attempt %d)", job.stem, engine_name, self.device, job.attempts,
@@ -274,8 +274,10 @@ class Worker:
         t = time.monotonic()
         score = _score(output)
         timings["score"] = time.monotonic() - t
+        t = time.monotonic()
         poster = work / "poster.jpg"
-        has_poster = _poster(output, poster)
+        has_poster = _poster(output, poster, result.frames / result.fps if result.fps else 0.0)
+        timings["poster"] = time.monotonic() - t
         timings.update({f"engine.{k}": v for k, v in result.timings.items()})
         record = {
             "job_id": job.id, "user": job.user, "name": job.stem, "engine": engine_name, "device": self.device,
@@ -283,7 +285,7 @@ class Worker:
             "inputs": {role: {"name": f.name, "size": _size_of(p), "sha256": hashes[role]}
                        for role, f, p in (("audio", job.audio, audio), ("video", job.video, video))},
             "frames": result.frames, "fps": result.fps, "details": result.details,
-            "sync_score": score, "created": job.created, "finished": time.time(),
+            "sync_score": score, "created": job.created, "started": started_at, "finished": time.time(),
             "timings": {k: round(v, 4) for k, v in timings.items()}, "output_bytes": output.stat().st_size,
         }
         if job.publish_dir is None:
@@ -377,18 +379,19 @@ def _score(video: Path) -> dict[str, Any] | None:
         return None
 
 
-def _poster(video: Path, poster: Path) -> bool:
-    """A JPEG still from a third of the way in; quick (seeks, decodes one frame)."""
-    try:
-        from pipeline.media import probe
-
-        at = max(0.0, probe(video).duration / 3)
-        done = subprocess.run(["ffmpeg", "-v", "error", "-y", "-ss", f"{at:.3f}", "-i", f"file:{video}",
-                               "-frames:v", "1", "-q:v", "3", f"file:{poster}"], capture_output=True, timeout=60)
-        return done.returncode == 0 and poster.exists()
-    except Exception as exc:  # noqa: BLE001
-        log.warning("no poster for %s: %s", video.name, exc)
-        return False
+def _poster(video: Path, poster: Path, duration: float) -> bool:
+    """A JPEG still from a third of the way in (one ffmpeg run: seek, decode one frame)."""
+    for at in (duration / 3, 0.0) if duration > 0 else (0.0,):
+        try:
+            done = subprocess.run(["ffmpeg", "-v", "error", "-y", "-ss", f"{at:.3f}", "-i", f"file:{video}",
+                                   "-frames:v", "1", "-q:v", "3", f"file:{poster}"], capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("no poster for %s: %s", video.name, exc)
+            return False
+        if done.returncode == 0 and poster.exists() and poster.stat().st_size > 0:
+            return True
+    log.warning("no poster for %s: %s", video.name, done.stderr.decode("utf-8", "replace").strip()[-200:])
+    return False
 
 
 def _notify(config: Mapping[str, Any], event: str, user: str, stem: str, job_id: str, detail: str) -> None:
