@@ -12,8 +12,12 @@ import soundfile
 import torch
 
 from pipeline import wav2lip_audio as w2l_audio
-from pipeline.engines import EngineUnavailable
+from pipeline.engines import EngineError, EngineUnavailable, JobSpec, get_engine, no_progress
+from pipeline.engines import wav2lip as w2l_engine
+from pipeline.media import probe
+from pipeline.video import open_video, read_frames, source_index
 from pipeline.wav2lip_model import Wav2Lip, load_checkpoint
+from tests import media
 
 # ---------------------------------------------------------------------------------------------------
 # The published generator (Rudrabha/Wav2Lip models/wav2lip.py + models/conv.py), written out flat:
@@ -269,3 +273,164 @@ def test_audio_shorter_than_one_window_is_padded_with_silence() -> None:
     mel = np.zeros((80, 10), np.float32)
     windows = list(w2l_audio.mel_windows(mel, 25.0))
     assert len(windows) == 1 and windows[0].shape == (80, 16) and np.all(windows[0][:, 10:] == -4)
+
+
+# -- the engine ---------------------------------------------------------------------------------------
+
+FPS = 10.0
+SIZE = (160, 160)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, random_state) -> Path:
+    """A randomly initialised generator in the public checkpoint's format (DataParallel "module." keys)."""
+    return _save(tmp_path_factory.mktemp("w2l") / "wav2lip_gan.pth", random_state, prefix="module.")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1.2 s of the astronaut's face at 10 fps (12 frames)."""
+    return media.face_clip(tmp_path_factory.mktemp("w2l") / "face.mp4", seconds=1.2, fps=FPS, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def speech_2s(tmp_path_factory: pytest.TempPathFactory, speech_wav: Path) -> Path:
+    """The first 2 s of the speech fixture: longer than the clip, so the clip plays back and forth."""
+    return media.convert(speech_wav, tmp_path_factory.mktemp("w2l") / "speech2s.wav", "-t", "2.0")
+
+
+def _settings(checkpoint: Path | None, **wav2lip) -> dict:
+    return {"batch_frames": 8, "crf": 18, "preset": "ultrafast", "builtin": {"detect_every": 5},
+            "wav2lip": {"checkpoint": str(checkpoint) if checkpoint else None, "pads": [0, 10, 0, 0],
+                        "batch_size": 6, **wav2lip}}
+
+
+def _frames(path: Path) -> np.ndarray:
+    info = open_video(path)
+    return np.concatenate(list(read_frames(info, 64)))
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def test_engine_renders_a_clip_end_to_end_on_cpu(tmp_path: Path, checkpoint: Path, clip: Path,
+                                                 speech_2s: Path) -> None:
+    engine = get_engine("wav2lip", _settings(checkpoint))
+    engine.check()
+    stages: list[str] = []
+    spec = JobSpec(audio=speech_2s, video=clip, output=tmp_path / "out.mp4", device="cpu", workdir=tmp_path)
+    result = engine.render(spec, lambda stage, fraction: stages.append(stage))
+
+    out = probe(spec.output)
+    assert out.has_video and out.has_audio and (out.width, out.height) == SIZE
+    assert out.fps == pytest.approx(FPS)
+    assert out.duration == pytest.approx(2.0, abs=0.15)
+    assert result.frames == 20 and result.details["faces_rendered"] >= 18
+    assert stages[0] == "audio" and "faces" in stages and "render" in stages and stages[-1] == "encode"
+
+    source = _frames(clip)
+    rendered = _frames(spec.output)
+    assert len(source) == 12 and len(rendered) == 20
+    tracker_boxes = engine._face_boxes(open_video(clip), 20, no_progress)  # the boxes the render used
+    for j, frame in enumerate(rendered):
+        s = source_index(j, len(source))  # back and forth: 0..11, 10, 9, ...
+        x1, y1, x2, y2 = (int(round(v)) for v in tracker_boxes[s])
+        outside = np.ones(frame.shape[:2], bool)
+        outside[y1:y2, x1:x2] = False
+        assert _psnr(frame[outside], source[s][outside]) > 35, f"frame {j} changed outside the face box"
+        # The generated (random) mouth replaced the lower middle of the box ...
+        my, mx = slice(y1 + int(0.7 * (y2 - y1)), y2 - int(0.15 * (y2 - y1))), \
+            slice(x1 + int(0.3 * (x2 - x1)), x2 - int(0.3 * (x2 - x1)))
+        assert _psnr(frame[my, mx], source[s][my, mx]) < 25, f"frame {j}: the mouth was not repainted"
+        # ... and the box's top half is untouched (the mask starts below it): the frame is its ping-pong source.
+        top = slice(y1, y1 + int(0.35 * (y2 - y1)))
+        scores = [_psnr(frame[top, x1:x2], other[top, x1:x2]) for other in source]
+        assert int(np.argmax(scores)) == s
+
+
+def test_frames_without_a_face_pass_through(tmp_path: Path, checkpoint: Path, speech_2s: Path) -> None:
+    faces = list(media.face_frames(0.6, FPS, SIZE))
+    gray = [np.full((SIZE[1], SIZE[0], 3), 128, np.uint8)] * 6
+    video = media.write_video(tmp_path / "mixed.mp4", faces + gray, FPS, SIZE)
+    audio = media.convert(speech_2s, tmp_path / "a.wav", "-t", "1.2")
+    result = get_engine("wav2lip", _settings(checkpoint)).render(
+        JobSpec(audio=audio, video=video, output=tmp_path / "out.mp4", workdir=tmp_path))
+    assert result.details["faces_rendered"] == 6
+    source, rendered = _frames(video), _frames(tmp_path / "out.mp4")
+    assert len(rendered) == 12
+    for j in range(6, 12):
+        assert _psnr(rendered[j], source[j]) > 40
+    assert min(_psnr(rendered[j], source[j]) for j in range(6)) < 35  # the faces were repainted
+
+
+def test_a_video_without_any_face_fails_in_plain_words(tmp_path: Path, checkpoint: Path, speech_2s: Path) -> None:
+    video = media.no_face_clip(tmp_path / "pattern.mp4", seconds=1.0, fps=FPS, size=SIZE)
+    with pytest.raises(EngineError, match="no face was found in the video 'pattern.mp4'"):
+        get_engine("wav2lip", _settings(checkpoint)).render(
+            JobSpec(audio=speech_2s, video=video, output=tmp_path / "out.mp4", workdir=tmp_path))
+    assert not (tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"checkpoint": None}, "pipeline.wav2lip.checkpoint is not set"),
+    ({"pads": [0, 10]}, "pipeline.wav2lip.pads must be four whole numbers"),
+    ({"batch_size": 0}, "pipeline.wav2lip.batch_size must be a whole number of at least 1"),
+    ({"checkpoint": "/nowhere/wav2lip_gan.pth"}, "'/nowhere/wav2lip_gan.pth' does not exist"),
+])
+def test_check_reports_setup_problems(checkpoint: Path, options: dict, words: str) -> None:
+    settings = _settings(checkpoint)
+    settings["wav2lip"].update(options)
+    with pytest.raises(EngineUnavailable) as caught:
+        get_engine("wav2lip", settings).check()
+    assert words in str(caught.value)
+
+
+def test_feather_mask_is_zero_at_the_edges_and_one_over_the_mouth() -> None:
+    mask = w2l_engine.feather_mask(90, 80)[..., 0]
+    assert mask.shape == (90, 80)
+    assert mask[0].max() == 0 and mask[-1].max() == 0 and mask[:, 0].max() == 0 and mask[:, -1].max() == 0
+    assert mask[: int(w2l_engine.MASK_TOP * 90)].max() == 0  # the upper part of the face is never touched
+    assert mask[70, 40] == 1.0
+    assert np.abs(np.diff(mask, axis=0)).max() < 0.2 and np.abs(np.diff(mask, axis=1)).max() < 0.2  # no step
+
+
+def test_blend_keeps_the_crop_border_and_takes_the_mouth() -> None:
+    original = np.full((60, 50, 3), 40, np.uint8)
+    generated = np.full((60, 50, 3), 240, np.uint8)
+    mixed = w2l_engine.blend(original, generated)
+    border = np.concatenate([mixed[0], mixed[-1], mixed[:, 0], mixed[:, -1]])
+    assert np.all(border == 40)
+    assert np.all(mixed[48, 25] == 240)
+
+
+def test_boxes_are_smoothed_over_five_frames_within_face_runs() -> None:
+    boxes = np.array([[0, 0, 10, 10]] * 3 + [[10, 0, 20, 10]] * 3 + [[np.nan] * 4] + [[50, 50, 60, 60]] * 2,
+                     dtype=float)
+    smooth = w2l_engine.smooth_boxes(boxes, 5)
+    assert smooth[0, 0] == pytest.approx(0.0)  # frames 0-2 (all x=0)
+    assert smooth[2, 0] == pytest.approx(4.0)  # frames 0-4: 0, 0, 0, 10, 10
+    assert smooth[3, 0] == pytest.approx(6.0)  # frames 1-5
+    assert smooth[4, 0] == pytest.approx(7.5)  # frames 2-5 (the run ends at the missing face)
+    assert smooth[5, 0] == pytest.approx(10.0)  # frames 3-5
+    assert np.isnan(smooth[6]).all()
+    assert smooth[7, 0] == pytest.approx(50.0)  # never pulled across the gap
+
+
+def test_model_input_masks_the_lower_half_and_uses_bgr() -> None:
+    red = np.zeros((40, 30, 3), np.uint8)
+    red[..., 0] = 255  # RGB red
+    faces, mels = w2l_engine.model_input([red], [np.zeros((80, 16), np.float32)])
+    assert faces.shape == (1, 6, 96, 96) and mels.shape == (1, 1, 80, 16)
+    assert faces[0, 2, :48].min() == 1.0 and faces[0, 0].max() == 0.0  # BGR: red is channel 2
+    assert faces[0, :3, 48:].max() == 0.0  # the masked copy's lower half
+    assert faces[0, 5].min() == 1.0  # the reference copy is whole
+
+
+def test_box_reaches_the_chin_with_pads() -> None:
+    from pipeline.face import FaceBox
+
+    assert w2l_engine.wav2lip_box(FaceBox(50, 40, 60, 60), [5, 10, 2, 3], 160, 160) == \
+        pytest.approx((48, 35, 113, 40 + 1.18 * 60 + 10))
+    assert w2l_engine.wav2lip_box(FaceBox(120, 100, 60, 60), [0, 10, 0, 0], 160, 160)[2:] == (160, 160)
