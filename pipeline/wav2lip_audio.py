@@ -6,21 +6,19 @@ Wav2Lip's hparams.py: 16 kHz audio, pre-emphasis 0.97, an STFT of 800 samples (5
 dB relative to 20 dB with a floor at -100 dB, scaled symmetrically into [-4, 4]. The STFT is centred
 with reflection padding, as librosa 0.7 (the version Wav2Lip used) did by default.
 
-Reads top to bottom: load_audio -> melspectrogram -> mel_windows.
+Decoding to 16 kHz mono is pipeline.audio.load_audio's job (shared with the builtin engine);
+from its samples this module reads top to bottom: melspectrogram -> mel_windows.
 """
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 from scipy import signal
 
 from pipeline.engines.base import EngineError
-from pipeline.media import require_tool
 
 SAMPLE_RATE = 16000
 PREEMPHASIS = 0.97
@@ -34,29 +32,6 @@ MIN_LEVEL_DB = -100.0
 MAX_ABS_VALUE = 4.0
 MEL_FRAMES_PER_SECOND = SAMPLE_RATE / HOP  # 80
 WINDOW_STEPS = 16  # mel frames the generator hears per video frame (0.2 s)
-
-DECODE_TIMEOUT_SECONDS = 600
-
-
-def load_audio(path: str | Path) -> np.ndarray:
-    """Any audio (or a video's sound track) as mono float32 at 16 kHz, decoded by ffmpeg."""
-    path = Path(path)
-    ffmpeg = require_tool("ffmpeg")
-    try:
-        done = subprocess.run([ffmpeg, "-v", "error", "-nostdin", "-i", f"file:{path.absolute()}", "-vn",
-                               "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"],
-                              capture_output=True, timeout=DECODE_TIMEOUT_SECONDS, check=False)
-    except subprocess.TimeoutExpired:
-        raise EngineError(f"the audio {path.name!r} could not be decoded within {DECODE_TIMEOUT_SECONDS} s; "
-                          "export it again (WAV or MP3) and drop it again") from None
-    if done.returncode != 0:
-        reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise EngineError(f"the audio {path.name!r} could not be decoded ({reason[-1] if reason else 'no sound'}); "
-                          "check that it is a complete audio file")
-    wav = np.frombuffer(done.stdout, dtype="<f4").astype(np.float32)
-    if wav.size == 0:
-        raise EngineError(f"the audio {path.name!r} has no sound in it; drop an audio file with speech")
-    return wav
 
 
 @lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ import soundfile
 import torch
 
 from pipeline import wav2lip_audio as w2l_audio
+from pipeline.audio import load_audio
 from pipeline.engines import EngineError, EngineUnavailable, JobSpec, get_engine, no_progress
 from pipeline.engines import wav2lip as w2l_engine
 from pipeline.media import probe
@@ -228,7 +229,7 @@ def test_mel_filters_match_the_slaney_formula() -> None:
 
 
 def test_mel_front_end_matches_the_published_formulas(speech_wav: Path) -> None:
-    wav = w2l_audio.load_audio(speech_wav)
+    wav = load_audio(speech_wav).samples
     assert wav.dtype == np.float32
     duration = soundfile.info(str(speech_wav)).duration
     assert len(wav) == pytest.approx(duration * 16000, abs=200)
