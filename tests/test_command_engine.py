@@ -171,3 +171,28 @@ def test_expand_fills_only_known_placeholders() -> None:
     values = {"audio": "a.wav", "video": "v.mp4", "output": "o.mp4", "device": "cuda:1", "workdir": "/w"}
     assert command_mod.expand(["--cfg", '{"x": {"y": 1}}', "--out={output}", "{device}"], values) == \
         ["--cfg", '{"x": {"y": 1}}', "--out=o.mp4", "cuda:1"]
+
+
+def _readme_examples(heading: str) -> list[str]:
+    """The ```yaml blocks of one README subsection under the engines anchor."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split(f"### {heading}\n", 1)[1].split("\n### ", 1)[0].split("<!-- section:", 1)[0]
+    return [block.split("```", 1)[0] for block in section.split("```yaml\n")[1:]]
+
+
+@pytest.mark.parametrize("heading", ["wav2lip", "heygem", "command"])
+def test_readme_config_examples_are_valid(tmp_path: Path, heading: str) -> None:
+    from daemon import config as configmod
+
+    examples = _readme_examples(heading)
+    assert examples, f"no yaml example under ### {heading}"
+    for i, example in enumerate(examples):
+        path = tmp_path / f"{heading}{i}.yaml"
+        path.write_text(example)
+        loaded = configmod.load(path)  # every key known, every value of the right type
+        assert loaded["pipeline"]["engine"] == heading
+        if heading == "command":
+            argv = loaded["pipeline"]["command"]["argv"]
+            values = {name: f"<{name}>" for name in command_mod.PLACEHOLDERS}
+            expanded = command_mod.expand(argv, values)
+            assert "<output>" in " ".join(expanded) and "<audio>" in " ".join(expanded)
