@@ -194,13 +194,30 @@ def test_exec_start_lines_are_valid_lipsyncd_command_lines() -> None:
     assert (worker.command, worker.config, worker.device) == ("worker", INSTALLED_CONFIG, "cuda:1")
 
 
-@pytest.mark.parametrize("name", ["lipsyncd.service", "lipsyncd-worker@.service"])
-def test_daemon_units_notify_restart_and_stop_gracefully(name: str) -> None:
-    sections = unit(name)
-    service = sections["Service"]
+def test_daemon_unit_notifies_systemd() -> None:
+    sections = unit("lipsyncd.service")
     assert last(sections, "Service", "Type") == "notify"
     assert last(sections, "Service", "NotifyAccess") == "main"
     assert seconds(last(sections, "Service", "WatchdogSec")) >= 10
+    # Workers load torch and initialise CUDA before the daemon says READY=1.
+    assert seconds(last(sections, "Service", "TimeoutStartSec")) >= 120
+
+
+def test_worker_unit_type_matches_what_the_worker_sends() -> None:
+    """Type=notify would time out unless `lipsyncd worker` sends READY=1 itself."""
+    worker_speaks_sd_notify = "Notifier" in (REPO / "daemon/worker.py").read_text()
+    sections = unit("lipsyncd-worker@.service")
+    expected = "notify" if worker_speaks_sd_notify else "exec"
+    assert last(sections, "Service", "Type") == expected
+    if expected == "notify":
+        assert last(sections, "Service", "NotifyAccess") == "main"
+        assert "WatchdogSec" in sections["Service"]
+
+
+@pytest.mark.parametrize("name", ["lipsyncd.service", "lipsyncd-worker@.service"])
+def test_daemon_units_restart_and_stop_gracefully(name: str) -> None:
+    sections = unit(name)
+    service = sections["Service"]
     assert last(sections, "Service", "Restart") == "on-failure"
     assert int(last(sections, "Unit", "StartLimitBurst")) >= 1
     assert seconds(last(sections, "Unit", "StartLimitIntervalSec")) > 0
