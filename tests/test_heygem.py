@@ -284,6 +284,13 @@ def test_connection_refused(tmp_path: Path, data_dir: Path, face_mp4: Path, spee
     assert _leftovers(data_dir) == []
 
 
+def test_check_reports_a_service_that_is_not_heygem(data_dir: Path, fake) -> None:
+    service, url = fake
+    service.scenario = "malformed"  # every answer is an HTML page
+    with pytest.raises(EngineUnavailable, match="the HeyGem service at .* answered /easy/query with HTTP 404"):
+        _engine(url + "/other-app", data_dir).check()
+
+
 def test_check_reports_a_missing_data_folder(tmp_path: Path, fake) -> None:
     _, url = fake
     with pytest.raises(EngineUnavailable, match="host_data_dir is not set"):

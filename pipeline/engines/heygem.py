@@ -78,7 +78,12 @@ class HeyGemEngine(Engine):
     def check(self) -> None:
         """The data folder is there and writable, and the service answers its query API."""
         self._check_data_dir()
-        answer = self._request("GET", "/easy/query", params={"code": f"lipsyncd-check-{uuid.uuid4().hex[:8]}"})
+        try:
+            answer = self._request("GET", "/easy/query", params={"code": f"lipsyncd-check-{uuid.uuid4().hex[:8]}"})
+        except EngineUnavailable:
+            raise
+        except EngineError as exc:  # answered, but not like HeyGem: a setup problem too
+            raise EngineUnavailable(str(exc)) from None
         if "code" not in answer:
             raise EngineUnavailable(f"the HeyGem service at {self.base_url} answered without a \"code\" field "
                                     f"({_short(answer)}); is pipeline.heygem.base_url really a HeyGem service?")
