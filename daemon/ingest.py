@@ -190,6 +190,12 @@ class Ingest:
         except FileNotFoundError:
             log.info("files of %r vanished while being claimed; waiting for them to come back", decision.stem)
             return 0
+        except OSError as exc:
+            # ENOSPC (no room for a folder in the spool), EACCES...: the files stay in the inbox untouched.
+            log.error("cannot claim %r into %s: %s; the files stay in the inbox and are tried again",
+                      decision.stem, self.spool, exc, extra=fields(user=user, stage="claim"))
+            self._dirty.add(str(folder))
+            return 0
         for name in decision.files:
             self.settle.forget(str(folder / name))
         priority = -self.in_flight.get(user, 0)

@@ -105,62 +105,74 @@ class Service:
                  len(self.workers), ", ".join(w.device for w in self.workers), self.queue.where)
 
         now = time.monotonic()
-        next_rescan = now + float(self.config["ingest"]["rescan_seconds"])
-        next_reap = now + self._reap_interval()
-        next_status = now
-        next_watchdog = now
-        ready_deadline = now + READY_TIMEOUT_SECONDS
-        last_status = ""
+        self._next = {"rescan": now + float(self.config["ingest"]["rescan_seconds"]),
+                      "reap": now + self._reap_interval(), "status": now, "watchdog": now,
+                      "ready_deadline": now + READY_TIMEOUT_SECONDS}
+        self._last_status = ""
         while not self.stop_requested:
-            now = time.monotonic()
-            wake = [next_rescan, next_reap, next_status if self.notifier.enabled else next_rescan]
-            if self.notifier.watchdog_interval:
-                wake.append(next_watchdog)
-            deadline = self.ingest.next_deadline()
-            if deadline is not None:
-                wake.append(deadline + 0.01)
-            timeout = max(0.0, min(wake) - now)
-            self._drain(timeout)
-            if self.stop_requested:
-                break
-            if self.reload_requested:
-                self._reload()
-            now = time.monotonic()
-            all_folders = now >= next_rescan
-            if all_folders:
-                self.ingest.scan()
-                next_rescan = now + float(self.config["ingest"]["rescan_seconds"])
-                if not self.watcher.alive():
-                    log.error("the inbox watcher stopped; restarting it")
-                    self.watcher.stop()
-                    self.watcher.start()
-            self.ingest.tick(all_folders=all_folders)
-            if now >= next_reap:
-                self.summary = reap(self.config, self.queue)
-                self.ingest.in_flight = dict(self.summary.per_user)
-                next_reap = now + self._reap_interval()
-            if not self._supervise():
-                self.exit_code = 2
-                break
-            if not self.ready and self._workers_ready():
-                self.ready = True
-                self.notifier.ready(self._status_text())
-                log.info("ready: taking work")
-            elif not self.ready and now > ready_deadline:
-                log.error("workers did not report ready within %.0f s", READY_TIMEOUT_SECONDS)
-                ready_deadline = float("inf")
-            if self.notifier.watchdog_interval and now >= next_watchdog:
-                if self.watcher.alive():
-                    self.notifier.watchdog()
-                next_watchdog = now + self.notifier.watchdog_interval
-            if now >= next_status:
-                text = self._status_text()
-                if text != last_status:
-                    self.notifier.status(text)
-                    last_status = text
-                next_status = now + STATUS_EVERY_SECONDS
+            try:
+                if not self._step():
+                    self.exit_code = 2
+                    break
+            except Exception:  # noqa: BLE001 - a bad moment must not stop the service; say what happened
+                log.exception("unexpected error in the main loop; carrying on")
+                time.sleep(1.0)
         self._shutdown()
         return self.exit_code
+
+    def _step(self) -> bool:
+        """One turn of the main loop: wait for something to do, then do it. False: stop with exit 2."""
+        nxt = self._next
+        now = time.monotonic()
+        wake = [nxt["rescan"], nxt["reap"]]
+        if self.notifier.enabled:
+            wake.append(nxt["status"])
+        if self.notifier.watchdog_interval:
+            wake.append(nxt["watchdog"])
+        if not self.ready:
+            wake.append(now + 0.2)  # workers are starting: look at their heartbeats soon
+        deadline = self.ingest.next_deadline()
+        if deadline is not None:
+            wake.append(deadline + 0.01)
+        self._drain(max(0.0, min(wake) - now))
+        if self.stop_requested:
+            return True
+        if self.reload_requested:
+            self._reload()
+        now = time.monotonic()
+        all_folders = now >= nxt["rescan"]
+        if all_folders:
+            self.ingest.scan()
+            nxt["rescan"] = now + float(self.config["ingest"]["rescan_seconds"])
+            if not self.watcher.alive():
+                log.error("the inbox watcher stopped; restarting it")
+                self.watcher.stop()
+                self.watcher.start()
+        self.ingest.tick(all_folders=all_folders)
+        if now >= nxt["reap"]:
+            self.summary = reap(self.config, self.queue)
+            self.ingest.in_flight = dict(self.summary.per_user)
+            nxt["reap"] = now + self._reap_interval()
+        if not self._supervise():
+            return False
+        if not self.ready and self._workers_ready():
+            self.ready = True
+            self.notifier.ready(self._status_text())
+            log.info("ready: taking work")
+        elif not self.ready and now > nxt["ready_deadline"]:
+            log.error("workers did not report ready within %.0f s", READY_TIMEOUT_SECONDS)
+            nxt["ready_deadline"] = float("inf")
+        if self.notifier.watchdog_interval and now >= nxt["watchdog"]:
+            if self.watcher.alive():
+                self.notifier.watchdog()
+            nxt["watchdog"] = now + self.notifier.watchdog_interval
+        if now >= nxt["status"]:
+            text = self._status_text()
+            if text != self._last_status:
+                self.notifier.status(text)
+                self._last_status = text
+            nxt["status"] = now + STATUS_EVERY_SECONDS
+        return True
 
     def _drain(self, timeout: float) -> None:
         """Wait up to *timeout* for watcher events, then take all that are waiting."""

@@ -9,6 +9,7 @@ queue.stop_timeout_seconds or put it back; SIGHUP: reload the configuration betw
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -35,6 +36,12 @@ IDLE_POLL_MIN, IDLE_POLL_MAX = 0.02, 0.25  # seconds between empty-queue polls (
 QUEUE_RETRY_MAX = 30.0
 HEARTBEAT_MAX_SECONDS = 2.0
 EXIT_ENGINE_UNAVAILABLE = 2
+MIN_FREE_BYTES = 16 * 1024 * 1024  # below this on spool/ or outputs/, jobs wait instead of failing
+DISK_FULL_WAIT_MAX = 30.0
+
+
+class DiskFull(Exception):
+    """No room on the spool's or the outputs' filesystem: the job waits instead of failing."""
 
 
 class Requeue(BaseException):
@@ -203,21 +210,34 @@ class Worker:
                       extra=fields(job_id=job_id))
             self._fail_unreadable(folder, job_id, str(exc))
             return
-        job.attempts += 1
-        job.state = "running"
-        save(folder, job)
         self.current = (job, folder)
         self._progress("starting", 0.0)
         context = fields(job_id=job.id, user=job.user)
         try:
+            full = self._disk_full()
+            if full:
+                raise DiskFull(full)
+            job.attempts += 1
+            job.state = "running"
+            save(folder, job)
             if job.attempts > int(self.config["queue"]["max_attempts"]):
                 self._fail(job, folder, f"the worker processing this job stopped unexpectedly {job.attempts - 1} "
                                         "times (crashed or was killed), so lipsyncd gave up on it. The input may "
                                         "make the engine crash; check the log of this job.", engine=None)
                 return
             self._execute(job, folder)
+        except DiskFull as exc:
+            self._requeue(job, folder, f"{exc}; the job waits (it is not failed) until there is room",
+                          undo_attempt=job.state == "running")
+            self._sleep(min(DISK_FULL_WAIT_MAX, 2 * float(self.config["queue"]["lease_seconds"])))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._requeue(job, folder, f"the disk is full ({exc}); the job waits until there is room",
+                          undo_attempt=True)
+            self._sleep(min(DISK_FULL_WAIT_MAX, 2 * float(self.config["queue"]["lease_seconds"])))
         except Requeue:
-            self._requeue(job, folder, "the worker was stopped before the job finished")
+            self._requeue(job, folder, "the worker was stopped before the job finished", undo_attempt=True)
             raise
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -256,6 +276,9 @@ class Worker:
             result = engine.render(spec, self._progress)
             timings["engine"] = time.monotonic() - t
         except EngineError as exc:
+            full = self._disk_full()
+            if full:  # the engine's own error was most likely "No space left on device"
+                raise DiskFull(full) from exc
             self._fail(job, folder, str(exc), engine=engine_name)
             return
         except FileNotFoundError as exc:
@@ -263,6 +286,8 @@ class Worker:
                                     "Drop the pair again.", engine=engine_name)
             return
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
             log.exception("internal error in job %s", job.id, extra=fields(job_id=job.id, user=job.user,
                                                                              stage=self.stage))
             self._fail(job, folder, f"lipsyncd hit an internal error while rendering ({type(exc).__name__}: {exc}). "
@@ -291,9 +316,8 @@ class Worker:
         if job.publish_dir is None:
             job.publish_dir = str(Path(self.config["paths"]["outputs"]) / filing.today() / _safe(job.user))
             save(folder, job)
-        sidecars: dict[str, Any] = {".json": record}
-        if has_poster:
-            sidecars[".jpg"] = poster
+        sidecars: dict[str, Any] = {".jpg": poster} if has_poster else {}
+        sidecars[".json"] = record  # last: a record means the output is complete
         final = filing.publish(Path(self.config["paths"]["outputs"]), job, output, sidecars=sidecars,
                                publish_dir=Path(job.publish_dir))
         job.published = str(final)
@@ -332,9 +356,23 @@ class Worker:
                             f"the job's record (job.json) is damaged: {why}")
         shutil.rmtree(folder, ignore_errors=True)
 
-    def _requeue(self, job: Job, folder: Path, why: str) -> None:
+    def _disk_full(self) -> str | None:
+        """Why there is no room to run a job (spool or outputs nearly full), or None."""
+        for key in ("spool", "outputs"):
+            folder = Path(self.config["paths"][key])
+            try:
+                free = shutil.disk_usage(folder).free
+            except OSError:
+                continue
+            if free < MIN_FREE_BYTES:
+                return (f"the disk holding paths.{key} ({folder}) is full: {free // (1024 * 1024)} MB free, "
+                        f"at least {MIN_FREE_BYTES // (1024 * 1024)} MB needed")
+        return None
+
+    def _requeue(self, job: Job, folder: Path, why: str, *, undo_attempt: bool) -> None:
         job.state = "queued"
-        job.attempts = max(0, job.attempts - 1)  # a stop is not the job's fault
+        if undo_attempt:
+            job.attempts = max(0, job.attempts - 1)  # a stop or a full disk is not the job's fault
         with contextlib.suppress(OSError):
             save(folder, job)
         spool.drop_lease(folder)

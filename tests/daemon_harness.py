@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -70,7 +71,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: bool = True) -> Daemon:
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - stays open while the daemon runs
         self.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "--config", str(self.config), "run"],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
                                      start_new_session=True)
@@ -103,10 +104,8 @@ class Daemon:
     def kill_all(self) -> None:
         """SIGKILL the daemon and its workers (its whole session)."""
         assert self.proc is not None
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait()
         self._log.close()
 
@@ -118,7 +117,9 @@ class Daemon:
 
 
 def outputs(root: Path) -> list[Path]:
-    return sorted(p for p in (root / "outputs").rglob("*.mp4") if not p.name.startswith("."))
+    """Published outputs: the MP4 and its record (written last) are both there."""
+    return sorted(p for p in (root / "outputs").rglob("*.mp4")
+                  if not p.name.startswith(".") and p.with_suffix(".json").exists())
 
 
 def failures(root: Path) -> list[Path]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests import media
-from tests.daemon_harness import Daemon, drop_pair, failures, outputs, records, wait_for, write_config
+from tests.daemon_harness import Daemon, drop_pair, failures, outputs, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(300)
 
