@@ -52,7 +52,9 @@ class WorkerProcess:
         if self.config_path:
             argv += ["--config", str(self.config_path)]
         argv += ["worker", "--device", self.device]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        # The daemon alone speaks to systemd (NotifyAccess=main): workers do not inherit its notify socket.
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)
         self.started = time.monotonic()
         log.info("started worker for %s (pid %d)", self.device, self.proc.pid)
 

@@ -29,6 +29,7 @@ from daemon import log as logmod
 from daemon.job import WORK_DIR, Job, load, save
 from daemon.log import fields
 from daemon.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
+from daemon.sdnotify import Notifier
 
 log = logging.getLogger("lipsyncd.worker")
 
@@ -63,6 +64,7 @@ class Worker:
         self._engines: dict[str, Any] = {}
         self._queue: JobQueue | None = None
         self._stop_heartbeat = threading.Event()
+        self._notifier = Notifier()  # when run as lipsyncd-worker@.service; the daemon's workers have none
 
     # --- process life ------------------------------------------------------------------------------
 
@@ -86,9 +88,11 @@ class Worker:
         log.info("worker %s ready on %s (engine %s, queue %s)", self.name, self.device,
                  self.config["pipeline"]["engine"], self._queue.where)
         self._heartbeat(state="idle")
+        self._notifier.ready(f"worker on {self.device}: idle")
         try:
             self._loop()
         finally:
+            self._notifier.stopping()
             self._stop_heartbeat.set()
             spool.remove_heartbeat(self.spool, socket.gethostname(), os.getpid())
             for engine in self._engines.values():
@@ -161,8 +165,15 @@ class Worker:
         return min(HEARTBEAT_MAX_SECONDS, float(self.config["queue"]["lease_seconds"]) / 3)
 
     def _heartbeat_loop(self) -> None:
-        while not self._stop_heartbeat.wait(self._heartbeat_interval()):
+        interval = self._heartbeat_interval()
+        if self._notifier.watchdog_interval:
+            interval = min(interval, self._notifier.watchdog_interval)
+        while not self._stop_heartbeat.wait(interval):
             current = self.current
+            self._notifier.watchdog()
+            if current is not None:
+                self._notifier.status(f"job {current[0].id} ({current[0].user}/{current[0].stem}): "
+                                      f"{self.stage} {100 * self.progress:.0f}%")
             with contextlib.suppress(OSError):
                 if current is not None:
                     spool.touch_lease(current[1], self._lease_data(current[0]))
