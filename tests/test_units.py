@@ -7,11 +7,15 @@ entry point install.sh puts into /opt/lipsyncd/venv). User=lipsyncd need not exi
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -275,3 +279,176 @@ def test_janitor_timer_fires_every_15_minutes() -> None:
     minutes = [int(h) * 60 + int(m) for h, m, _ in times]
     gaps = {(b - a) % (24 * 60) for a, b in zip(minutes, minutes[1:], strict=False)}
     assert gaps == {15}, result.stdout
+
+
+# --- what the sandbox allows vs. what the real programs do ---------------------------------------
+# systemd cannot be PID 1 here, so the units cannot be started. Instead the real daemon (with a real
+# builtin-engine job on the CPU) and the real janitor run under strace, and every system call, socket
+# family, device node and memory mapping they use is checked against what the unit would allow.
+
+ALWAYS_ALLOWED = {"execve", "exit", "exit_group", "getrlimit", "rt_sigreturn", "sigreturn"}  # systemd.exec(5)
+DEVICES_CLOSED = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}  # DevicePolicy=closed
+FAMILIES = {"AF_UNIX": "AF_UNIX", "AF_LOCAL": "AF_UNIX", "AF_INET": "AF_INET", "AF_INET6": "AF_INET6",
+            "AF_NETLINK": "AF_NETLINK"}
+needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+
+
+def syscall_groups() -> dict[str, set[str]]:
+    """@group -> members (system calls or @groups), as this systemd defines them."""
+    result = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager"], capture_output=True, text=True,
+                            timeout=60, check=True)
+    groups: dict[str, set[str]] = {}
+    current: set[str] | None = None
+    for line in result.stdout.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.strip(), set())
+        elif not line.strip():
+            current = None
+        elif current is not None and not line.strip().startswith("#"):
+            current.add(line.strip())
+    return groups
+
+
+def expand(names: list[str], groups: dict[str, set[str]]) -> set[str]:
+    out: set[str] = set()
+    for name in names:
+        out |= expand(sorted(groups[name]), groups) if name.startswith("@") else {name}
+    return out
+
+
+def allowed_syscalls(name: str) -> set[str]:
+    """The allow-list a unit's SystemCallFilter= lines build: the first line sets it, "~" lines remove."""
+    groups = syscall_groups()
+    lines = unit(name)["Service"]["SystemCallFilter"]
+    assert not lines[0].startswith("~"), "the first SystemCallFilter= line must be an allow-list"
+    allowed = expand(lines[0].split(), groups) | ALWAYS_ALLOWED | expand(["@default"], groups)
+    for line in lines[1:]:
+        names = line.lstrip("~").split()
+        allowed = allowed - expand(names, groups) if line.startswith("~") else allowed | expand(names, groups)
+    return allowed
+
+
+@dataclass
+class Trace:
+    syscalls: set[str]
+    lines: list[str]
+
+    def calls(self, name: str) -> list[str]:
+        return [line for line in self.lines if re.match(rf"^\d+\s+{name}\(", line)]
+
+
+def traced(argv: list[str], out: Path, **kwargs: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["strace", "-f", "-qq", "-s", "256", "-e", "signal=none", "-o", str(out), *argv],
+                            **kwargs)  # type: ignore[call-overload]
+
+
+def read_trace(path: Path) -> Trace:
+    lines = path.read_text(errors="replace").splitlines()
+    names = {m.group(1) for line in lines if (m := re.match(r"^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]", line))}
+    return Trace(names, lines)
+
+
+def writable_executable_maps(trace: Trace) -> list[str]:
+    """What MemoryDenyWriteExecute=yes refuses: W+X mmap, mprotect/pkey_mprotect adding PROT_EXEC."""
+    bad = [line for line in trace.calls("mmap") if "PROT_WRITE" in line and "PROT_EXEC" in line]
+    bad += [line for line in trace.calls("mprotect") + trace.calls("pkey_mprotect") if "PROT_EXEC" in line]
+    return bad
+
+
+def root_only_fchown(trace: Trace) -> bool:
+    """SQLite fchown()s its journal to the database's owner only when geteuid() is 0 (the tests run as
+    root; the service runs as lipsyncd, so there it never calls fchown). True when every fchown in the
+    trace follows a geteuid() that returned 0 in the same thread."""
+    last: dict[str, str] = {}
+    seen = False
+    for line in trace.lines:
+        pid, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if rest.startswith("fchown("):
+            seen = True
+            if not re.match(r"geteuid\(\)\s+= 0$", last.get(pid, "")):
+                return False
+        if not rest.startswith(("<...", "+++", "---")):
+            last[pid] = rest
+    return seen
+
+
+def check_against_unit(name: str, trace: Trace, families: set[str], devices: set[str]) -> None:
+    used = set(trace.syscalls)
+    if root_only_fchown(trace):
+        used.discard("fchown")
+    denied = sorted(used - allowed_syscalls(name))
+    assert not denied, f"{name} would refuse these system calls the program made: {denied}"
+    used_families = {m.group(1) for line in trace.calls("socket") if (m := re.search(r"socket\((AF_\w+)", line))}
+    assert {FAMILIES.get(f, f) for f in used_families} <= families, used_families
+    opened = {m.group(1) for line in trace.lines
+              if (m := re.search(r'open(?:at)?\((?:AT_FDCWD, )?"(/dev/[^"]+)"', line)) and " = -1 " not in line}
+    strange = {path for path in opened if not path.startswith("/dev/shm/") and path not in devices}
+    assert not strange, f"{name} would refuse access to {sorted(strange)}"
+
+
+@needs_analyze
+@needs_strace
+@pytest.mark.slow
+def test_daemon_and_a_builtin_render_stay_inside_the_service_sandbox(tmp_path: Path, short_wav: Path,
+                                                                     face_mp4: Path) -> None:
+    from tests.daemon_harness import drop_pair, outputs, wait_for, write_config
+
+    config = write_config(tmp_path, pipeline={"engine": "builtin", "device": "cpu"}, logging={"level": "INFO"})
+    trace_file = tmp_path / "strace.txt"
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    log = (tmp_path / "daemon.log").open("wb")
+    proc = traced([str(lipsyncd_bin()), "--config", str(config), "run"], trace_file, env=env, stdout=log,
+                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "ready: taking work" in (tmp_path / "daemon.log").read_text() or proc.poll() is not None,
+                 180, "the traced daemon to be ready", interval=0.3)
+        drop_pair(tmp_path / "inbox" / "alice", "hello", short_wav, face_mp4)
+        wait_for(lambda: outputs(tmp_path) or list((tmp_path / "failed").rglob("error.txt")), 240,
+                 "the traced job to finish", interval=0.5)
+    finally:
+        if proc.poll() is None:
+            # Stop the daemon itself (strace's first tracee), as systemd would; strace exits after it.
+            with contextlib.suppress(ValueError, ProcessLookupError, OSError):
+                os.kill(int(trace_file.read_text().split(None, 1)[0]), signal.SIGTERM)
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+    assert outputs(tmp_path), (tmp_path / "daemon.log").read_text()[-3000:]
+    trace = read_trace(trace_file)
+    nvidia = {f"/dev/nvidia{n}" for n in range(16)} | {"/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"}
+    check_against_unit("lipsyncd.service", trace, {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"},
+                       DEVICES_CLOSED | nvidia)
+    wx = writable_executable_maps(trace)
+    print(f"lipsyncd.service: {len(trace.syscalls)} distinct system calls, all allowed; "
+          f"{len(wx)} writable+executable mappings (why MemoryDenyWriteExecute=no)")
+
+
+@needs_analyze
+@needs_strace
+def test_janitor_stays_inside_its_tighter_sandbox(tmp_path: Path) -> None:
+    from tests.daemon_harness import write_config
+
+    config = write_config(tmp_path)
+    old = tmp_path / "outputs/2020-01-01/alice"
+    old.mkdir(parents=True)
+    (old / "talk.mp4").write_bytes(b"\0" * 1024)
+    os.utime(old / "talk.mp4", (0, 0))
+    for extra in ([], ["--dry-run", "--json"]):
+        trace_file = tmp_path / f"janitor{len(extra)}.txt"
+        proc = traced([str(lipsyncd_bin()), "--config", str(config), "janitor", *extra], trace_file,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        trace = read_trace(trace_file)
+        check_against_unit("lipsyncd-janitor.service", trace, {"AF_UNIX", "AF_INET", "AF_INET6"}, DEVICES_CLOSED)
+        # MemoryDenyWriteExecute=yes
+        assert not writable_executable_maps(trace), writable_executable_maps(trace)[:5]
+        # ProcSubset=pid: only per-process files under /proc.
+        proc_files = {m.group(1) for line in trace.lines
+                      if (m := re.search(r'open(?:at)?\((?:AT_FDCWD, )?"(/proc/[^"]*)"', line))}
+        other = {p for p in proc_files if not re.match(r"/proc/(self|thread-self|\d+)(/|$)", p)}
+        assert not other, f"ProcSubset=pid would hide {sorted(other)}"
