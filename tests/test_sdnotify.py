@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,13 +123,23 @@ def daemon_log(config: Path) -> str:
     return (config.parent / "daemon.log").read_text(errors="replace")
 
 
+def expect(predicate: Callable[[], object], timeout: float, what: str, notify: NotifySocket, config: Path) -> None:
+    """wait_for, with what was received and what the daemon logged when it times out."""
+    try:
+        wait_for(predicate, timeout, what)
+    except AssertionError as exc:
+        received = "\n".join(f"{m.pid}: {m.fields}" for m in notify.messages[-15:])
+        raise AssertionError(f"{exc}\nlast messages:\n{received}\ndaemon log:\n{daemon_log(config)[-3000:]}") from None
+
+
 def test_ready_status_watchdog_reload_and_stopping(notify: NotifySocket, tmp_path: Path, speech_wav: Path,
                                                    small_mp4: Path) -> None:
-    config = write_config(tmp_path, pipeline={"command": {"argv": slow_mux_argv(3), "timeout_seconds": 120}})
+    # The job takes over 5 s, so the STATUS= line (refreshed every 2 s) shows it running.
+    config = write_config(tmp_path, pipeline={"command": {"argv": slow_mux_argv(5), "timeout_seconds": 120}})
     proc = start_daemon(config, notify, WATCHDOG_USEC)
     main = proc.pid
     try:
-        wait_for(lambda: notify.from_pid(main, "READY") or proc.poll() is not None, 60, "READY=1")
+        expect(lambda: notify.from_pid(main, "READY") or proc.poll() is not None, 60, "READY=1", notify, config)
         assert proc.poll() is None, daemon_log(config)
         ready = notify.from_pid(main, "READY")[0]
 
@@ -141,18 +151,18 @@ def test_ready_status_watchdog_reload_and_stopping(notify: NotifySocket, tmp_pat
 
         # It does take work, and says so in STATUS= while it renders.
         drop_pair(tmp_path / "inbox" / "alice", "hello", speech_wav, small_mp4)
-        wait_for(lambda: any("1 running" in m.fields["STATUS"] for m in notify.from_pid(main, "STATUS")), 60,
-                 "a STATUS= line with the running job")
-        wait_for(lambda: outputs(tmp_path), 90, "the output")
-        wait_for(lambda: "0 running" in notify.from_pid(main, "STATUS")[-1].fields["STATUS"], 30,
-                 "a STATUS= line after the job")
+        expect(lambda: any("1 running" in m.fields["STATUS"] for m in notify.from_pid(main, "STATUS")), 60,
+               "a STATUS= line with the running job", notify, config)
+        expect(lambda: outputs(tmp_path), 90, "the output", notify, config)
+        expect(lambda: "0 running" in notify.from_pid(main, "STATUS")[-1].fields["STATUS"], 30,
+               "a STATUS= line after the job", notify, config)
         running = [m.fields["STATUS"] for m in notify.from_pid(main, "STATUS") if "1 running" in m.fields["STATUS"]]
         assert any("alice/hello" in text for text in running), running
 
         # Reload: RELOADING=1, then READY=1 again.
         readies = len(notify.from_pid(main, "READY"))
         proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: len(notify.from_pid(main, "READY")) > readies, 30, "READY=1 after the reload")
+        expect(lambda: len(notify.from_pid(main, "READY")) > readies, 30, "READY=1 after the reload", notify, config)
         assert notify.from_pid(main, "RELOADING"), "no RELOADING=1 on SIGHUP"
         assert notify.from_pid(main, "RELOADING")[-1].at < notify.from_pid(main, "READY")[-1].at
         time.sleep(1.5)  # a little idle time, for the watchdog
@@ -179,7 +189,7 @@ def test_no_watchdog_pings_unless_asked(notify: NotifySocket, tmp_path: Path) ->
     config = write_config(tmp_path)
     proc = start_daemon(config, notify, watchdog_usec=None)
     try:
-        wait_for(lambda: notify.from_pid(proc.pid, "READY") or proc.poll() is not None, 60, "READY=1")
+        expect(lambda: notify.from_pid(proc.pid, "READY") or proc.poll() is not None, 60, "READY=1", notify, config)
         assert proc.poll() is None, daemon_log(config)
         time.sleep(1.5)
     finally:
