@@ -78,7 +78,7 @@ class Worker:
         signal.signal(signal.SIGALRM, self._on_alarm)
         try:
             self.device = resolve(self.configured_device)
-            self.engine(self.config["pipeline"]["engine"])  # checked now, not mid-job
+            self._check_default_engine()  # a bad checkpoint is reported now, not mid-job
         except (ValueError, EngineUnavailable) as exc:
             log.error("worker for %s cannot start: %s", self.configured_device, exc)
             self._heartbeat(state="error", error=str(exc))
@@ -206,6 +206,19 @@ class Worker:
             engine.check()
             self._engines[name] = engine
         return engine
+
+    def _check_default_engine(self) -> None:
+        """Fail start-up when the default engine cannot work; a remote one only gets a warning."""
+        from pipeline.engines import EngineUnavailable, get_engine
+
+        name = self.config["pipeline"]["engine"]
+        try:
+            self.engine(name)
+        except EngineUnavailable as exc:
+            if not get_engine(name, self.config["pipeline"]).remote:
+                raise
+            log.warning("engine %s is not reachable now (%s); starting anyway, jobs fail until it is back",
+                        name, exc)
 
     def run_job(self, job_id: str) -> None:
         folder = self.spool / job_id

@@ -55,6 +55,9 @@ class Engine(ABC):
     """One backend. Constructed once per worker with the `pipeline` config section; used for many jobs."""
 
     name: str = "engine"
+    # True when the engine drives an outside service: check() failing may be temporary (the service is
+    # restarting), so a worker starts anyway and jobs fail with the same message while it lasts.
+    remote: bool = False
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = settings

@@ -60,6 +60,7 @@ LOCK_POLL_SECONDS = 0.2
 
 class HeyGemEngine(Engine):
     name = "heygem"
+    remote = True
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
