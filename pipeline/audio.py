@@ -124,6 +124,13 @@ def frame_mel(samples: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
     return librosa.power_to_db(mean_power, ref=1.0, amin=1e-10, top_db=None).astype(np.float32)
 
 
+def mel_band_hz() -> np.ndarray:
+    """Centre frequency (Hz) of each of the N_MELS bands of frame_mel()."""
+    import librosa
+
+    return librosa.mel_frequencies(n_mels=N_MELS + 2, fmin=0.0, fmax=FMAX)[1:-1]
+
+
 def frame_features(audio: Audio, fps: float, n_frames: int | None = None) -> FrameFeatures:
     """Log-mel and loudness per video frame; n_frames defaults to the frames that cover the audio."""
     if n_frames is None:

@@ -13,9 +13,11 @@ Public API (shared by the engines and the sync score; keep it stable):
 
 How tracking works: the OpenCV Haar cascade (opencv-python-headless, cv2.data.haarcascades) runs on
 every `detect_every`-th frame and on the last frame of each batch, on a copy scaled down to at most
-DETECT_MAX_SIDE pixels. The main face is the detection that overlaps the tracked one most, else the
-largest. Detections are smoothed with an alpha-beta filter on the centre (no lag on a steady pan) and
-an exponential average of the log size; frames in between are interpolated. A single missed detection
+DETECT_MAX_SIDE pixels; while a face is tracked, only around it and for about its size (every
+FULL_SCAN_EVERY-th detection searches the whole frame). The main face is the detection that overlaps
+the tracked one most, else the largest. Detections are smoothed with an alpha-beta filter on the
+centre (no lag on a steady pan) and an exponential average of the log size; frames in between are
+interpolated. A single missed detection
 between two hits is bridged; where a face appears or disappears the frames in between are each run
 through the detector, so the edge is exact and frames without a face are reported as None.
 """
@@ -35,6 +37,9 @@ MIN_FACE_PIXELS = 24  # ... and smaller than this on the detection copy
 SCALE_FACTOR = 1.1  # cascade pyramid step: smaller gives finer box sizes, slower
 MIN_NEIGHBORS = 6  # higher: fewer false faces, more missed ones
 MATCH_IOU = 0.3  # a detection overlapping the tracked face this much continues the track
+NEAR_MARGIN = 0.5  # tracking: look this many face sizes around the last face ...
+NEAR_SIZES = (0.75, 1.35)  # ... for faces this much smaller / larger than it
+FULL_SCAN_EVERY = 10  # every this many detections the whole frame is searched again (a new, larger face)
 POSITION_ALPHA = 0.4  # alpha-beta filter on the box centre, gains per frame of time between detections
 VELOCITY_BETA = 0.15
 SIZE_ALPHA = 0.1  # exponential average of log(size), per frame
@@ -133,18 +138,34 @@ class FaceDetector:
             raise RuntimeError(f"OpenCV's {CASCADE_FILE} could not be loaded from {cv2.data.haarcascades}; "
                                "reinstall opencv-python-headless")
 
-    def detect(self, frame: np.ndarray) -> list[FaceBox]:
-        """Faces in one RGB frame (H, W, 3) uint8, largest first."""
+    def detect(self, frame: np.ndarray, near: FaceBox | None = None) -> list[FaceBox]:
+        """Faces in one RGB frame (H, W, 3) uint8, largest first.
+
+        With *near*, only faces of about that size around it are looked for (much faster: tracking).
+        """
         cv2 = self.cv2
         height, width = frame.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
-        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        x0 = y0 = 0
+        smallest = max(MIN_FACE_PIXELS, round(self.min_face_fraction * min(height, width) * scale))
+        largest = 0
+        if near is not None:
+            margin = NEAR_MARGIN * max(near.w, near.h)
+            x0, y0 = max(0, int(near.x - margin)), max(0, int(near.y - margin))
+            x1 = min(width, int(near.x + near.w + margin) + 1)
+            y1 = min(height, int(near.y + near.h + margin) + 1)
+            frame = frame[y0:y1, x0:x1]
+            smallest = max(MIN_FACE_PIXELS, round(NEAR_SIZES[0] * near.w * scale))
+            largest = round(NEAR_SIZES[1] * near.w * scale)
+        gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
         if scale < 1.0:
-            gray = cv2.resize(gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-        smallest = max(MIN_FACE_PIXELS, round(self.min_face_fraction * min(gray.shape)))
+            gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
+                              interpolation=cv2.INTER_AREA)
+        if min(gray.shape) < smallest:
+            return []
         found = self.cascade.detectMultiScale(gray, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS,
-                                              minSize=(smallest, smallest))
-        boxes = [FaceBox(float(x), float(y), float(w), float(h)).scaled(1.0 / scale) for x, y, w, h in found]
+                                              minSize=(smallest, smallest), maxSize=(largest, largest))
+        boxes = [FaceBox(x / scale + x0, y / scale + y0, w / scale, h / scale) for x, y, w, h in found]
         return sorted(boxes, key=lambda box: box.area, reverse=True)
 
 
@@ -269,13 +290,19 @@ class FaceTracker:
 
     def _detect(self, frame: np.ndarray) -> FaceBox | None:
         self.detections_run += 1
+        reference = self._last_raw
+        if reference is not None and self.detections_run % FULL_SCAN_EVERY:
+            near = self.detector.detect(frame, near=reference)
+            if near:
+                choice = max(near, key=lambda box: box.iou(reference))
+                self._last_raw = choice
+                return choice
         found = self.detector.detect(frame)
         if not found:
             return None
         choice = found[0]
-        if self._last_raw is not None:
-            overlaps = [(box.iou(self._last_raw), box) for box in found]
-            best_overlap, best = max(overlaps, key=lambda pair: pair[0])
+        if reference is not None:
+            best_overlap, best = max(((box.iou(reference), box) for box in found), key=lambda pair: pair[0])
             if best_overlap >= MATCH_IOU:
                 choice = best
         self._last_raw = choice

@@ -3,7 +3,8 @@
 Public API (shared by the engines and the sync score; keep it stable):
 
 - open_video(path) -> VideoInfo: probe a video, with plain-words EngineErrors (no picture, unreadable).
-- read_frames(info, batch_frames, limit=None) -> iterator of uint8 arrays (B, H, W, 3), RGB, writable:
+- read_frames(info, batch_frames, limit=None, max_side=None) -> iterator of uint8 arrays (B, H, W, 3),
+  RGB, writable (max_side: scaled down by ffmpeg to fit, for analysis):
   every frame at the constant rate info.fps, rotation metadata applied (phone video comes out upright),
   any pixel format (10-bit included) converted to 8-bit RGB. Variable frame rate input is resampled to
   info.fps (frames repeated or dropped, as a player would show them).
@@ -67,6 +68,7 @@ class VideoInfo:
     fps: Fraction  # the constant rate frames are decoded at
     duration: float  # seconds
     stream_index: int  # the video stream used
+    start_time: float = 0.0  # seconds from the start of the file to the first frame (sound may start earlier)
     color_matrix: str = "bt601"  # swscale name of the input's YUV matrix, kept for the output
     rotation: int = 0  # degrees a player rotates it by (already applied to the frames)
     pix_fmt: str = ""
@@ -106,13 +108,14 @@ def open_video(path: str | Path, role: str = "video") -> VideoInfo:
     if media.width < 16 or media.height < 16:
         raise EngineError(f"the {role} {path.name!r} is only {media.width}x{media.height} pixels; "
                           "use a video at least 64 pixels wide and high")
-    streams = ffmpeg.probe(f"file:{path.absolute()}", select_streams="v")["streams"]
-    stream = next(s for s in streams if not s.get("disposition", {}).get("attached_pic"))
+    probed = ffmpeg.probe(f"file:{path.absolute()}", select_streams="v")
+    stream = next(s for s in probed["streams"] if not s.get("disposition", {}).get("attached_pic"))
     fps = choose_rate(_fraction(stream.get("avg_frame_rate")), _fraction(stream.get("r_frame_rate")))
     width, height = media.display_size
     duration = media.duration or _float(stream.get("duration"))
     return VideoInfo(
         path=path, width=width, height=height, fps=fps, duration=duration, stream_index=int(stream["index"]),
+        start_time=max(0.0, _float(stream.get("start_time")) - _float(probed.get("format", {}).get("start_time"))),
         color_matrix=_MATRICES.get(stream.get("color_space", ""), "bt601"),
         rotation=media.rotation, pix_fmt=media.pix_fmt,
     )
@@ -133,13 +136,20 @@ def choose_rate(average: Fraction, nominal: Fraction) -> Fraction:
     return Fraction(25)
 
 
-def read_frames(info: VideoInfo, batch_frames: int, limit: int | None = None) -> Iterator[np.ndarray]:
-    """Decode *info*'s video as RGB batches at the constant rate info.fps; stop after *limit* frames."""
+def read_frames(info: VideoInfo, batch_frames: int, limit: int | None = None,
+                max_side: int | None = None) -> Iterator[np.ndarray]:
+    """Decode *info*'s video as RGB batches at the constant rate info.fps; stop after *limit* frames.
+
+    With *max_side*, frames are scaled down (by ffmpeg) to fit it: see scaled_size().
+    """
     import ffmpeg
 
     require_tool("ffmpeg")
     stream = ffmpeg.input(f"file:{info.path.absolute()}")[str(info.stream_index)]
     stream = stream.filter("fps", fps=f"{info.fps.numerator}/{info.fps.denominator}")
+    width, height = scaled_size(info, max_side)
+    if (width, height) != (info.width, info.height):
+        stream = stream.filter("scale", width, height, flags="area")
     options: dict[str, Any] = {"format": "rawvideo", "pix_fmt": "rgb24"}
     if limit is not None:
         options["frames:v"] = limit
@@ -153,7 +163,7 @@ def read_frames(info: VideoInfo, batch_frames: int, limit: int | None = None) ->
     try:
         while limit is None or delivered < limit:
             want = batch_frames if limit is None else min(batch_frames, limit - delivered)
-            batch = _read_batch(process.stdout, info, want)
+            batch = _read_batch(process.stdout, width, height, want)
             if batch is None:
                 break
             delivered += len(batch)
@@ -175,9 +185,19 @@ def read_frames(info: VideoInfo, batch_frames: int, limit: int | None = None) ->
             process.wait()
 
 
-def _read_batch(pipe: IO[bytes], info: VideoInfo, want: int) -> np.ndarray | None:
+def scaled_size(info: VideoInfo, max_side: int | None) -> tuple[int, int]:
+    """The frame size read_frames() gives for *max_side* (aspect kept, even sizes when scaled)."""
+    longest = max(info.width, info.height)
+    if max_side is None or longest <= max_side:
+        return info.width, info.height
+    scale = max_side / longest
+    return max(2, round(info.width * scale / 2) * 2), max(2, round(info.height * scale / 2) * 2)
+
+
+def _read_batch(pipe: IO[bytes], width: int, height: int, want: int) -> np.ndarray | None:
     """Up to *want* frames from a rawvideo pipe, in a writable array; None at the end."""
-    buffer = bytearray(info.frame_bytes * want)
+    frame_bytes = width * height * 3
+    buffer = bytearray(frame_bytes * want)
     view = memoryview(buffer)
     filled = 0
     while filled < len(buffer):
@@ -185,11 +205,11 @@ def _read_batch(pipe: IO[bytes], info: VideoInfo, want: int) -> np.ndarray | Non
         if not count:
             break
         filled += count
-    frames = filled // info.frame_bytes
+    frames = filled // frame_bytes
     if frames == 0:
         return None
-    array = np.frombuffer(buffer, dtype=np.uint8, count=frames * info.frame_bytes)
-    return array.reshape(frames, info.height, info.width, 3)
+    array = np.frombuffer(buffer, dtype=np.uint8, count=frames * frame_bytes)
+    return array.reshape(frames, height, width, 3)
 
 
 def source_index(output_index: int, n_source: int) -> int:
@@ -364,6 +384,7 @@ class VideoWriter:
         self.stderr = _StderrTail(self.process.stderr)
         self.queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=queue_depth)
         self.failure: BaseException | None = None
+        self.stopping = False
         self.thread = threading.Thread(target=self._pump, name="video-writer", daemon=True)
         self.thread.start()
 
@@ -390,11 +411,10 @@ class VideoWriter:
 
     def abort(self) -> None:
         """Stop encoding and remove the partial file."""
+        self.stopping = True
         if self.process.poll() is None:
             self.process.kill()
-        with contextlib.suppress(queue.Full):
-            self.queue.put_nowait(None)
-        self.thread.join(timeout=10)
+        self.thread.join()
         self.process.wait()
         self.stderr.join()
         self.path.unlink(missing_ok=True)
@@ -414,11 +434,16 @@ class VideoWriter:
 
     def _pump(self) -> None:
         while True:
-            frames = self.queue.get()
+            try:
+                frames = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                if self.stopping:
+                    return
+                continue
             if frames is None:
                 return
-            if self.failure is not None:
-                continue  # drain until the sentinel
+            if self.failure is not None or self.stopping:
+                continue  # drain until the end
             try:
                 self.process.stdin.write(frames.data)
             except (BrokenPipeError, OSError) as exc:
