@@ -18,7 +18,10 @@
 #   --torch-index URL pip index for torch (default $LIPSYNCD_TORCH_INDEX, else pip's own configuration)
 #   --add-user NAME   add NAME to the drop group and create inbox/NAME (repeatable)
 #   --yes             do not ask before --purge
+# Environment: LIPSYNCD_PYTHON (default /usr/bin/python3, Debian's: not a pyenv/conda shim under /root,
+# which the lipsyncd user could not run), LIPSYNCD_TORCH, LIPSYNCD_TORCH_INDEX.
 set -euo pipefail
+umask 022   # what goes into /opt and /etc/systemd must be readable by the lipsyncd user
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 NAME=lipsyncd
@@ -33,13 +36,15 @@ UNIT_DIR=/etc/systemd/system
 UNITS=(lipsyncd.service lipsyncd-janitor.service lipsyncd-janitor.timer lipsyncd-worker@.service)
 ENABLE=(lipsyncd.service lipsyncd-janitor.timer)
 DEB_PACKAGES=(ffmpeg python3 python3-venv python3-dev libsystemd-dev pkg-config gcc logrotate acl)
-# folder  mode  group: the drop group writes inbox/avatars and reads outputs/failed; spool and state are private.
+# folder  mode  group: the drop group writes inbox/avatars and reads outputs/failed; state is private.
+# spool is setgid to the drop group too: results are rendered there and renamed into outputs/, and a
+# rename keeps the group a file was created with, so that is where it must get the drop group.
 DATA_DIRS=(
     "inbox 2770 $DROP_GROUP"
     "avatars 2770 $DROP_GROUP"
     "outputs 2750 $DROP_GROUP"
     "failed 2750 $DROP_GROUP"
-    "spool 0750 $SERVICE_USER"
+    "spool 2750 $DROP_GROUP"
     "state 0700 $SERVICE_USER"
 )
 
@@ -49,6 +54,7 @@ WITH_VENV=1
 WITH_APT=1
 START=1
 ASSUME_YES=0
+PYTHON=${LIPSYNCD_PYTHON:-/usr/bin/python3}
 TORCH_SPEC=${LIPSYNCD_TORCH:-torch==2.13.0}
 TORCH_INDEX=${LIPSYNCD_TORCH_INDEX:-}
 ADD_USERS=()
@@ -198,7 +204,8 @@ build_venv() {
         return 0
     fi
     say "building $VENV with $TORCH_SPEC (takes a few minutes)"
-    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    [ -x "$PYTHON" ] || die "$PYTHON not found (Debian package python3; or set LIPSYNCD_PYTHON)"
+    [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
     if [ -n "$TORCH_INDEX" ]; then
         "$venv/bin/python" -m pip install -q --index-url "$TORCH_INDEX" "$TORCH_SPEC"

@@ -23,7 +23,7 @@ from tests.test_units import UNITS, analyze_verify, needs_analyze, stage_units
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "install.sh"
 DATA_MODES = {  # folder -> mode (setgid for the folders the drop group shares)
-    "inbox": 0o2770, "avatars": 0o2770, "outputs": 0o2750, "failed": 0o2750, "spool": 0o750, "state": 0o700,
+    "inbox": 0o2770, "avatars": 0o2770, "outputs": 0o2750, "failed": 0o2750, "spool": 0o2750, "state": 0o700,
 }
 
 
@@ -238,7 +238,7 @@ def _inside_namespace(scratch: str) -> None:
     assert (conf.st_uid, grp.getgrgid(conf.st_gid).gr_name, stat.S_IMODE(conf.st_mode)) == (0, "lipsyncd", 0o640)
     for folder, mode in DATA_MODES.items():
         st = Path("/var/lib/lipsyncd", folder).stat()
-        group = "lipsyncd-drop" if folder in ("inbox", "avatars", "outputs", "failed") else "lipsyncd"
+        group = "lipsyncd" if folder == "state" else "lipsyncd-drop"
         assert (pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name) == ("lipsyncd", group), folder
         assert stat.S_IMODE(st.st_mode) == mode, folder
 
@@ -257,14 +257,18 @@ def _inside_namespace(scratch: str) -> None:
         assert moved.returncode == 0, moved.stderr
     assert _as("mallory", "ls", str(inbox)).returncode != 0
     assert _as("mallory", "sh", "-c", f"echo x > {inbox}/x.wav").returncode != 0
-    # Outputs written by the service (UMask=0027, setgid folder) are readable by alice, not writable.
+    # A result is rendered in spool/<job>/work and renamed into outputs/ (a rename keeps the group), with
+    # the service's UMask=0027: alice can read it there, not change or delete it.
+    work = Path("/var/lib/lipsyncd/spool/20260101-000000-abcdef/work")
     out_dir = Path("/var/lib/lipsyncd/outputs/2026-01-01/alice")
-    made = _as("lipsyncd", "sh", "-c", f"umask 0027; mkdir -p {out_dir} && echo mp4 > {out_dir}/talk.mp4")
+    made = _as("lipsyncd", "sh", "-c", f"umask 0027; mkdir -p {work} {out_dir} && echo mp4 > {work}/output.mp4 "
+                                       f"&& mv {work}/output.mp4 {out_dir}/talk.mp4")
     assert made.returncode == 0, made.stderr
     assert _as("alice", "cat", f"{out_dir}/talk.mp4").stdout == "mp4\n"
     assert _as("alice", "rm", "-f", f"{out_dir}/talk.mp4").returncode != 0
+    assert _as("alice", "sh", "-c", f"echo x >> {out_dir}/talk.mp4").returncode != 0
     assert _as("alice", "ls", "/var/lib/lipsyncd/state").returncode != 0
-    assert _as("alice", "ls", "/var/lib/lipsyncd/spool").returncode != 0
+    assert _as("mallory", "ls", "/var/lib/lipsyncd/outputs").returncode != 0
 
     # Idempotent on the live system too: owners, modes, contents and mtimes unchanged.
     watched = [Path(p) for p in ("/etc/lipsyncd", "/var/lib/lipsyncd", "/var/log/lipsyncd", "/opt/lipsyncd",
