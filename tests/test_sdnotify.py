@@ -197,3 +197,31 @@ def test_no_watchdog_pings_unless_asked(notify: NotifySocket, tmp_path: Path) ->
     assert code == 0
     assert notify.from_pid(proc.pid, "STOPPING")
     assert not notify.from_pid(proc.pid, "WATCHDOG")
+
+
+def test_worker_alone_speaks_sd_notify_as_its_own_unit(notify: NotifySocket, tmp_path: Path, speech_wav: Path,
+                                                       small_mp4: Path) -> None:
+    """`lipsyncd worker` as lipsyncd-worker@.service runs it: READY=1 once it takes jobs, pings, STOPPING=1."""
+    config = write_config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    env.update(NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC=str(WATCHDOG_USEC))
+    log = open(tmp_path / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(["sh", "-c", 'export WATCHDOG_PID=$$; exec "$@"', "sh", sys.executable, "-m",
+                             "daemon.cli", "--config", str(config), "worker", "--device", "cpu"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    try:
+        expect(lambda: notify.from_pid(proc.pid, "READY") or proc.poll() is not None, 60, "the worker's READY=1",
+               notify, config)
+        assert proc.poll() is None, daemon_log(config)
+        ready = notify.from_pid(proc.pid, "READY")[0]
+        assert any(w.get("pid") == proc.pid and w.get("state") == "idle" for w in ready.workers), ready.workers
+        time.sleep(2.5)
+        stopped_at = time.monotonic()
+    finally:
+        code = stop_daemon(proc)
+    assert code == 0, daemon_log(config)
+    assert notify.from_pid(proc.pid, "STOPPING")
+    pings = [m.at for m in notify.from_pid(proc.pid, "WATCHDOG") if ready.at <= m.at <= stopped_at]
+    window = [ready.at, *pings, stopped_at]
+    assert pings and max(b - a for a, b in zip(window, window[1:], strict=False)) < WATCHDOG_USEC / 1e6, window

@@ -198,24 +198,14 @@ def test_exec_start_lines_are_valid_lipsyncd_command_lines() -> None:
     assert (worker.command, worker.config, worker.device) == ("worker", INSTALLED_CONFIG, "cuda:1")
 
 
-def test_daemon_unit_notifies_systemd() -> None:
-    sections = unit("lipsyncd.service")
+@pytest.mark.parametrize("name", ["lipsyncd.service", "lipsyncd-worker@.service"])
+def test_daemon_units_notify_systemd(name: str) -> None:
+    sections = unit(name)
     assert last(sections, "Service", "Type") == "notify"
     assert last(sections, "Service", "NotifyAccess") == "main"
     assert seconds(last(sections, "Service", "WatchdogSec")) >= 10
     # Workers load torch and initialise CUDA before the daemon says READY=1.
     assert seconds(last(sections, "Service", "TimeoutStartSec")) >= 120
-
-
-def test_worker_unit_type_matches_what_the_worker_sends() -> None:
-    """Type=notify would time out unless `lipsyncd worker` sends READY=1 itself."""
-    worker_speaks_sd_notify = "Notifier" in (REPO / "daemon/worker.py").read_text()
-    sections = unit("lipsyncd-worker@.service")
-    expected = "notify" if worker_speaks_sd_notify else "exec"
-    assert last(sections, "Service", "Type") == expected
-    if expected == "notify":
-        assert last(sections, "Service", "NotifyAccess") == "main"
-        assert "WatchdogSec" in sections["Service"]
 
 
 @pytest.mark.parametrize("name", ["lipsyncd.service", "lipsyncd-worker@.service"])
@@ -452,3 +442,32 @@ def test_janitor_stays_inside_its_tighter_sandbox(tmp_path: Path) -> None:
                       if (m := re.search(r'open(?:at)?\((?:AT_FDCWD, )?"(/proc/[^"]*)"', line))}
         other = {p for p in proc_files if not re.match(r"/proc/(self|thread-self|\d+)(/|$)", p)}
         assert not other, f"ProcSubset=pid would hide {sorted(other)}"
+
+
+def _cuda_available() -> bool:
+    probe = subprocess.run([sys.executable, "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"],
+                           capture_output=True, timeout=120)
+    return probe.returncode == 0
+
+
+@needs_analyze
+@needs_strace
+@pytest.mark.slow
+def test_a_cuda_render_stays_inside_the_service_sandbox(tmp_path: Path, short_wav: Path, face_mp4: Path) -> None:
+    """On a GPU host: the builtin engine on cuda:0, traced, against lipsyncd.service's filter and devices."""
+    if not _cuda_available():
+        pytest.skip("no CUDA GPU here (run this on a GPU host: pytest tests/test_units.py -k cuda)")
+    trace_file = tmp_path / "strace.txt"
+    proc = traced([str(lipsyncd_bin()), "render", str(short_wav), str(face_mp4), "-o", str(tmp_path / "out.mp4"),
+                   "--engine", "builtin", "--device", "cuda:0", "-q"], trace_file, stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    trace = read_trace(trace_file)
+    nvidia = {f"/dev/nvidia{n}" for n in range(16)} | {"/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
+                                                        "/dev/nvidia-modeset"}
+    nvidia |= {line.split('"')[1] for line in trace.lines if '"/dev/nvidia-caps/' in line}
+    check_against_unit("lipsyncd.service", trace, {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"},
+                       DEVICES_CLOSED | nvidia)
+    print(f"cuda render: {len(trace.syscalls)} distinct system calls, all allowed; "
+          f"{len(writable_executable_maps(trace))} writable+executable mappings")
