@@ -8,6 +8,7 @@ entry point install.sh puts into /opt/lipsyncd/venv). User=lipsyncd need not exi
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import re
 import shlex
@@ -15,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -422,12 +424,37 @@ def test_daemon_and_a_builtin_render_stay_inside_the_service_sandbox(tmp_path: P
 def test_janitor_stays_inside_its_tighter_sandbox(tmp_path: Path) -> None:
     from tests.daemon_harness import write_config
 
-    config = write_config(tmp_path)
+    # A real alert goes out: every disk is over 1 %, and the target is a JSON webhook on 127.0.0.1.
+    received: list[bytes] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            received.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = write_config(tmp_path, janitor={"disk": {"warn_percent": 1, "critical_percent": 99,
+                                                      "clear_percent": 0.5}},
+                          notify={"urls": [f"json://127.0.0.1:{server.server_address[1]}/alert"],
+                                  "events": ["disk"]})
     old = tmp_path / "outputs/2020-01-01/alice"
     old.mkdir(parents=True)
     (old / "talk.mp4").write_bytes(b"\0" * 1024)
     os.utime(old / "talk.mp4", (0, 0))
-    for extra in ([], ["--dry-run", "--json"]):
+    try:
+        _trace_janitor_runs(tmp_path, config)
+    finally:
+        server.shutdown()
+    assert received, "the janitor sent no alert, so its network calls were not exercised"
+
+
+def _trace_janitor_runs(tmp_path: Path, config: Path) -> None:
+    for extra in (["--dry-run", "--json"], []):
         trace_file = tmp_path / f"janitor{len(extra)}.txt"
         proc = traced([str(lipsyncd_bin()), "--config", str(config), "janitor", *extra], trace_file,
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
