@@ -72,7 +72,7 @@ def main(*, engine: str = "builtin", workdir: Path | None = None) -> int:
         score = record.get("sync_score") or {}
         print(f"done in {time.monotonic() - started:.1f} s")
         if score:
-            print(f"sync score: correlation {score.get('correlation', 0):.2f} at offset {score.get('offset')} "
+            print(f"sync score: correlation {score.get('correlation', 0):.2f} at offset {score.get('offset_frames')} "
                   f"frame(s) (confidence {score.get('confidence', 0):.2f})")
         print(f"record: {path.with_suffix('.json')}")
         print(path)
