@@ -84,3 +84,19 @@ def test_demo_runs_the_whole_daemon_with_the_command_engine(tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout + done.stderr
     last = Path(done.stdout.strip().splitlines()[-1])
     assert last.is_file() and last.suffix == ".mp4" and last.parent.name == "demo"
+
+
+def test_demo_takes_a_real_face_through_the_daemon_with_the_builtin_engine(tmp_path: Path) -> None:
+    """The README's first command: generated face + speech, the real daemon, the builtin engine."""
+    done = lipsyncd(None, "demo", "--dir", str(tmp_path), timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = Path(done.stdout.strip().splitlines()[-1])
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["engine"] == "builtin" and record["device"] == "cpu"
+    score = record["sync_score"]
+    assert abs(score["offset_frames"]) <= 1 and score["correlation"] > 0.3, score
+    speech = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+                             str(tmp_path / "sample" / "hello.wav")], capture_output=True, text=True, check=True)
+    result = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+                             str(out)], capture_output=True, text=True, check=True)
+    assert abs(float(result.stdout) - float(speech.stdout)) <= 0.1, "the output lasts as long as the speech"
