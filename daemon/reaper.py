@@ -2,13 +2,16 @@
 
 Every pass looks at the spool: a running job whose lease went stale (its worker died) and a queued job
 that is not on the queue (Redis was down, or the daemon died between claim and enqueue) are put back
-on the queue. It also counts each user's jobs in flight, which the fairness priorities use.
+on the queue. It also counts each user's jobs in flight, which the fairness priorities use, and removes
+job folders that hold nothing but a stale lease (a heartbeat that raced the removal of a finished job).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from daemon import spool
+from daemon.job import LEASE_FILE
 from daemon.log import fields
 from daemon.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
 
 log = logging.getLogger("lipsyncd.reaper")
+
+LEASE_ONLY = {LEASE_FILE, f".{LEASE_FILE}.tmp"}  # a folder holding only these is a finished job's leftover
 
 
 @dataclass
@@ -45,6 +51,7 @@ def reap(config: Mapping[str, Any], queue: JobQueue, *, grace_seconds: float | N
     for entry in spool.jobs(Path(config["paths"]["spool"])):
         job = entry.job
         if job is None:
+            _remove_if_only_a_stale_lease(entry, lease_seconds)
             continue
         summary.per_user[job.user] = summary.per_user.get(job.user, 0) + 1
         if entry.lease is not None and entry.lease_age is not None and entry.lease_age < lease_seconds:
@@ -76,6 +83,21 @@ def reap(config: Mapping[str, Any], queue: JobQueue, *, grace_seconds: float | N
         log.warning("re-queued job %s (%s) because %s", job.id, job.stem, why,
                     extra=fields(job_id=job.id, user=job.user, stage="reap"))
     return summary
+
+
+def _remove_if_only_a_stale_lease(entry: spool.SpoolEntry, lease_seconds: float) -> None:
+    """A folder left with a lease and nothing else: its job finished (or failed) while a worker's heartbeat
+    rewrote the lease. Nothing a person dropped is in it; without this it would stay forever."""
+    if entry.lease_age is None or entry.lease_age < lease_seconds:
+        return
+    try:
+        names = set(os.listdir(entry.folder))
+    except OSError:
+        return
+    if names and names <= LEASE_ONLY:
+        shutil.rmtree(entry.folder, ignore_errors=True)
+        log.info("removed %s, which held only the stale lease of a finished job", entry.folder,
+                 extra=fields(job_id=entry.id, stage="reap"))
 
 
 def _mtime(path: Path) -> float:
