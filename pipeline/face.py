@@ -15,11 +15,13 @@ How tracking works: the OpenCV Haar cascade (opencv-python-headless, cv2.data.ha
 every `detect_every`-th frame and on the last frame of each batch, on a copy scaled down to at most
 DETECT_MAX_SIDE pixels; while a face is tracked, only around it and for about its size (every
 FULL_SCAN_EVERY-th detection searches the whole frame). The main face is the detection that overlaps
-the tracked one most, else the largest. Detections are smoothed with an alpha-beta filter on the
-centre (no lag on a steady pan) and an exponential average of the log size; frames in between are
-interpolated. A single missed detection
-between two hits is bridged; where a face appears or disappears the frames in between are each run
-through the detector, so the edge is exact and frames without a face are reported as None.
+the tracked one most, else the largest. Haar boxes come in position steps of about 4% of the face
+size, so between keypoints the face patch is followed by normalised cross-correlation (sub-pixel) and
+Haar's box only pulls the followed position gently (no drift); an alpha-beta filter smooths the centre
+(no lag on a steady pan), an exponential average the log size; frames in between are interpolated.
+A single missed detection between two hits is bridged; where a face appears or disappears the frames
+in between are each run through the detector, so the edge is exact and frames without a face are
+reported as None.
 """
 
 from __future__ import annotations
@@ -39,9 +41,15 @@ MIN_NEIGHBORS = 6  # higher: fewer false faces, more missed ones
 MATCH_IOU = 0.3  # a detection overlapping the tracked face this much continues the track
 NEAR_MARGIN = 0.5  # tracking: look this many face sizes around the last face ...
 NEAR_SIZES = (0.75, 1.35)  # ... for faces this much smaller / larger than it
-FULL_SCAN_EVERY = 10  # every this many detections the whole frame is searched again (a new, larger face)
-POSITION_ALPHA = 0.4  # alpha-beta filter on the box centre, gains per frame of time between detections
-VELOCITY_BETA = 0.15
+NEAR_FACE_PIXELS = 128  # ... on a copy scaled (by halves) so that the face is at most this big
+FULL_SCAN_EVERY = 10  # every this many detections the whole frame is searched for a face as big or bigger
+PATCH_AREA = (0.15, 0.85, 0.10, 0.95)  # the face patch followed between keypoints (fractions of the box)
+PATCH_WIDTH = 48  # ... compared at this width in pixels
+PATCH_SEARCH = 0.25  # ... searched for this many face widths around where it is expected
+PATCH_MIN_SCORE = 0.6  # normalised cross-correlation below this: the patch is lost, Haar's box is used
+ANCHOR_GAIN = 0.15  # the followed position is pulled this much towards Haar's box at each keypoint (no drift)
+POSITION_ALPHA = 0.7  # alpha-beta filter on the box centre, gains per frame of time between detections
+VELOCITY_BETA = 0.3
 SIZE_ALPHA = 0.1  # exponential average of log(size), per frame
 RESET_JUMP = 0.5  # a centre jump of more than this many face widths starts a new track (a cut)
 
@@ -138,10 +146,12 @@ class FaceDetector:
             raise RuntimeError(f"OpenCV's {CASCADE_FILE} could not be loaded from {cv2.data.haarcascades}; "
                                "reinstall opencv-python-headless")
 
-    def detect(self, frame: np.ndarray, near: FaceBox | None = None) -> list[FaceBox]:
+    def detect(self, frame: np.ndarray, near: FaceBox | None = None,
+               larger_than: FaceBox | None = None) -> list[FaceBox]:
         """Faces in one RGB frame (H, W, 3) uint8, largest first.
 
         With *near*, only faces of about that size around it are looked for (much faster: tracking).
+        With *larger_than*, only faces at least about that big, anywhere (a new main face?).
         """
         cv2 = self.cv2
         height, width = frame.shape[:2]
@@ -149,23 +159,30 @@ class FaceDetector:
         x0 = y0 = 0
         smallest = max(MIN_FACE_PIXELS, round(self.min_face_fraction * min(height, width) * scale))
         largest = 0
+        if larger_than is not None:
+            smallest = max(smallest, round(NEAR_SIZES[0] * larger_than.w * scale))
         if near is not None:
             margin = NEAR_MARGIN * max(near.w, near.h)
             x0, y0 = max(0, int(near.x - margin)), max(0, int(near.y - margin))
             x1 = min(width, int(near.x + near.w + margin) + 1)
             y1 = min(height, int(near.y + near.h + margin) + 1)
             frame = frame[y0:y1, x0:x1]
+            # Halve the scale while the face is bigger than NEAR_FACE_PIXELS: steps of 2 keep the cascade's
+            # size steps the same as a full-frame search, so the box size does not jump between the two.
+            while near.w * scale > NEAR_FACE_PIXELS:
+                scale /= 2.0
             smallest = max(MIN_FACE_PIXELS, round(NEAR_SIZES[0] * near.w * scale))
             largest = round(NEAR_SIZES[1] * near.w * scale)
-        gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
-        if scale < 1.0:
-            gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
-                              interpolation=cv2.INTER_AREA)
+        if scale < 1.0:  # shrink first (cheaper), then grey
+            frame = cv2.resize(frame, (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
+                               interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
         if min(gray.shape) < smallest:
             return []
         found = self.cascade.detectMultiScale(gray, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS,
                                               minSize=(smallest, smallest), maxSize=(largest, largest))
-        boxes = [FaceBox(x / scale + x0, y / scale + y0, w / scale, h / scale) for x, y, w, h in found]
+        boxes = [FaceBox(float(x) / scale + x0, float(y) / scale + y0, float(w) / scale, float(h) / scale)
+                 for x, y, w, h in found]
         return sorted(boxes, key=lambda box: box.area, reverse=True)
 
 
@@ -210,6 +227,92 @@ class _Smoother:
         self.vx = self.vy = 0.0
         self.log_w, self.log_h = math.log(max(box.w, 1.0)), math.log(max(box.h, 1.0))
 
+    def predict(self, frame: int) -> FaceBox | None:
+        """Where the face should be at *frame*, from the last position and velocity."""
+        if self.frame is None:
+            return None
+        dt = frame - self.frame
+        w, h = math.exp(self.log_w), math.exp(self.log_h)
+        return FaceBox(self.cx + self.vx * dt - w / 2, self.cy + self.vy * dt - h / 2, w, h)
+
+
+class _PatchFollower:
+    """Follows the face patch of the last keypoint into the next one: normalised cross-correlation
+    (cv2.matchTemplate) at sub-pixel precision. Much steadier than Haar boxes, whose positions come in
+    steps of about 4% of the face size."""
+
+    def __init__(self) -> None:
+        import cv2
+
+        self.cv2 = cv2
+        self.template: np.ndarray | None = None
+        self.centre = (0.0, 0.0)  # frame position of the patch's centre when it was cut
+        self.scale = (1.0, 1.0)
+
+    def reset(self) -> None:
+        self.template = None
+
+    def remember(self, frame: np.ndarray, box: FaceBox) -> None:
+        """Cut the patch of *box* out of *frame* for the next find()."""
+        cut = self._cut(frame, self._patch(box), PATCH_WIDTH / max(1.0, box.w * (PATCH_AREA[1] - PATCH_AREA[0])))
+        if cut is None:
+            self.template = None
+            return
+        self.template, self.centre, self.scale = cut
+
+    def find(self, frame: np.ndarray, expected: FaceBox) -> tuple[float, float] | None:
+        """How far (dx, dy) the patch moved since remember(), or None when it is not found well enough."""
+        if self.template is None:
+            return None
+        cv2 = self.cv2
+        x0, y0, x1, y1 = self._patch(expected)
+        margin = PATCH_SEARCH * expected.w
+        cut = self._cut(frame, (x0 - margin, y0 - margin, x1 + margin, y1 + margin), self.scale)
+        if cut is None:
+            return None
+        search, (centre_x, centre_y), (scale_x, scale_y) = cut
+        height, width = self.template.shape
+        if search.shape[0] <= height or search.shape[1] <= width:
+            return None
+        scores = cv2.matchTemplate(search, self.template, cv2.TM_CCOEFF_NORMED)
+        _, best, _, (bx, by) = cv2.minMaxLoc(scores)
+        if best < PATCH_MIN_SCORE:
+            return None
+        fx = bx + _peak_offset(scores[by, bx - 1:bx + 2]) if 0 < bx < scores.shape[1] - 1 else float(bx)
+        fy = by + _peak_offset(scores[by - 1:by + 2, bx]) if 0 < by < scores.shape[0] - 1 else float(by)
+        # Patch centre in the search image -> frame pixels.
+        found_x = centre_x + (fx + width / 2 - search.shape[1] / 2) / scale_x
+        found_y = centre_y + (fy + height / 2 - search.shape[0] / 2) / scale_y
+        return found_x - self.centre[0], found_y - self.centre[1]
+
+    @staticmethod
+    def _patch(box: FaceBox) -> tuple[float, float, float, float]:
+        left, right, top, bottom = PATCH_AREA
+        return box.x + left * box.w, box.y + top * box.h, box.x + right * box.w, box.y + bottom * box.h
+
+    def _cut(self, frame: np.ndarray, rect: tuple[float, float, float, float],
+             scale: float | tuple[float, float]) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]] | None:
+        """Grey, scaled copy of *rect* (clipped to the frame), its centre in frame pixels, and the scales used."""
+        cv2 = self.cv2
+        height, width = frame.shape[:2]
+        x0, y0 = max(0, int(math.floor(rect[0]))), max(0, int(math.floor(rect[1])))
+        x1, y1 = min(width, int(math.ceil(rect[2]))), min(height, int(math.ceil(rect[3])))
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return None
+        scale_x, scale_y = scale if isinstance(scale, tuple) else (scale, scale)
+        size = (max(8, round((x1 - x0) * scale_x)), max(8, round((y1 - y0) * scale_y)))
+        small = cv2.resize(frame[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        return gray, ((x0 + x1) / 2, (y0 + y1) / 2), (size[0] / (x1 - x0), size[1] / (y1 - y0))
+
+
+def _peak_offset(three: np.ndarray) -> float:
+    """Sub-pixel position of a peak from three samples around it (parabola), within +-0.5."""
+    left, centre, right = (float(v) for v in three)
+    curvature = left - 2.0 * centre + right
+    if curvature >= 0:
+        return 0.0
+    return max(-0.5, min(0.5, 0.5 * (left - right) / curvature))
 
 class FaceTracker:
     """The main face of a video, frame by frame, fed in consecutive batches (see the module docstring)."""
@@ -227,6 +330,7 @@ class FaceTracker:
         self.faces_seen = 0  # of those, frames with a face
         self.detections_run = 0
         self._smoother = _Smoother()
+        self._follower = _PatchFollower()
         self._last_raw: FaceBox | None = None  # the most recent chosen detection (main-face choice)
         self._carry: tuple[int, FaceBox | None] | None = None  # last keypoint of the previous batch
 
@@ -265,9 +369,12 @@ class FaceTracker:
             box = raw[g]
             if box is None:
                 self._smoother.reset()
+                self._follower.reset()
                 smoothed[g] = None
-            else:
-                smoothed[g] = self._smoother.update(g, box)
+                continue
+            frame = frames[g - first]
+            smoothed[g] = self._smoother.update(g, self._measure(frame, g, box))
+            self._follower.remember(frame, smoothed[g])
         # 5. Each frame: its keypoint's box, or interpolated between two keypoints with faces.
         points = sorted(smoothed)
         boxes: list[FaceBox | None] = []
@@ -288,6 +395,23 @@ class FaceTracker:
         self.faces_seen += sum(box is not None for box in boxes)
         return boxes
 
+    def _measure(self, frame: np.ndarray, index: int, detected: FaceBox) -> FaceBox:
+        """Haar's box, its centre replaced by the followed patch's (pulled slightly towards Haar's)."""
+        expected = self._smoother.predict(index)
+        if expected is None:
+            return detected
+        moved = self._follower.find(frame, expected)
+        if moved is None:
+            return detected
+        last = self._smoother.box()
+        followed_x, followed_y = last.center[0] + moved[0], last.center[1] + moved[1]
+        haar_x, haar_y = detected.center
+        if math.hypot(haar_x - followed_x, haar_y - followed_y) > RESET_JUMP * detected.w:
+            return detected  # they disagree: trust the detector (a cut, or the patch slid off)
+        centre_x = followed_x + ANCHOR_GAIN * (haar_x - followed_x)
+        centre_y = followed_y + ANCHOR_GAIN * (haar_y - followed_y)
+        return FaceBox(centre_x - detected.w / 2, centre_y - detected.h / 2, detected.w, detected.h)
+
     def _detect(self, frame: np.ndarray) -> FaceBox | None:
         self.detections_run += 1
         reference = self._last_raw
@@ -297,13 +421,21 @@ class FaceTracker:
                 choice = max(near, key=lambda box: box.iou(reference))
                 self._last_raw = choice
                 return choice
-        found = self.detector.detect(frame)
+        found = self.detector.detect(frame, larger_than=reference)
         if not found:
-            return None
+            if reference is None:
+                return None
+            found = self.detector.detect(frame, near=reference)  # no larger face: go on with the tracked one
+            if not found:
+                return None
         choice = found[0]
         if reference is not None:
             best_overlap, best = max(((box.iou(reference), box) for box in found), key=lambda pair: pair[0])
             if best_overlap >= MATCH_IOU:
                 choice = best
+        # Measure it again the way tracking does: the cascade's boxes depend a little on the sizes searched.
+        again = self.detector.detect(frame, near=choice)
+        if again:
+            choice = max(again, key=lambda box: box.iou(choice))
         self._last_raw = choice
         return choice

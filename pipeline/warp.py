@@ -83,50 +83,73 @@ class MouthWarper:
         """crops (N, h, w, 3) uint8 on the device; params (N, 7); returns warped (N, h, w, 3) uint8."""
         count, crop_h, crop_w = crops.shape[:3]
         image = crops.permute(0, 3, 1, 2).float()
-        cx, seam, half_width, face_w, face_h, opening, width = (params[:, i].view(-1, 1, 1) for i in range(7))
+        geometry = [params[:, i].view(-1, 1, 1) for i in range(7)]
+        cx, seam, half_width, face_w, face_h, opening, width = geometry
+        drop = opening * MAX_JAW_DROP * face_h
+
+        # The displacement field is smooth: compute it on a grid of every other pixel and interpolate
+        # (a zero displacement stays exactly zero, so unmoved pixels stay exactly where they are).
+        coarse_h, coarse_w = max(2, (crop_h + 1) // 2 + 1), max(2, (crop_w + 1) // 2 + 1)
+        coarse_x = torch.linspace(0, crop_w - 1, coarse_w, device=self.device).view(1, 1, -1)
+        coarse_y = torch.linspace(0, crop_h - 1, coarse_h, device=self.device).view(1, -1, 1)
+        shift_x, shift_y = _displacement(coarse_x, coarse_y, cx, seam, half_width, face_w, face_h, drop, width)
+        shift = torch.nn.functional.interpolate(torch.stack((shift_x, shift_y), dim=1), size=(crop_h, crop_w),
+                                                mode="bilinear", align_corners=True)
         xs = torch.arange(crop_w, dtype=torch.float32, device=self.device).view(1, 1, -1)
         ys = torch.arange(crop_h, dtype=torch.float32, device=self.device).view(1, -1, 1)
-
-        # Vertical remapping, column by column: output row -> source row through five knots.
-        drop = opening * MAX_JAW_DROP * face_h
-        across = (xs - cx).abs()
-        lip = torch.clamp(1.0 - (across / (LIP_SPREAD * half_width)) ** 2, min=0.0)  # lens-shaped opening
-        jaw = 1.0 - _smoothstep(JAW_HALF_WIDTH[0], JAW_HALF_WIDTH[1], across / face_w)
-        nose = seam - NOSE_ABOVE_SEAM * face_h
-        chin = seam + CHIN_BELOW_SEAM * face_h
-        neck = seam + NECK_BELOW_SEAM * face_h
-        upper_edge = seam - UPPER_LIP_LIFT * drop * lip  # output rows of the knots
-        lower_edge = seam + drop * lip
-        chin_out = chin + drop * jaw
-        source_y = ys.expand(count, crop_h, 1)
-        source_y = _segment(source_y, ys, nose, upper_edge, nose, seam)
-        source_y = torch.where((ys > upper_edge) & (ys < lower_edge), seam.expand_as(source_y), source_y)
-        source_y = _segment(source_y, ys, lower_edge, chin_out, seam, chin)
-        source_y = _segment(source_y, ys, chin_out, neck, chin, neck)
-        source_y = source_y.expand(count, crop_h, crop_w)
-
-        # Horizontal: pull towards / push away from the mouth centre inside a soft ellipse.
-        window_x = (xs - cx) / (WIDTH_WINDOW[0] * half_width)
-        window_y = (ys - seam - drop / 2) / (WIDTH_WINDOW[1] * face_h)
-        window = 1.0 - _smoothstep(0.5, 1.0, window_x ** 2 + window_y ** 2)
-        source_x = xs + (cx + (xs - cx) / width - xs) * window
-        source_x = source_x.expand(count, crop_h, crop_w)
-
-        grid = torch.stack((2.0 * source_x / max(crop_w - 1, 1) - 1.0, 2.0 * source_y / max(crop_h - 1, 1) - 1.0),
-                           dim=-1)
+        grid = torch.stack(((xs + shift[:, 0]) * (2.0 / max(crop_w - 1, 1)) - 1.0,
+                            (ys + shift[:, 1]) * (2.0 / max(crop_h - 1, 1)) - 1.0), dim=-1)
         moved = torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="border",
                                                 align_corners=True)
 
-        # The open mouth's interior: between the lip edges; edge pixels by how much of them it covers.
-        covered = torch.clamp(torch.minimum(ys + 0.5, lower_edge) - torch.maximum(ys - 0.5, upper_edge), 0.0, 1.0)
-        depth = torch.sin(torch.pi * torch.clamp((ys - upper_edge) / torch.clamp(lower_edge - upper_edge, min=1e-6),
-                                                 0.0, 1.0))  # darkest in the middle of the opening
-        gap = (covered * INTERIOR_OPACITY * (1.0 - INTERIOR_EDGE_LIGHT * (1.0 - depth))).unsqueeze(1)
-        painted = moved * (1.0 - gap) + self.interior * gap
+        # The open mouth's interior, between the moved lip edges: computed only in the rows it can reach;
+        # a pixel on an edge is painted by how much of it the opening covers.
+        upper_edge, lower_edge = _lip_edges(xs, cx, seam, half_width, drop)
+        top = max(0, int(torch.floor(upper_edge.min()).item()) - 1)
+        bottom = min(crop_h, int(torch.ceil(lower_edge.max()).item()) + 2)
+        if bottom > top:
+            rows = ys[:, top:bottom]
+            covered = torch.clamp(torch.minimum(rows + 0.5, lower_edge) - torch.maximum(rows - 0.5, upper_edge), 0, 1)
+            opening_height = torch.clamp(lower_edge - upper_edge, min=1e-6)
+            depth = torch.sin(torch.pi * torch.clamp((rows - upper_edge) / opening_height, 0.0, 1.0))
+            gap = (covered * INTERIOR_OPACITY * (1.0 - INTERIOR_EDGE_LIGHT * (1.0 - depth))).unsqueeze(1)
+            band = moved[:, :, top:bottom]
+            band += gap * (self.interior - band)
+        # Where the remapping is the identity, bilinear sampling lands within float error of the pixel
+        # itself (weights 1 - 1e-5 and 1e-5), so rounding gives back exactly the input value.
+        return moved.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
-        changed = ((source_y - ys).abs() > 1e-3) | ((source_x - xs).abs() > 1e-3) | (gap.squeeze(1) > 0)
-        result = torch.where(changed.unsqueeze(1), painted, image)
-        return torch.clamp(result.round(), 0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+def _lip_edges(xs: torch.Tensor, cx: torch.Tensor, seam: torch.Tensor, half_width: torch.Tensor,
+               drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output rows of the upper and lower lip edges per column: a lens-shaped opening around the seam."""
+    lip = torch.clamp(1.0 - ((xs - cx) / (LIP_SPREAD * half_width)) ** 2, min=0.0)
+    return seam - UPPER_LIP_LIFT * drop * lip, seam + drop * lip
+
+
+def _displacement(xs: torch.Tensor, ys: torch.Tensor, cx: torch.Tensor, seam: torch.Tensor, half_width: torch.Tensor,
+                  face_w: torch.Tensor, face_h: torch.Tensor, drop: torch.Tensor,
+                  width: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(source - output) x and y at output pixels (xs, ys): jaw/lip remapping and the width change."""
+    # Vertical remapping, column by column: output row -> source row through five knots.
+    upper_edge, lower_edge = _lip_edges(xs, cx, seam, half_width, drop)
+    jaw = 1.0 - _smoothstep(JAW_HALF_WIDTH[0], JAW_HALF_WIDTH[1], (xs - cx).abs() / face_w)
+    nose = seam - NOSE_ABOVE_SEAM * face_h
+    chin = seam + CHIN_BELOW_SEAM * face_h
+    neck = seam + NECK_BELOW_SEAM * face_h
+    chin_out = chin + drop * jaw
+    source_y = ys.expand(xs.shape[0] if xs.shape[0] > 1 else cx.shape[0], ys.shape[1], 1)
+    source_y = _segment(source_y, ys, nose, upper_edge, nose, seam)
+    source_y = torch.where((ys > upper_edge) & (ys < lower_edge), seam.expand_as(source_y), source_y)
+    source_y = _segment(source_y, ys, lower_edge, chin_out, seam, chin)
+    source_y = _segment(source_y, ys, chin_out, neck, chin, neck)
+
+    # Horizontal: pull towards / push away from the mouth centre inside a soft ellipse.
+    window_x = (xs - cx) / (WIDTH_WINDOW[0] * half_width)
+    window_y = (ys - seam - drop / 2) / (WIDTH_WINDOW[1] * face_h)
+    window = 1.0 - _smoothstep(0.5, 1.0, window_x ** 2 + window_y ** 2)
+    shift_x = (cx + (xs - cx) / width - xs) * window
+    return shift_x, source_y - ys
 
 
 def _segment(source_y: torch.Tensor, ys: torch.Tensor, out_start: torch.Tensor, out_end: torch.Tensor,
