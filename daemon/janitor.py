@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -62,7 +63,8 @@ class PassResult:
     def ok(self) -> bool:
         return not self.problems
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, actions: bool = True) -> dict[str, Any]:
+        """The --json document; without *actions* the per-path list is left out (text output streams it)."""
         plan = self.plan
         return {
             "dry_run": self.dry_run,
@@ -71,7 +73,8 @@ class PassResult:
             "ok": self.ok,
             "problems": self.problems,
             "skipped_busy": self.skipped_busy,
-            "actions": plan.actions() if plan else [],
+            "actions": plan.actions() if plan and actions else [],
+            "action_count": plan.action_count() if plan else 0,
             "totals": plan.totals() if plan else {},
             "done": self.outcome.to_dict() if self.outcome else None,
             "kept": {"pinned": plan.pinned, "young": plan.young, "in_flight": plan.in_flight} if plan else {},
@@ -114,7 +117,7 @@ def main(config: Config, dry_run: bool = False, as_json: bool = False) -> int:
         json.dump(result.to_dict(), sys.stdout, ensure_ascii=False, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render_text(result.to_dict()))
+        sys.stdout.write(render_text(result.to_dict(actions=False), result.plan.iter_actions() if result.plan else ()))
     sys.stdout.flush()
     for problem in result.problems:
         print(f"lipsyncd janitor: {problem}", file=sys.stderr)
@@ -181,16 +184,20 @@ def run_pass(config: Mapping[str, Any], *, dry_run: bool = False, now: float | N
         state = load_state(state_dir)
         before = disk.filesystems(config["paths"])
         outputs_fs = next((fs for fs in before if "outputs" in fs.folders), None)
-        plan = result.plan = prune.make_plan(dict(config), started, outputs_fs)
-        if not dry_run:
-            result.outcome = safedelete.carry_out(plan)
+        with _no_cyclic_gc():
+            if dry_run:
+                plan = result.plan = prune.make_plan(dict(config), started, outputs_fs)
+            else:
+                plan, result.outcome = _prune(config, started, outputs_fs)
+                result.plan = plan
+        if dry_run:
+            freed_by_root = _planned_freed(plan)
+            after = _estimate_after(before, plan, freed_by_root)
+        else:
             for error in result.outcome.errors:
                 result.problems.append(f"could not delete {error['path']}: {error['error']}")
             after = disk.filesystems(config["paths"])
             freed_by_root = result.outcome.freed_by_root
-        else:
-            freed_by_root = _planned_freed(plan)
-            after = _estimate_after(before, plan, freed_by_root)
         result.spool = spoolreport.scan(config["paths"]["spool"], started, config["queue"]["lease_seconds"])
         result.log_file = log_file_size(config["logging"]["file"])
         _alerts(config, state, result, before, after, plan, freed_by_root, started, dry_run)
@@ -207,6 +214,33 @@ def run_pass(config: Mapping[str, Any], *, dry_run: bool = False, now: float | N
         if not dry_run and config["metrics"]["textfile"]:
             _write_metrics(config["metrics"]["textfile"], result, state)
     return result
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cycle collector while the tree is read: the plan builds ~100k small tuples and lists that
+    hold no cycles, and the collector's repeated walks over them cost as much as the scan itself."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _prune(config: Mapping[str, Any], now: float, outputs_fs: disk.FsUsage | None
+           ) -> tuple[prune.Plan, safedelete.Outcome]:
+    """Plan and delete at once: each group is deleted as soon as it is decided."""
+    planner = prune.Planner(dict(config), now, outputs_fs)
+    executor = safedelete.Executor(planner.plan)
+    planner.on_delete = executor.submit
+    try:
+        plan = planner.build()
+    except BaseException:
+        executor.close()
+        raise
+    return plan, executor.finish()
 
 
 def _planned_freed(plan: prune.Plan) -> dict[str, int]:

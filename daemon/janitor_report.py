@@ -1,28 +1,40 @@
 """The janitor's plain-text report: one line per path it deletes (or would), then what it kept and saw.
 
-Rendered from the same document as --json, so a dry run and a real pass print the same plan lines.
+Rendered from the same document as --json, so a dry run and a real pass print the same plan lines
+(a real pass only the first REAL_PASS_LINES of them, to keep the journal readable).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 from daemon.messages import human
 
+# A real pass (run by the timer, read in the journal) lists this many paths; a dry run lists them all.
+REAL_PASS_LINES = 50
 
-def render_text(doc: dict[str, Any]) -> str:
+
+def render_text(doc: dict[str, Any], actions: Iterable[dict[str, Any]] | None = None) -> str:
+    """*doc* is PassResult.to_dict(); *actions* the plan's paths when doc leaves them out."""
     lines: list[str] = []
     if doc.get("skipped_busy"):
         return "lipsyncd janitor: another pass is running; this one did nothing\n"
     head = "lipsyncd janitor: dry run, nothing was changed; a real pass would do this:" if doc["dry_run"] \
         else "lipsyncd janitor:"
     lines.append(head)
-    for action in doc["actions"]:
+    listed = 0
+    limit = None if doc["dry_run"] else REAL_PASS_LINES
+    for action in islice(doc["actions"] if actions is None else actions, limit):
+        listed += 1
         if action["reason"] == "empty-folder":
             lines.append(f"  rmdir   {'':>10}  {action['path']}  ({action['detail']})")
         else:
             lines.append(f"  delete  {human(action['size']):>10}  {action['path']}  "
                          f"[{action['reason']}: {action['detail']}]")
+    if listed < doc["action_count"]:
+        lines.append(f"  ... and {doc['action_count'] - listed} more (--json lists every path)")
     totals = doc["totals"]
     if totals:
         parts = ", ".join(f"{reason} {v['files']} files {human(v['bytes'])}"

@@ -21,7 +21,7 @@ import fnmatch
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +29,10 @@ from daemon.disk import FsUsage
 
 DATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 OUTPUT_SUFFIXES = (".mp4", ".json", ".jpg")
+_SUFFIXES = frozenset(suffix[1:] for suffix in OUTPUT_SUFFIXES)
 TEMP_MARKS = (".part", ".tmp", ".copy")
 DAY = 86400.0
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # Reasons, as they appear in --json and in the metrics.
 EXPIRED, WATERMARK, FAILED_EXPIRED, ABANDONED_TEMP, EMPTY_FOLDER = (
@@ -46,18 +48,20 @@ class Group:
     name: str  # the stem (outputs), the file name (temp), the entry folder's name (failed)
     members: list[tuple[str, int, int, int, int]]  # (name, size, freed bytes, mtime_ns, inode)
     mtime: float  # the newest member's mtime: the group's age
+    size: int  # sum of the members' sizes
+    freed: int  # bytes a delete gives back (allocated blocks of files with no other hard link)
+    has_video: bool = False
     kind: str = "output"  # output | temp | failed
     reason: str = ""
-    detail: str = ""
+    detail: str = ""  # why, in words; for "expired" made from keep_days/rule when asked (describe)
+    keep_days: float = 0.0
+    rule: str = ""
     files: int = 0  # files inside a failed entry folder
 
-    @property
-    def size(self) -> int:
-        return sum(m[1] for m in self.members)
-
-    @property
-    def freed(self) -> int:
-        return sum(m[2] for m in self.members)
+    def describe(self, now: float) -> str:
+        if self.reason == EXPIRED:
+            return f"{(now - self.mtime) / DAY:.1f} days old; kept {self.keep_days:g} days ({self.rule})"
+        return self.detail
 
 
 @dataclass(slots=True)
@@ -86,6 +90,7 @@ class Plan:
     in_flight: int = 0
     refused: list[dict[str, str]] = field(default_factory=list)
     unmanaged: list[str] = field(default_factory=list)
+    stamps: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (root, date, user) -> folder mtime_ns
     users: dict[str, list[int]] = field(default_factory=dict)  # user -> [bytes, files] left after the pass
     dates: dict[str, int] = field(default_factory=dict)  # date -> bytes left after the pass
     outputs_left: int = 0  # outputs (groups with an .mp4) left after the pass
@@ -97,20 +102,25 @@ class Plan:
         parts = [self.roots[group.root], *group.folder, member if member is not None else group.name]
         return os.path.join(*parts)
 
-    def actions(self) -> list[dict[str, Any]]:
+    def iter_actions(self) -> Iterator[dict[str, Any]]:
         """One line per path, in the order the pass carries them out: each path, size, reason."""
-        out: list[dict[str, Any]] = []
         for g in self.deletions:
             if g.kind == "failed":
-                out.append({"path": self.path_of(g), "size": g.size, "files": g.files, "reason": g.reason,
-                            "detail": g.detail})
+                yield {"path": self.path_of(g), "size": g.size, "files": g.files, "reason": g.reason,
+                       "detail": g.describe(self.now)}
                 continue
+            detail = g.describe(self.now)
             for name, size, _freed, _mtime, _ino in g.members:
-                out.append({"path": self.path_of(g, name), "size": size, "reason": g.reason, "detail": g.detail})
+                yield {"path": self.path_of(g, name), "size": size, "reason": g.reason, "detail": detail}
         for root, parts in self.folders:
-            out.append({"path": os.path.join(self.roots[root], *parts), "size": 0, "reason": EMPTY_FOLDER,
-                        "detail": "emptied folder"})
-        return out
+            yield {"path": os.path.join(self.roots[root], *parts), "size": 0, "reason": EMPTY_FOLDER,
+                   "detail": "emptied folder"}
+
+    def actions(self) -> list[dict[str, Any]]:
+        return list(self.iter_actions())
+
+    def action_count(self) -> int:
+        return sum(1 if g.kind == "failed" else len(g.members) for g in self.deletions) + len(self.folders)
 
     def totals(self) -> dict[str, Any]:
         by_reason: dict[str, dict[str, int]] = {}
@@ -167,8 +177,10 @@ def _freed(st: os.stat_result) -> int:
 class Planner:
     """Builds a Plan from the configuration and the current state of the disk."""
 
-    def __init__(self, config: dict[str, Any], now: float, outputs_fs: FsUsage | None) -> None:
+    def __init__(self, config: dict[str, Any], now: float, outputs_fs: FsUsage | None,
+                 on_delete: Callable[[Group], None] | None = None) -> None:
         janitor = config["janitor"]
+        self.on_delete = on_delete
         self.config = config
         self.now = now
         self.marker = janitor["keep_marker"]
@@ -177,6 +189,8 @@ class Planner:
         self.rules = _Rules(janitor["retention"]["rules"], janitor["retention"]["default_days"])
         self.disk = janitor["disk"]
         self.outputs_fs = outputs_fs
+        # Outputs that could go early are only collected when the watermark can apply (saves memory).
+        self.collect_candidates = outputs_fs is not None and outputs_fs.percent >= self.disk["critical_percent"]
         self.plan = Plan(now=now, roots={"outputs": os.path.abspath(config["paths"]["outputs"]),
                                          "failed": os.path.abspath(config["paths"]["failed"])})
         self.spool_jobs = self._spool_job_ids(config["paths"]["spool"])
@@ -185,6 +199,7 @@ class Planner:
         self._young_freed = 0
         self._pinned_freed = 0
         self._deleted_counts: dict[tuple[str, str, str], int] = {}
+        self._last_stamp = 0
 
     @staticmethod
     def _spool_job_ids(spool: str) -> set[str]:
@@ -216,141 +231,224 @@ class Planner:
         return self.plan
 
     def _scan_dates(self, root_name: str, root: str, dev: int, pinned: bool) -> None:
+        """Walk <root>/<date>/<user>/ through directory file descriptors (O_NOFOLLOW at every level)."""
         scan_folder = self._scan_output_folder if root_name == "outputs" else self._scan_failed_folder
-        with os.scandir(root) as it:
-            dates = sorted(it, key=lambda e: e.name)
-        for date in dates:
-            if date.name == self.marker:
-                continue
-            if not self._managed_dir(date, dev, DATE_NAME.match(date.name) is not None):
-                continue
-            date_pinned = pinned or os.path.lexists(os.path.join(date.path, self.marker))
-            if date_pinned and not pinned:
-                self.plan.pinned["markers"].append(os.path.join(date.path, self.marker))
-            with os.scandir(date.path) as it:
-                users = sorted(it, key=lambda e: e.name)
-            for user in users:
-                if user.name == self.marker:
+        marker = self.marker
+        root_fd = os.open(root, _DIR_FLAGS)
+        try:
+            with os.scandir(root_fd) as it:
+                dates = sorted(it, key=lambda e: e.name)
+            for date in dates:
+                name = date.name
+                if name == marker:
                     continue
-                if self._managed_dir(user, dev, not user.name.startswith(".")):
-                    scan_folder(date.name, user, dev, date_pinned)
-            mtime = date.stat(follow_symlinks=False).st_mtime
-            self._folders.append(_Folder(root_name, date.name, "", len(users), mtime))
+                path = os.path.join(root, name)
+                if not self._managed_dir(date, path, dev, DATE_NAME.match(name) is not None):
+                    continue
+                date_fd = self._open_dir(root_fd, name, path, dev)
+                if date_fd is None:
+                    continue
+                try:
+                    with os.scandir(date_fd) as it:
+                        users = sorted(it, key=lambda e: e.name)
+                    date_pinned = pinned or any(u.name == marker for u in users)
+                    if date_pinned and not pinned:
+                        self.plan.pinned["markers"].append(os.path.join(path, marker))
+                    for user in users:
+                        if user.name == marker:
+                            continue
+                        user_path = os.path.join(path, user.name)
+                        if self._managed_dir(user, user_path, dev, not user.name.startswith(".")):
+                            scan_folder(date_fd, name, user, user_path, dev, date_pinned)
+                finally:
+                    os.close(date_fd)
+                self._folders.append(_Folder(root_name, name, "", len(users),
+                                             date.stat(follow_symlinks=False).st_mtime))
+        finally:
+            os.close(root_fd)
 
-    def _managed_dir(self, entry: os.DirEntry[str], dev: int, name_ok: bool) -> bool:
+    def _open_dir(self, parent_fd: int, name: str, path: str, dev: int) -> int | None:
+        """A folder's fd, opened without following a symlink and checked to be on the root's filesystem."""
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:
+            self.plan.refused.append({"path": path, "why": f"cannot open it: {exc.strerror}"})
+            return None
+        st = os.fstat(fd)
+        if st.st_dev != dev:
+            os.close(fd)
+            self.plan.refused.append({"path": path, "why": "another filesystem (mount point)"})
+            return None
+        self._last_stamp = st.st_mtime_ns
+        return fd
+
+    def _managed_dir(self, entry: os.DirEntry[str], path: str, dev: int, name_ok: bool) -> bool:
         """True for a real folder on the root's filesystem with a managed name; records why not otherwise."""
         if entry.is_symlink():
-            self.plan.refused.append({"path": entry.path, "why": "symlink (never followed)"})
+            self.plan.refused.append({"path": path, "why": "symlink (never followed)"})
             return False
         if not entry.is_dir(follow_symlinks=False):
-            self.plan.unmanaged.append(entry.path)
+            self.plan.unmanaged.append(path)
             return False
         if entry.stat(follow_symlinks=False).st_dev != dev:
-            self.plan.refused.append({"path": entry.path, "why": "another filesystem (mount point)"})
+            self.plan.refused.append({"path": path, "why": "another filesystem (mount point)"})
             return False
         if not name_ok:
-            self.plan.unmanaged.append(entry.path)
+            self.plan.unmanaged.append(path)
             return False
         return True
 
-    def _scan_output_folder(self, date: str, user_entry: os.DirEntry[str], dev: int, pinned_above: bool) -> None:
+    def _scan_output_folder(self, date_fd: int, date: str, user_entry: os.DirEntry[str], user_path: str, dev: int,
+                            pinned_above: bool) -> None:
+        """One outputs/<date>/<user>/ folder: the hot loop of a pass, one fstatat per file relative to the folder."""
         user = user_entry.name
         marker = self.marker
-        files: dict[str, os.stat_result] = {}
-        entries = 0
-        with os.scandir(user_entry.path) as it:
-            for entry in it:
-                entries += 1
-                if entry.is_symlink():
-                    self.plan.refused.append({"path": entry.path, "why": "symlink (never followed)"})
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    self.plan.unmanaged.append(entry.path)
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode):
-                    self.plan.refused.append({"path": entry.path, "why": "not a regular file"})
-                    continue
-                files[entry.name] = st
-        folder_pinned = pinned_above or marker in files
-        if marker in files and not pinned_above:
-            self.plan.pinned["markers"].append(os.path.join(user_entry.path, marker))
-        self._folders.append(_Folder("outputs", date, user, entries, user_entry.stat(follow_symlinks=False).st_mtime))
+        cut = len(marker)
+        plan = self.plan
         pins: set[str] = set()
-        groups: dict[str, list[tuple[str, os.stat_result]]] = {}
-        for name, st in files.items():
-            if name == marker:
-                continue
-            if name.endswith(marker):
-                pins.add(name[: -len(marker)])
-                continue
-            if _is_temp(name):
-                self._temp(date, user, name, st)
-                continue
-            stem = name
-            for suffix in OUTPUT_SUFFIXES:
-                if name.endswith(suffix):
-                    stem = name[: -len(suffix)]
-                    break
-            groups.setdefault(stem, []).append((name, st))
-        folder_hits = self.rules.for_folder(date, user) if self.rules.rules else []
-        usage = self.plan.users.setdefault(user, [0, 0])
-        for stem, members in groups.items():
-            size = sum(st.st_size for _, st in members)
-            usage[0] += size
-            usage[1] += len(members)
-            self.plan.dates[date] = self.plan.dates.get(date, 0) + size
-            has_video = any(n.endswith(".mp4") for n, _ in members)
-            self.plan.outputs_left += has_video
-            group = Group("outputs", (date, user), stem,
-                          [(n, st.st_size, _freed(st), st.st_mtime_ns, st.st_ino) for n, st in members],
-                          max(st.st_mtime for _, st in members))
-            if folder_pinned or stem in pins or any(n in pins for n, _ in members):
-                self.plan.pinned["files"] += len(members)
-                self.plan.pinned["bytes"] += size
-                self._pinned_freed += group.freed
+        folder_marker = False
+        groups: dict[str, list[tuple[str, os.stat_result]]] = {}  # stem -> its files
+        temps: list[tuple[str, os.stat_result]] = []
+        entries = 0
+        user_fd = self._open_dir(date_fd, user, user_path, dev)
+        if user_fd is None:
+            return
+        plan.stamps[("outputs", date, user)] = self._last_stamp
+        try:
+            with os.scandir(user_fd) as it:
+                for entry in it:
+                    entries += 1
+                    if not entry.is_file(follow_symlinks=False):
+                        self._odd_entry(entry, os.path.join(user_path, entry.name))
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:  # renamed or deleted since the folder was read
+                        entries -= 1
+                        continue
+                    name = entry.name
+                    stem, _, suffix = name.rpartition(".")
+                    if suffix not in _SUFFIXES or not stem:
+                        if name == marker:
+                            folder_marker = True
+                            continue
+                        if name.endswith(marker):
+                            pins.add(name[:-cut])
+                            continue
+                        if name[0] == "." and _is_temp(name):
+                            temps.append((name, st))
+                            continue
+                        stem = name
+                    found = groups.get(stem)
+                    if found is None:
+                        groups[stem] = [(name, st)]
+                    else:
+                        found.append((name, st))
+        finally:
+            os.close(user_fd)
+        folder_pinned = pinned_above or folder_marker
+        if folder_marker and not pinned_above:
+            plan.pinned["markers"].append(os.path.join(user_path, marker))
+        self._folders.append(_Folder("outputs", date, user, entries, user_entry.stat(follow_symlinks=False).st_mtime))
+        for name, st in temps:
+            self._temp(date, user, name, st)
+        folder = (date, user)
+        folder_hits = self.rules.for_folder(date, user) if self.rules.rules else None
+        default_cut = self.now - self.rules.default_days * DAY
+        young_cut = self.now - self.min_age
+        total_size = total_files = videos = 0
+        watermark = self.collect_candidates
+        for stem, found in groups.items():
+            mtime = 0.0
+            size = 0
+            has_video = False
+            for name, st in found:
+                if st.st_mtime > mtime:
+                    mtime = st.st_mtime
+                size += st.st_size
+                if name.endswith(".mp4"):
+                    has_video = True
+            total_size += size
+            total_files += len(found)
+            videos += has_video
+            if folder_pinned or (pins and (stem in pins or any(n in pins for n, _ in found))):
+                plan.pinned["files"] += len(found)
+                plan.pinned["bytes"] += size
+                if watermark:
+                    self._pinned_freed += sum(_freed(st) for _, st in found)
                 if not folder_pinned:
-                    self.plan.pinned["markers"].append(
-                        os.path.join(user_entry.path, (stem if stem in pins else members[0][0]) + marker))
+                    plan.pinned["markers"].append(
+                        os.path.join(user_path, (stem if stem in pins else found[0][0]) + marker))
                 continue
-            age = self.now - group.mtime
-            if age < self.min_age:
-                self.plan.young["files"] += len(members)
-                self.plan.young["bytes"] += size
-                self._young_freed += group.freed
+            if mtime > young_cut:
+                plan.young["files"] += len(found)
+                plan.young["bytes"] += size
+                if watermark:
+                    self._young_freed += sum(_freed(st) for _, st in found)
                 continue
-            if self.rules.rules:
-                days, why = self.rules.days(folder_hits, [f"{date}/{user}/{n}" for n, _ in members])
+            if folder_hits is None:
+                days, rule, cutoff = self.rules.default_days, "default_days", default_cut
             else:
-                days, why = self.rules.default_days, "default_days"
-            if age > days * DAY:
-                group.reason = EXPIRED
-                group.detail = f"{age / DAY:.1f} days old; kept {days:g} days ({why})"
-                self._delete(group, has_video)
-            else:
-                self._candidates.append(group)
+                days, rule = self.rules.days(folder_hits, [f"{date}/{user}/{n}" for n, _ in found])
+                cutoff = self.now - days * DAY
+            if mtime < cutoff or watermark:
+                members = []
+                freed = 0
+                for name, st in found:
+                    blocks = st.st_blocks * 512 if st.st_nlink <= 1 else 0
+                    freed += blocks
+                    members.append((name, st.st_size, blocks, st.st_mtime_ns, st.st_ino))
+                group = Group("outputs", folder, stem, members, mtime, size, freed, has_video)
+                if mtime < cutoff:
+                    group.reason, group.keep_days, group.rule = EXPIRED, days, rule
+                    self._delete(group, count_usage=False)
+                    total_size -= size
+                    total_files -= len(found)
+                    videos -= has_video
+                else:
+                    self._candidates.append(group)
+        usage = plan.users.setdefault(user, [0, 0])
+        usage[0] += total_size
+        usage[1] += total_files
+        plan.dates[date] = plan.dates.get(date, 0) + total_size
+        plan.outputs_left += videos
+
+    def _odd_entry(self, entry: os.DirEntry[str], path: str) -> None:
+        """Anything in a user folder that is not a plain file: reported, never touched."""
+        if entry.is_symlink():
+            self.plan.refused.append({"path": path, "why": "symlink (never followed)"})
+        elif entry.is_dir(follow_symlinks=False):
+            self.plan.unmanaged.append(path)
+        else:
+            self.plan.refused.append({"path": path, "why": "not a regular file"})
 
     def _temp(self, date: str, user: str, name: str, st: os.stat_result) -> None:
         age = self.now - st.st_mtime
         if age < self.min_age or _temp_job_id(name) in self.spool_jobs:
             self.plan.in_flight += 1
             return
-        group = Group("outputs", (date, user), name, [(name, st.st_size, _freed(st), st.st_mtime_ns, st.st_ino)],
-                      st.st_mtime, kind="temp", reason=ABANDONED_TEMP,
+        freed = _freed(st)
+        group = Group("outputs", (date, user), name, [(name, st.st_size, freed, st.st_mtime_ns, st.st_ino)],
+                      st.st_mtime, st.st_size, freed, kind="temp", reason=ABANDONED_TEMP,
                       detail=f"temp file {age / 3600:.0f} h old and its job is not in the spool")
         self.plan.deletions.append(group)
+        if self.on_delete is not None:
+            self.on_delete(group)
         self._count_deleted("outputs", date, user, 1)
 
-    def _delete(self, group: Group, has_video: bool = False) -> None:
+    def _delete(self, group: Group, count_usage: bool = True) -> None:
+        """Plan *group*'s deletion; count_usage: take it off the per-user/date totals already counted."""
         self.plan.deletions.append(group)
+        if self.on_delete is not None:
+            self.on_delete(group)
         date, user = group.folder
         if group.root == "outputs":
-            usage = self.plan.users[user]
-            size = group.size
-            usage[0] -= size
-            usage[1] -= len(group.members)
-            self.plan.dates[date] -= size
-            self.plan.outputs_left -= has_video
+            if count_usage:
+                usage = self.plan.users[user]
+                usage[0] -= group.size
+                usage[1] -= len(group.members)
+                self.plan.dates[date] -= group.size
+                self.plan.outputs_left -= group.has_video
             self._count_deleted("outputs", date, user, len(group.members))
         else:
             self.plan.failed_entries -= 1
@@ -362,15 +460,16 @@ class Planner:
 
     # -- failed/ ------------------------------------------------------------------------------------------
 
-    def _scan_failed_folder(self, date: str, user_entry: os.DirEntry[str], dev: int, pinned_above: bool) -> None:
+    def _scan_failed_folder(self, date_fd: int, date: str, user_entry: os.DirEntry[str], user_path: str, dev: int,
+                            pinned_above: bool) -> None:
         user = user_entry.name
         marker = self.marker
-        with os.scandir(user_entry.path) as it:
+        with os.scandir(user_path) as it:
             entries = list(it)
         names = {e.name for e in entries}
         folder_pinned = pinned_above or marker in names
         if marker in names and not pinned_above:
-            self.plan.pinned["markers"].append(os.path.join(user_entry.path, marker))
+            self.plan.pinned["markers"].append(os.path.join(user_path, marker))
         mtime = user_entry.stat(follow_symlinks=False).st_mtime
         self._folders.append(_Folder("failed", date, user, len(entries), mtime))
         for entry in entries:
@@ -386,7 +485,7 @@ class Planner:
             st = entry.stat(follow_symlinks=False)
             self.plan.failed_entries += 1
             group = Group("failed", (date, user), entry.name, [(entry.name, size, freed, st.st_mtime_ns, st.st_ino)],
-                          newest, kind="failed", files=files)
+                          newest, size, freed, kind="failed", files=files)
             if folder_pinned or entry_pinned or (entry.name + marker) in names:
                 self.plan.pinned["files"] += files
                 self.plan.pinned["bytes"] += size
@@ -450,7 +549,7 @@ class Planner:
                 group.reason = WATERMARK
                 group.detail = (f"disk {fs.percent:.1f}% used >= critical {self.disk['critical_percent']}%: "
                                 f"oldest first until {self.disk['target_free_percent']}% is free")
-                self._delete(group, any(m[0].endswith(".mp4") for m in group.members))
+                self._delete(group)
                 avail += group.freed
                 taken += 1
         self.plan.watermark = {"percent": round(fs.percent, 2), "target_free_percent": self.disk["target_free_percent"],
@@ -480,6 +579,11 @@ class Planner:
         self.plan.folders.sort(key=lambda item: (-len(item[1]), item))
 
 
-def make_plan(config: dict[str, Any], now: float, outputs_fs: FsUsage | None) -> Plan:
-    """The plan of one pass. outputs_fs: usage of the filesystem holding outputs/ (for the watermark)."""
-    return Planner(config, now, outputs_fs).build()
+def make_plan(config: dict[str, Any], now: float, outputs_fs: FsUsage | None,
+              on_delete: Callable[[Group], None] | None = None) -> Plan:
+    """The plan of one pass. outputs_fs: usage of the filesystem holding outputs/ (for the watermark).
+
+    on_delete is called with each group as soon as its deletion is decided (a real pass starts deleting
+    while the rest is still being read); the returned plan lists them all, sorted.
+    """
+    return Planner(config, now, outputs_fs, on_delete).build()

@@ -3,7 +3,9 @@
 Every folder is opened relative to its parent's file descriptor with O_NOFOLLOW, and checked to be on
 the root's filesystem, so a folder swapped for a symlink after the plan was made is refused rather than
 followed. A file is deleted only if it is still the file that was planned (same inode and mtime);
-an output's files are checked together first, so an output is deleted whole or not at all.
+an output's files are checked together first, so an output is deleted whole or not at all. (Fast path:
+when a folder's mtime is the one seen while planning, no name in it was added, removed or replaced
+since, so its files are not checked one by one.)
 """
 
 from __future__ import annotations
@@ -54,71 +56,113 @@ class Outcome:
 
 
 class _Folders:
-    """Opens root/<parts...> one component at a time (O_NOFOLLOW), caching the last folder opened."""
+    """Opens root/<parts...> one component at a time (O_NOFOLLOW), keeping the chain of open folders so that
+    the next folder of the same date reuses the root's and the date's descriptors."""
 
     def __init__(self, root: str, dev: int) -> None:
         self.root, self.dev = root, dev
-        self._key: tuple[str, ...] | None = None
-        self._fd: int | None = None
+        self._chain: list[tuple[str, int]] = []  # [(name, fd)]: root, then each part
+        self.unchanged = False  # the folder last opened had the mtime seen while planning
 
-    def open(self, parts: tuple[str, ...]) -> int:
-        if self._key == parts and self._fd is not None:
-            return self._fd
-        self.close()
-        fd = os.open(self.root, _DIR_FLAGS)
-        try:
+    def open(self, parts: tuple[str, ...], stamp: int | None = None) -> int:
+        wanted = ("", *parts)
+        chain = self._chain
+        keep = 0
+        while keep < len(chain) and keep < len(wanted) and chain[keep][0] == wanted[keep]:
+            keep += 1
+        if keep == len(wanted) == len(chain):
+            return chain[-1][1]
+        while len(chain) > keep:
+            os.close(chain.pop()[1])
+        self.unchanged = False
+        if not chain:
+            fd = os.open(self.root, _DIR_FLAGS)
+            chain.append(("", fd))
             self._check(fd, self.root)
-            for part in parts:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = child
-                self._check(fd, part)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._key, self._fd = parts, fd
+        for part in wanted[len(chain):]:
+            fd = os.open(part, _DIR_FLAGS, dir_fd=chain[-1][1])
+            chain.append((part, fd))
+            self._check(fd, part)
+        fd = chain[-1][1]
+        self.unchanged = stamp is not None and os.fstat(fd).st_mtime_ns == stamp
         return fd
 
     def _check(self, fd: int, name: str) -> None:
         if os.fstat(fd).st_dev != self.dev:
+            self.close()
             raise Refused(f"{name} is on another filesystem")
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        self._key = self._fd = None
+        while self._chain:
+            os.close(self._chain.pop()[1])
 
 
-def carry_out(plan: Plan) -> Outcome:
-    """Delete what *plan* lists, in its order. Never raises for a single path; see Outcome.errors."""
-    outcome = Outcome()
-    openers = {root: _Folders(path, plan.devs[root]) for root, path in plan.roots.items() if root in plan.devs}
-    try:
-        for group in plan.deletions:
-            try:
-                fd = openers[group.root].open(group.folder)
-                if group.kind == "failed":
-                    _remove_entry(fd, group, openers[group.root].dev, outcome)
-                else:
-                    _remove_group(fd, group, outcome)
-            except Refused as exc:
-                outcome.skipped.append({"path": plan.path_of(group), "why": str(exc)})
-            except OSError as exc:
-                _record_error(plan.path_of(group), exc, outcome)
+class Executor:
+    """Carries out a plan's deletions, starting while the plan is still being made.
+
+    The planner hands over each group as soon as it is decided (Planner's on_delete), so a folder's
+    expired outputs are deleted right after the folder was read, while it is still in the cache;
+    finish() then removes the emptied folders. Order and content are the plan's, so a dry run still
+    prints exactly what happens. (A deleting thread was tried: Python's GIL hand-offs made it slower.)
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.outcome = Outcome()
+        self._openers: dict[str, _Folders] = {}
+
+    def submit(self, group: Group) -> None:
+        plan, outcome = self.plan, self.outcome
+        try:
+            opener = self._opener(group.root)
+            fd = opener.open(group.folder, plan.stamps.get((group.root, *group.folder)))
+            if group.kind == "failed":
+                _remove_entry(fd, group, opener.dev, outcome)
+            else:
+                _remove_group(fd, group, outcome, verify=not opener.unchanged)
+        except Refused as exc:
+            outcome.skipped.append({"path": plan.path_of(group), "why": str(exc)})
+        except OSError as exc:
+            _record_error(plan.path_of(group), exc, outcome)
+
+    def finish(self) -> Outcome:
+        """Remove the emptied folders and close everything."""
+        try:
+            self._remove_folders()
+        finally:
+            self.close()
+        return self.outcome
+
+    def close(self) -> None:
+        for opener in self._openers.values():
+            opener.close()
+
+    def _opener(self, root: str) -> _Folders:
+        opener = self._openers.get(root)
+        if opener is None:
+            opener = self._openers[root] = _Folders(self.plan.roots[root], self.plan.devs[root])
+        return opener
+
+    def _remove_folders(self) -> None:
+        plan, outcome = self.plan, self.outcome
         for root, parts in plan.folders:
             path = os.path.join(plan.roots[root], *parts)
             try:
-                fd = openers[root].open(parts[:-1])
+                fd = self._opener(root).open(parts[:-1])
                 os.rmdir(parts[-1], dir_fd=fd)
                 outcome.folders += 1
             except Refused as exc:
                 outcome.skipped.append({"path": path, "why": str(exc)})
             except OSError as exc:
                 _record_error(path, exc, outcome)
-    finally:
-        for opener in openers.values():
-            opener.close()
-    return outcome
+
+
+def carry_out(plan: Plan) -> Outcome:
+    """Delete what a finished *plan* lists, in its order. Never raises for a single path; see Outcome.errors."""
+    executor = Executor(plan)
+    for group in plan.deletions:
+        executor.submit(group)
+    return executor.finish()
 
 
 def _record_error(path: str, exc: OSError, outcome: Outcome) -> None:
@@ -131,15 +175,24 @@ def _record_error(path: str, exc: OSError, outcome: Outcome) -> None:
         outcome.errors.append({"path": path, "error": exc.strerror or str(exc)})
 
 
-def _remove_group(fd: int, group: Group, outcome: Outcome) -> None:
+def _remove_group(fd: int, group: Group, outcome: Outcome, verify: bool = True) -> None:
     """Delete an output's files together, only if every one is still the planned file."""
-    for name, _size, _freed, mtime_ns, ino in group.members:
-        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode) or st.st_ino != ino or st.st_mtime_ns != mtime_ns:
-            raise Refused(f"{name} changed since the plan was made")
-    for name, size, freed, _mtime, _ino in group.members:
-        os.unlink(name, dir_fd=fd)
-        outcome.count(group, 1, size, freed)
+    if verify:
+        for name, _size, _freed, mtime_ns, ino in group.members:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_ino != ino or st.st_mtime_ns != mtime_ns:
+                raise Refused(f"{name} changed since the plan was made")
+    done = 0
+    try:
+        for name, _size, _freed, _mtime, _ino in group.members:
+            os.unlink(name, dir_fd=fd)
+            done += 1
+    finally:
+        if done == len(group.members):
+            outcome.count(group, done, group.size, group.freed)
+        elif done:
+            members = group.members[:done]
+            outcome.count(group, done, sum(m[1] for m in members), sum(m[2] for m in members))
 
 
 def _remove_entry(fd: int, group: Group, dev: int, outcome: Outcome) -> None:

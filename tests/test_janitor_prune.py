@@ -289,3 +289,27 @@ def test_state_survives_and_a_second_pass_finds_nothing(tmp_path: Path) -> None:
     assert second.plan.actions() == []
     state = json.loads((Path(cfg["paths"]["state"]) / "janitor.json").read_text())
     assert state["freed_total"] >= 1500
+
+
+def test_files_changed_after_planning_are_not_deleted(tmp_path: Path) -> None:
+    from daemon import prune, safedelete
+
+    cfg = make_config(tmp_path)
+    out = Path(cfg["paths"]["outputs"])
+    replaced = output(out, DATE_OLD, "uli", "talk", 30)
+    swapped = output(out, DATE_OLD, "vera", "talk", 30)
+    plan = prune.make_plan(cfg, time.time(), None)
+    assert len(plan.deletions) == 2
+    # After the plan: a new record renamed over talk.json, and vera's folder swapped for a symlink.
+    put(tmp_path / "new.json", 0)
+    os.replace(tmp_path / "new.json", replaced[1])
+    elsewhere = tmp_path / "elsewhere"
+    os.rename(out / DATE_OLD / "vera", elsewhere)
+    os.symlink(elsewhere, out / DATE_OLD / "vera")
+    outcome = safedelete.carry_out(plan)
+    assert outcome.files == 0 and outcome.errors == []
+    whys = {item["path"]: item["why"] for item in outcome.skipped}
+    assert "changed since the plan was made" in whys[str(out / DATE_OLD / "uli" / "talk")]
+    assert "symlink" in whys[str(out / DATE_OLD / "vera" / "talk")]
+    assert all(f.exists() for f in replaced)  # the output stays whole
+    assert all((elsewhere / f.name).exists() for f in swapped)
