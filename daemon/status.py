@@ -16,9 +16,9 @@ from typing import Any
 from daemon import spool
 from daemon.config import Config
 from daemon.disk import filesystems
+from daemon.workers import describe, worker_table
 
 RECENT_FAILURES = 10
-STALE_HEARTBEATS = 3  # a worker is flagged after this many missed heartbeats
 
 
 def collect(config: Config) -> dict[str, Any]:
@@ -44,15 +44,7 @@ def collect(config: Config) -> dict[str, Any]:
         job_queue.close()
     except Exception as exc:  # noqa: BLE001 - status must still show the rest
         queue_info["error"] = str(exc)
-    workers = []
-    for beat in spool.heartbeats(config.path("spool")):
-        interval = float(beat.get("interval") or 2.0)
-        age = now - float(beat.get("updated") or 0)
-        workers.append({"name": beat["name"], "host": beat.get("host"), "device": beat.get("device"),
-                        "pid": beat.get("pid"), "state": beat.get("state"), "job": beat.get("job"),
-                        "stage": beat.get("stage"), "progress": beat.get("progress"),
-                        "heartbeat_age_seconds": round(age, 1),
-                        "stale": beat.get("state") != "stopped" and age > STALE_HEARTBEATS * interval})
+    workers = worker_table(config.path("spool"), now)
     return {"queue": queue_info, "running": running, "queued": queued, "workers": workers,
             "recent_failures": recent_failures(config.path("failed")),
             "disk": [fs.to_dict() for fs in filesystems(dict(config["paths"]))], "time": now}
@@ -109,11 +101,7 @@ def render_text(status: dict[str, Any]) -> str:
     if len(status["queued"]) > 20:
         lines.append(f"  ... and {len(status['queued']) - 20} more")
     lines.append("Workers:" if status["workers"] else "Workers: none has reported yet")
-    for w in status["workers"]:
-        flag = "  NOT RESPONDING" if w["stale"] else ""
-        doing = f"job {w['job']} {w.get('stage')}" if w.get("job") else w.get("state")
-        lines.append(f"  {w['host']} {w['device']} pid {w['pid']}: {doing}, last heartbeat "
-                     f"{w['heartbeat_age_seconds']:.0f} s ago{flag}")
+    lines += [f"  {describe(row)}" for row in status["workers"]]
     lines.append("Recent failures:" if status["recent_failures"] else "Recent failures: none")
     for f in status["recent_failures"]:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(f["time"]))

@@ -64,6 +64,7 @@ class Worker:
         self._engines: dict[str, Any] = {}
         self._queue: JobQueue | None = None
         self._stop_heartbeat = threading.Event()
+        self._lease_lock = threading.Lock()
         self._notifier = Notifier()  # when run as lipsyncd-worker@.service; the daemon's workers have none
 
     # --- process life ------------------------------------------------------------------------------
@@ -175,8 +176,9 @@ class Worker:
                 self._notifier.status(f"job {current[0].id} ({current[0].user}/{current[0].stem}): "
                                       f"{self.stage} {100 * self.progress:.0f}%")
             with contextlib.suppress(OSError):
-                if current is not None:
-                    spool.touch_lease(current[1], self._lease_data(current[0]))
+                with self._lease_lock:  # never rewrite the lease of a job folder being removed
+                    if current is not None and self.current is current:
+                        spool.touch_lease(current[1], self._lease_data(current[0]))
                 self._heartbeat(state="busy" if current else ("stopping" if self.stopping else "idle"))
 
     def _lease_data(self, job: Job) -> dict[str, Any]:
@@ -355,6 +357,12 @@ class Worker:
 
     def _finish(self, job: Job, folder: Path) -> None:
         """The output is in place: the consumed inputs and the spool folder go."""
+        self._remove_job_folder(folder)
+
+    def _remove_job_folder(self, folder: Path) -> None:
+        """Remove a finished or failed job's folder; the heartbeat stops touching its lease first."""
+        with self._lease_lock:
+            self.current = None
         shutil.rmtree(folder, ignore_errors=True)
 
     def _fail(self, job: Job, folder: Path, reason: str, *, engine: str | None) -> None:
@@ -371,14 +379,14 @@ class Worker:
             return
         log.error("failed %s: %s (inputs and error.txt in %s)", job.stem, reason.splitlines()[0], where,
                   extra=fields(job_id=job.id, user=job.user, stage="failed"))
-        shutil.rmtree(folder, ignore_errors=True)
+        self._remove_job_folder(folder)
         _notify(self.config, "job_failed", job.user, job.stem, job.id, reason)
 
     def _fail_unreadable(self, folder: Path, job_id: str, why: str) -> None:
         files = [(p, p.name) for p in folder.iterdir() if p.is_file() and p.name not in ("lease", "job.json")]
         filing.file_failure(Path(self.config["paths"]["failed"]), "unknown", job_id, files,
                             f"the job's record (job.json) is damaged: {why}")
-        shutil.rmtree(folder, ignore_errors=True)
+        self._remove_job_folder(folder)
 
     def _disk_full(self) -> str | None:
         """Why there is no room to run a job (spool or outputs nearly full), or None."""
