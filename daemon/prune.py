@@ -356,7 +356,7 @@ class Planner:
         folder_hits = self.rules.for_folder(date, user) if self.rules.rules else None
         default_cut = self.now - self.rules.default_days * DAY
         young_cut = self.now - self.min_age
-        total_size = total_files = videos = 0
+        total_size = total_files = videos = deleted_here = 0
         watermark = self.collect_candidates
         for stem, found in groups.items():
             mtime = 0.0
@@ -401,12 +401,17 @@ class Planner:
                 group = Group("outputs", folder, stem, members, mtime, size, freed, has_video)
                 if mtime < cutoff:
                     group.reason, group.keep_days, group.rule = EXPIRED, days, rule
-                    self._delete(group, count_usage=False)
+                    plan.deletions.append(group)
+                    if self.on_delete is not None:
+                        self.on_delete(group)
                     total_size -= size
                     total_files -= len(found)
                     videos -= has_video
+                    deleted_here += len(found)
                 else:
                     self._candidates.append(group)
+        if deleted_here:
+            self._count_deleted("outputs", date, user, deleted_here)
         usage = plan.users.setdefault(user, [0, 0])
         usage[0] += total_size
         usage[1] += total_files

@@ -110,12 +110,19 @@ class Executor:
         self.plan = plan
         self.outcome = Outcome()
         self._openers: dict[str, _Folders] = {}
+        self._last: tuple[str, tuple[str, str]] | None = None  # the folder of the previous group
 
     def submit(self, group: Group) -> None:
         plan, outcome = self.plan, self.outcome
         try:
             opener = self._opener(group.root)
-            fd = opener.open(group.folder, plan.stamps.get((group.root, *group.folder)))
+            where = (group.root, group.folder)
+            if where == self._last and opener._chain:
+                fd = opener._chain[-1][1]
+            else:
+                self._last = None
+                fd = opener.open(group.folder, plan.stamps.get((group.root, *group.folder)))
+                self._last = where
             if group.kind == "failed":
                 _remove_entry(fd, group, opener.dev, outcome)
             else:
@@ -145,6 +152,7 @@ class Executor:
 
     def _remove_folders(self) -> None:
         plan, outcome = self.plan, self.outcome
+        self._last = None
         for root, parts in plan.folders:
             path = os.path.join(plan.roots[root], *parts)
             try:
