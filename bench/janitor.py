@@ -92,7 +92,7 @@ def compare(base: Path, rounds: int, files: int, now: float) -> dict[str, list[f
     total = build_template(template, files, now)
     fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(base)], capture_output=True, text=True).stdout
     print(f"tree: {total} files in {DATES} dates x {USERS} users, built in {time.perf_counter() - t:.1f} s "
-          f"under {base} ({fs.strip() or '?'})")
+          f"under {base} ({(fs.split() or ['?'])[0]})")
     runs: dict[str, list[float]] = {"janitor": [], "find": [], "janitor_cpu": [], "find_cpu": [], "rss": []}
     for r in range(rounds):
         for name in ("a", "b"):
