@@ -10,6 +10,8 @@ Public API (shared by the engines and the sync score; keep it stable):
 - MouthRegion: the lip seam's centre, the mouth's half width and the face size; .bounds() is the
   rectangle a mouth edit may change (nose to upper neck, cheek to cheek).
 - FaceDetector().detect(frame) -> list[FaceBox], largest first: one frame, no tracking.
+- Frames are RGB (H, W, 3); FaceTracker(order="bgr") / FaceDetector(order="bgr") take OpenCV's BGR
+  instead, and 2-D frames (H, W) are taken as grey (e.g. the Y plane of YUV video).
 
 How tracking works: the OpenCV Haar cascade (opencv-python-headless, cv2.data.haarcascades) runs on
 every `detect_every`-th frame and on the last frame of each batch, on a copy scaled down to at most
@@ -41,7 +43,7 @@ MIN_NEIGHBORS = 6  # higher: fewer false faces, more missed ones
 MATCH_IOU = 0.3  # a detection overlapping the tracked face this much continues the track
 NEAR_MARGIN = 0.5  # tracking: look this many face sizes around the last face ...
 NEAR_SIZES = (0.75, 1.35)  # ... for faces this much smaller / larger than it
-NEAR_FACE_PIXELS = 128  # ... on a copy scaled (by halves) so that the face is at most this big
+NEAR_FACE_PIXELS = 80  # ... on a copy scaled (by halves) so that the face is at most this big
 FULL_SCAN_EVERY = 10  # every this many detections the whole frame is searched for a face as big or bigger
 PATCH_AREA = (0.15, 0.85, 0.10, 0.95)  # the face patch followed between keypoints (fractions of the box)
 PATCH_WIDTH = 48  # ... compared at this width in pixels
@@ -135,10 +137,12 @@ def lerp(a: FaceBox, b: FaceBox, t: float) -> FaceBox:
 class FaceDetector:
     """OpenCV's frontal-face Haar cascade on a scaled-down grey copy of an RGB frame."""
 
-    def __init__(self, max_side: int = DETECT_MAX_SIDE, min_face_fraction: float = MIN_FACE_FRACTION) -> None:
+    def __init__(self, max_side: int = DETECT_MAX_SIDE, min_face_fraction: float = MIN_FACE_FRACTION,
+                 order: str = "rgb") -> None:
         import cv2
 
         self.cv2 = cv2
+        self.to_gray = _gray_code(order)
         self.max_side = max_side
         self.min_face_fraction = min_face_fraction
         self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
@@ -148,7 +152,7 @@ class FaceDetector:
 
     def detect(self, frame: np.ndarray, near: FaceBox | None = None,
                larger_than: FaceBox | None = None) -> list[FaceBox]:
-        """Faces in one RGB frame (H, W, 3) uint8, largest first.
+        """Faces in one frame (H, W, 3) uint8 in this detector's channel order, or grey (H, W); largest first.
 
         With *near*, only faces of about that size around it are looked for (much faster: tracking).
         With *larger_than*, only faces at least about that big, anywhere (a new main face?).
@@ -176,7 +180,7 @@ class FaceDetector:
         if scale < 1.0:  # shrink first (cheaper), then grey
             frame = cv2.resize(frame, (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale))),
                                interpolation=cv2.INTER_AREA)
-        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, self.to_gray)
         if min(gray.shape) < smallest:
             return []
         found = self.cascade.detectMultiScale(gray, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS,
@@ -241,10 +245,11 @@ class _PatchFollower:
     (cv2.matchTemplate) at sub-pixel precision. Much steadier than Haar boxes, whose positions come in
     steps of about 4% of the face size."""
 
-    def __init__(self) -> None:
+    def __init__(self, order: str = "rgb") -> None:
         import cv2
 
         self.cv2 = cv2
+        self.to_gray = _gray_code(order)
         self.template: np.ndarray | None = None
         self.centre = (0.0, 0.0)  # frame position of the patch's centre when it was cut
         self.scale = (1.0, 1.0)
@@ -302,8 +307,17 @@ class _PatchFollower:
         scale_x, scale_y = scale if isinstance(scale, tuple) else (scale, scale)
         size = (max(8, round((x1 - x0) * scale_x)), max(8, round((y1 - y0) * scale_y)))
         small = cv2.resize(frame[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
-        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        gray = small if small.ndim == 2 else cv2.cvtColor(small, self.to_gray)
         return gray, ((x0 + x1) / 2, (y0 + y1) / 2), (size[0] / (x1 - x0), size[1] / (y1 - y0))
+
+
+def _gray_code(order: str) -> int:
+    import cv2
+
+    codes = {"rgb": cv2.COLOR_RGB2GRAY, "bgr": cv2.COLOR_BGR2GRAY}
+    if order not in codes:
+        raise ValueError(f"channel order must be 'rgb' or 'bgr', not {order!r}")
+    return codes[order]
 
 
 def _peak_offset(three: np.ndarray) -> float:
@@ -317,11 +331,12 @@ def _peak_offset(three: np.ndarray) -> float:
 class FaceTracker:
     """The main face of a video, frame by frame, fed in consecutive batches (see the module docstring)."""
 
-    def __init__(self, detect_every: int = 5, detector: FaceDetector | None = None) -> None:
+    def __init__(self, detect_every: int = 5, detector: FaceDetector | None = None, order: str = "rgb") -> None:
         if detect_every < 1:
             raise ValueError("detect_every must be at least 1")
         self.detect_every = detect_every
-        self.detector = detector or FaceDetector()
+        self.order = order
+        self.detector = detector or FaceDetector(order=order)
         self.reset()
 
     def reset(self) -> None:
@@ -330,12 +345,12 @@ class FaceTracker:
         self.faces_seen = 0  # of those, frames with a face
         self.detections_run = 0
         self._smoother = _Smoother()
-        self._follower = _PatchFollower()
+        self._follower = _PatchFollower(self.order)
         self._last_raw: FaceBox | None = None  # the most recent chosen detection (main-face choice)
         self._carry: tuple[int, FaceBox | None] | None = None  # last keypoint of the previous batch
 
     def update(self, frames: np.ndarray | Sequence[np.ndarray]) -> list[FaceBox | None]:
-        """Boxes for the next consecutive RGB frames of the video (a (B, H, W, 3) array or a list)."""
+        """Boxes for the next consecutive frames of the video: a (B, H, W, 3) or grey (B, H, W) array, or a list."""
         count = len(frames)
         if count == 0:
             return []

@@ -29,6 +29,8 @@ from pipeline.engines.base import EngineError, ProgressFn, RenderResult, no_prog
 from pipeline.face import FaceBox, FaceTracker
 from pipeline.warp import MouthWarper
 
+PIXELS = "yuv420p"  # frames inside the pipeline: see pipeline.video
+
 
 @dataclass(frozen=True)
 class BuiltinSettings:
@@ -97,8 +99,11 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
         track = motion.mouth_motion(features, device, gain=settings.mouth_gain)
 
     # 3. Frames, batch by batch: faces, mouth warp, encoding.
+    # Frames stay in the decoder's YUV 4:2:0 from decoder to encoder: no colour conversion, and pixels
+    # away from the mouth reach the encoder exactly as decoded. Faces are tracked on the Y plane.
     tracker = FaceTracker(settings.detect_every)
-    warper = MouthWarper(device)
+    warper = MouthWarper(device, pixels=PIXELS)
+    size = video.frame_size(info, PIXELS)
     faces_by_source: dict[int, FaceBox | None] = {}  # source frame -> face, reused when playing back
     warp_size = settings.batch_frames
     changed = 0
@@ -106,20 +111,20 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
         scratch = Path(workdir) if workdir is not None else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="lipsyncd-builtin-")))
         writer = stack.enter_context(video.VideoWriter(output, info, audio_path, crf=settings.crf,
-                                                       preset=settings.preset))
-        batches = stack.enter_context(contextlib.closing(
-            video.prefetch(video.frames_for_audio(info, n_frames, settings.batch_frames, scratch))))
+                                                       preset=settings.preset, pixels=PIXELS))
+        batches = stack.enter_context(contextlib.closing(video.prefetch(
+            video.frames_for_audio(info, n_frames, settings.batch_frames, scratch, pixels=PIXELS))))
         while True:
             with clock.stage("decode"):
                 batch = next(batches, None)
             if batch is None:
                 break
             with clock.stage("faces"):
-                faces = _faces(batch, tracker, faces_by_source)
+                faces = _faces(batch, video.yuv_planes(batch.frames, *size)[0], tracker, faces_by_source)
             with clock.stage("warp"):
                 mouths = [face.mouth() if face is not None else None for face in faces]
                 span = slice(batch.first, batch.first + len(batch))
-                warp_size, count = _warp(warper, batch.frames, mouths, track, span, warp_size)
+                warp_size, count = _warp(warper, batch.frames, mouths, track, span, warp_size, size)
                 changed += count
             with clock.stage("encode"):
                 writer.write(batch.frames)
@@ -142,7 +147,7 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
             "frames_changed": changed,
             "face_detections": tracker.detections_run,
             "warp_batch": warp_size,
-            "size": [info.width - info.width % 2, info.height - info.height % 2],
+            "size": list(size),
             "audio_seconds": round(sound.duration, 3),
         },
     )
@@ -169,34 +174,36 @@ def _threads_for(device: str) -> Iterator[None]:
         cv2.setNumThreads(saved[1])
 
 
-def _faces(batch: video.FrameBatch, tracker: FaceTracker, known: dict[int, FaceBox | None]) -> list[FaceBox | None]:
-    """Faces of a batch: tracked on the first pass through the video, remembered for later passes."""
+def _faces(batch: video.FrameBatch, grey: Any, tracker: FaceTracker,
+           known: dict[int, FaceBox | None]) -> list[FaceBox | None]:
+    """Faces of a batch: tracked (on *grey*, its Y planes) on the first pass through the video, remembered
+    for later passes."""
     sources = batch.sources.tolist()
     if all(source in known for source in sources):
         return [known[source] for source in sources]
-    faces = tracker.update(batch.frames)
+    faces = tracker.update(grey)
     known.update(zip(sources, faces, strict=True))
     return faces
 
 
 def _warp(warper: MouthWarper, frames: Any, mouths: list, track: motion.MouthTrack, span: slice,
-          size: int) -> tuple[int, int]:
-    """Warp a batch in pieces of *size* frames; on CUDA out-of-memory halve the pieces and go on.
+          pieces: int, size: tuple[int, int]) -> tuple[int, int]:
+    """Warp a batch in pieces of *pieces* frames; on CUDA out-of-memory halve the pieces and go on.
 
     Returns the piece size to use from now on and how many frames changed.
     """
     opening, width = track.opening[span], track.width[span]
     start = changed = 0
     while start < len(frames):
-        piece = slice(start, start + size)
+        piece = slice(start, start + pieces)
         try:
-            changed += warper.apply(frames[piece], mouths[piece], opening[piece], width[piece])
+            changed += warper.apply(frames[piece], mouths[piece], opening[piece], width[piece], size=size)
         except torch.cuda.OutOfMemoryError:
-            if size == 1:
+            if pieces == 1:
                 raise EngineError("the GPU ran out of memory even for one frame; free the GPU (other jobs?) "
                                   "or set pipeline.device to cpu") from None
-            size = max(1, size // 2)
+            pieces = max(1, pieces // 2)
             torch.cuda.empty_cache()
             continue
-        start += size
-    return size, changed
+        start += pieces
+    return pieces, changed

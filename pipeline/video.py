@@ -1,21 +1,27 @@
-"""Video in and out as streams of RGB frame batches, through ffmpeg pipes (ffmpeg-python).
+"""Video in and out as streams of frame batches, through ffmpeg pipes (ffmpeg-python).
 
 Public API (shared by the engines and the sync score; keep it stable):
 
 - open_video(path) -> VideoInfo: probe a video, with plain-words EngineErrors (no picture, unreadable).
-- read_frames(info, batch_frames, limit=None, max_side=None) -> iterator of uint8 arrays (B, H, W, 3),
-  RGB, writable (max_side: scaled down by ffmpeg to fit, for analysis):
-  every frame at the constant rate info.fps, rotation metadata applied (phone video comes out upright),
-  any pixel format (10-bit included) converted to 8-bit RGB. Variable frame rate input is resampled to
-  info.fps (frames repeated or dropped, as a player would show them).
-- frames_for_audio(info, n_frames, batch_frames, scratch) -> iterator of FrameBatch: exactly n_frames
-  frames in output order; cut when the video is longer, played back and forth ("ping-pong":
-  0 1 .. N-1 N-2 .. 1 0 1 ..) when it is shorter. FrameBatch.sources says which source frame each is.
+- read_frames(info, batch_frames, limit=None, max_side=None, pixels="rgb") -> iterator of writable uint8
+  arrays: (B, H, W, 3) RGB by default. Every frame at the constant rate info.fps, rotation metadata
+  applied (phone video comes out upright), any pixel format (10-bit included) converted to 8 bits.
+  Variable frame rate input is resampled to info.fps (frames repeated or dropped, as a player shows
+  them). max_side: scaled down by ffmpeg to fit (for analysis).
+- frames_for_audio(info, n_frames, batch_frames, scratch, pixels="rgb") -> iterator of FrameBatch:
+  exactly n_frames frames in output order; cut when the video is longer, played back and forth
+  ("ping-pong": 0 1 .. N-1 N-2 .. 1 0 1 ..) when it is shorter. FrameBatch.sources says which source
+  frame each one shows.
 - source_index(j, n_source): the ping-pong mapping itself.
-- VideoWriter(path, info, audio, crf=, preset=): write batches; H.264 yuv420p + AAC from *audio* +
-  faststart; the colour matrix of the input is kept; odd sizes lose their last column/row (H.264 4:2:0
-  needs even sizes).
+- VideoWriter(path, info, audio, crf=, preset=, pixels="rgb"): write batches; H.264 yuv420p + AAC of
+  *audio* + faststart, the input's frame rate and colour description; odd sizes lose their last
+  column/row (H.264 4:2:0 needs even sizes).
 - prefetch(iterable, depth): run a producer in a thread so decoding overlaps the work on each batch.
+
+Pixels: "rgb" (default) and "bgr" give (B, H, W, 3) arrays. "yuv420p" gives the decoder's own planes,
+one flat row of H*W*3/2 bytes per frame (Y, then U, then V; see yuv_planes()), at an even size
+(frame_size()); frames go from decoder to encoder with no colour conversion at all, so pixels an
+engine does not touch reach the encoder exactly as decoded (the builtin engine works this way).
 
 Memory never grows with the video's length: at most a few batches are alive at once. Ping-pong needs
 frames in reverse, which a video decoder cannot give cheaply, so the source frames that will be shown
@@ -45,6 +51,7 @@ RATE_SNAP_TOLERANCE = 0.03  # an average rate within 3% of a standard one is tha
 MAX_RATE = Fraction(120)
 JPEG_QUALITY = 95
 STDERR_TAIL_LINES = 20
+PIXELS = ("rgb", "bgr", "yuv420p")
 REVERSE_SLACK_FRAMES = 10  # extra frames cached in case the frame count estimate is a little off
 CACHE_ALL_FRAMES = 100  # a video this short plays back and forth entirely from the cache
 AUDIO_BITRATE = "192k"
@@ -72,6 +79,8 @@ class VideoInfo:
     color_matrix: str = "bt601"  # swscale name of the input's YUV matrix, kept for the output
     rotation: int = 0  # degrees a player rotates it by (already applied to the frames)
     pix_fmt: str = ""
+    color_tags: tuple[str, str, str] = ("", "", "")  # colour space, primaries, transfer as ffprobe names them
+    full_range: bool = False  # YUV levels 0-255 (some phones) rather than 16-235
 
     @property
     def frame_bytes(self) -> int:
@@ -118,6 +127,9 @@ def open_video(path: str | Path, role: str = "video") -> VideoInfo:
         start_time=max(0.0, _float(stream.get("start_time")) - _float(probed.get("format", {}).get("start_time"))),
         color_matrix=_MATRICES.get(stream.get("color_space", ""), "bt601"),
         rotation=media.rotation, pix_fmt=media.pix_fmt,
+        color_tags=tuple(_known(stream.get(key)) for key in ("color_space", "color_primaries",
+                                                              "color_transfer")),  # type: ignore[arg-type]
+        full_range=stream.get("color_range") == "pc" or media.pix_fmt.startswith("yuvj"),
     )
 
 
@@ -137,20 +149,25 @@ def choose_rate(average: Fraction, nominal: Fraction) -> Fraction:
 
 
 def read_frames(info: VideoInfo, batch_frames: int, limit: int | None = None,
-                max_side: int | None = None) -> Iterator[np.ndarray]:
-    """Decode *info*'s video as RGB batches at the constant rate info.fps; stop after *limit* frames.
+                max_side: int | None = None, pixels: str = "rgb") -> Iterator[np.ndarray]:
+    """Decode *info*'s video in batches at the constant rate info.fps; stop after *limit* frames.
 
-    With *max_side*, frames are scaled down (by ffmpeg) to fit it: see scaled_size().
+    With *max_side*, frames are scaled down (by ffmpeg) to fit it: see scaled_size(). *pixels*: see
+    the module docstring.
     """
     import ffmpeg
 
     require_tool("ffmpeg")
     stream = ffmpeg.input(f"file:{info.path.absolute()}")[str(info.stream_index)]
     stream = stream.filter("fps", fps=f"{info.fps.numerator}/{info.fps.denominator}")
-    width, height = scaled_size(info, max_side)
-    if (width, height) != (info.width, info.height):
+    width, height = scaled_size(info, max_side) if max_side else frame_size(info, pixels)
+    if max_side and (width, height) != (info.width, info.height):
         stream = stream.filter("scale", width, height, flags="area")
-    options: dict[str, Any] = {"format": "rawvideo", "pix_fmt": "rgb24"}
+    elif (width, height) != (info.width, info.height):  # yuv420p: an even size
+        stream = stream.crop(0, 0, width, height)
+    if pixels == "yuv420p" and info.full_range:
+        stream = stream.filter("scale", out_range="tv")  # the encoder gets (and is told) 16-235
+    options: dict[str, Any] = {"format": "rawvideo", "pix_fmt": _pix_fmt(pixels)}
     if limit is not None:
         options["frames:v"] = limit
     process = (
@@ -163,7 +180,7 @@ def read_frames(info: VideoInfo, batch_frames: int, limit: int | None = None,
     try:
         while limit is None or delivered < limit:
             want = batch_frames if limit is None else min(batch_frames, limit - delivered)
-            batch = _read_batch(process.stdout, width, height, want)
+            batch = _read_batch(process.stdout, width, height, want, pixels)
             if batch is None:
                 break
             delivered += len(batch)
@@ -185,6 +202,23 @@ def read_frames(info: VideoInfo, batch_frames: int, limit: int | None = None,
             process.wait()
 
 
+def frame_size(info: VideoInfo, pixels: str = "rgb") -> tuple[int, int]:
+    """Width and height of the frames read_frames() gives: yuv420p frames are cropped to an even size."""
+    if pixels == "yuv420p":
+        return info.width - info.width % 2, info.height - info.height % 2
+    return info.width, info.height
+
+
+def yuv_planes(frames: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the Y (B, H, W), U and V (B, H/2, W/2) planes of a batch of yuv420p frames."""
+    count = frames.shape[0]
+    flat = frames.reshape(count, -1)
+    luma, chroma = width * height, (width // 2) * (height // 2)
+    return (flat[:, :luma].reshape(count, height, width),
+            flat[:, luma:luma + chroma].reshape(count, height // 2, width // 2),
+            flat[:, luma + chroma:luma + 2 * chroma].reshape(count, height // 2, width // 2))
+
+
 def scaled_size(info: VideoInfo, max_side: int | None) -> tuple[int, int]:
     """The frame size read_frames() gives for *max_side* (aspect kept, even sizes when scaled)."""
     longest = max(info.width, info.height)
@@ -194,9 +228,9 @@ def scaled_size(info: VideoInfo, max_side: int | None) -> tuple[int, int]:
     return max(2, round(info.width * scale / 2) * 2), max(2, round(info.height * scale / 2) * 2)
 
 
-def _read_batch(pipe: IO[bytes], width: int, height: int, want: int) -> np.ndarray | None:
+def _read_batch(pipe: IO[bytes], width: int, height: int, want: int, pixels: str) -> np.ndarray | None:
     """Up to *want* frames from a rawvideo pipe, in a writable array; None at the end."""
-    frame_bytes = width * height * 3
+    frame_bytes = _frame_bytes(width, height, pixels)
     buffer = bytearray(frame_bytes * want)
     view = memoryview(buffer)
     filled = 0
@@ -209,6 +243,8 @@ def _read_batch(pipe: IO[bytes], width: int, height: int, want: int) -> np.ndarr
     if frames == 0:
         return None
     array = np.frombuffer(buffer, dtype=np.uint8, count=frames * frame_bytes)
+    if pixels == "yuv420p":
+        return array.reshape(frames, frame_bytes)
     return array.reshape(frames, height, width, 3)
 
 
@@ -221,7 +257,8 @@ def source_index(output_index: int, n_source: int) -> int:
     return phase if phase < n_source else period - phase
 
 
-def frames_for_audio(info: VideoInfo, n_frames: int, batch_frames: int, scratch: Path) -> Iterator[FrameBatch]:
+def frames_for_audio(info: VideoInfo, n_frames: int, batch_frames: int, scratch: Path,
+                     pixels: str = "rgb") -> Iterator[FrameBatch]:
     """Exactly *n_frames* output frames in batches: the video cut, or played back and forth, to fit.
 
     Batches hold at most *batch_frames* frames; a batch ends where the direction turns. Forward passes
@@ -233,10 +270,11 @@ def frames_for_audio(info: VideoInfo, n_frames: int, batch_frames: int, scratch:
         # Keep every frame a reverse pass may show: output frame j >= N shows 2N - 2 - j (down to 0,
         # where the next forward pass starts), so with n output frames it reaches down to 2N - 1 - n.
         keep_from = max(0, 2 * estimate - 1 - n_frames - REVERSE_SLACK_FRAMES)
-        cache = _FrameCache(scratch, keep_from=0 if estimate <= CACHE_ALL_FRAMES else keep_from)
+        cache = _FrameCache(scratch, keep_from=0 if estimate <= CACHE_ALL_FRAMES else keep_from,
+                            row_width=frame_size(info, pixels)[0])
     try:
         n_source = 0
-        for frames in read_frames(info, batch_frames, limit=n_frames):
+        for frames in read_frames(info, batch_frames, limit=n_frames, pixels=pixels):
             if cache is not None:
                 cache.put_many(n_source, frames)
             yield FrameBatch(frames, np.arange(n_source, n_source + len(frames)), n_source)
@@ -250,20 +288,20 @@ def frames_for_audio(info: VideoInfo, n_frames: int, batch_frames: int, scratch:
         else:
             keep, stop = range(max(0, 2 * n_source - 1 - n_frames), n_source - 1), n_source - 1
         if cache is None:
-            cache = _FrameCache(scratch, keep_from=keep.start)
+            cache = _FrameCache(scratch, keep_from=keep.start, row_width=frame_size(info, pixels)[0])
         if not cache.covers(keep):  # the frame count estimate was off: decode the missing frames again
             cache.keep_from = min(cache.keep_from, keep.start)
-            _fill_cache(cache, info, batch_frames, stop=stop)
+            _fill_cache(cache, info, batch_frames, stop=stop, pixels=pixels)
         while produced < n_frames:
             window = [source_index(j, n_source) for j in range(produced, min(n_frames, produced + batch_frames))]
             run = _one_direction(window, n_source)
             if cache.covers(run):
-                yield FrameBatch(cache.get_many(run, info), np.asarray(run, dtype=np.int64), produced)
+                yield FrameBatch(cache.get_many(run, info, pixels), np.asarray(run, dtype=np.int64), produced)
                 produced += len(run)
                 continue
             # A forward pass (reverse passes are always cached): decode it from the video again.
             length = min(n_source - run[0], n_frames - produced)
-            for batch in _decode_run(info, run[0], run[0] + length, batch_frames, produced):
+            for batch in _decode_run(info, run[0], run[0] + length, batch_frames, produced, pixels):
                 produced += len(batch)
                 yield batch
     finally:
@@ -282,10 +320,11 @@ def _one_direction(indices: list[int], n_source: int) -> list[int]:
     return indices[:end]
 
 
-def _decode_run(info: VideoInfo, start: int, stop: int, batch_frames: int, first_output: int) -> Iterator[FrameBatch]:
+def _decode_run(info: VideoInfo, start: int, stop: int, batch_frames: int, first_output: int,
+                pixels: str) -> Iterator[FrameBatch]:
     """Source frames [start, stop) decoded again from the start of the video, exactly as the first pass."""
     index = 0
-    for frames in read_frames(info, batch_frames, limit=stop):
+    for frames in read_frames(info, batch_frames, limit=stop, pixels=pixels):
         if index + len(frames) > start:
             keep = frames[max(0, start - index):]
             first_source = max(index, start)
@@ -294,10 +333,10 @@ def _decode_run(info: VideoInfo, start: int, stop: int, batch_frames: int, first
         index += len(frames)
 
 
-def _fill_cache(cache: _FrameCache, info: VideoInfo, batch_frames: int, stop: int) -> None:
+def _fill_cache(cache: _FrameCache, info: VideoInfo, batch_frames: int, stop: int, pixels: str) -> None:
     """Decode frames [0, stop) into the cache (when the frame count estimate was too far off)."""
     index = 0
-    for frames in read_frames(info, batch_frames, limit=stop):
+    for frames in read_frames(info, batch_frames, limit=stop, pixels=pixels):
         cache.put_many(index, frames)
         index += len(frames)
 
@@ -305,9 +344,10 @@ def _fill_cache(cache: _FrameCache, info: VideoInfo, batch_frames: int, stop: in
 class _FrameCache:
     """Source frames kept as JPEG in one scratch file, for reading in any order."""
 
-    def __init__(self, folder: Path, keep_from: int = 0) -> None:
+    def __init__(self, folder: Path, keep_from: int = 0, row_width: int = 0) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.keep_from = keep_from
+        self.row_width = row_width  # yuv420p frames: the frame width
         self.path = folder / f".frames-{id(self):x}.jpgcache"
         self.file = open(self.path, "w+b")  # noqa: SIM115 (closed in close())
         self.where: dict[int, tuple[int, int]] = {}
@@ -322,7 +362,9 @@ class _FrameCache:
             index = first + offset
             if index < self.keep_from or index in self.where:
                 continue
-            ok, data = cv2.imencode(".jpg", frame, params)  # RGB stored as if BGR; read back the same way
+            if frame.ndim == 1:  # yuv420p: the planes as one grey picture (H * 3/2 rows of W)
+                frame = frame.reshape(-1, self.row_width)
+            ok, data = cv2.imencode(".jpg", frame, params)  # RGB is stored as if BGR, read back the same way
             if not ok:
                 raise EngineError("could not keep a video frame for back-and-forth playback (JPEG encoding "
                                   "failed); check the free space of the work folder")
@@ -334,15 +376,21 @@ class _FrameCache:
     def covers(self, run: Iterable[int]) -> bool:
         return all(index in self.where for index in run)
 
-    def get_many(self, run: list[int], info: VideoInfo) -> np.ndarray:
+    def get_many(self, run: list[int], info: VideoInfo, pixels: str) -> np.ndarray:
         import cv2
 
-        frames = np.empty((len(run), info.height, info.width, 3), dtype=np.uint8)
+        width, height = frame_size(info, pixels)
+        if pixels == "yuv420p":
+            frames = np.empty((len(run), _frame_bytes(width, height, pixels)), dtype=np.uint8)
+            mode = cv2.IMREAD_GRAYSCALE
+        else:
+            frames = np.empty((len(run), height, width, 3), dtype=np.uint8)
+            mode = cv2.IMREAD_COLOR
         for k, index in enumerate(run):
             position, size = self.where[index]
             self.file.seek(position)
             data = np.frombuffer(self.file.read(size), dtype=np.uint8)
-            frames[k] = cv2.imdecode(data, cv2.IMREAD_COLOR)
+            frames[k] = cv2.imdecode(data, mode).reshape(frames.shape[1:])
         return frames
 
     def close(self) -> None:
@@ -358,26 +406,33 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | Path, info: VideoInfo, audio: str | Path, *, crf: int = 20,
-                 preset: str = "veryfast", queue_depth: int = 1) -> None:
+                 preset: str = "veryfast", queue_depth: int = 1, pixels: str = "rgb") -> None:
         import ffmpeg
 
         require_tool("ffmpeg")
         self.path = Path(path)
-        self.width, self.height = info.width, info.height
+        self.pixels = pixels
+        self.width, self.height = frame_size(info, pixels)
+        self.frame_shape = ((_frame_bytes(self.width, self.height, pixels),) if pixels == "yuv420p"
+                            else (self.height, self.width, 3))
         self.frames_written = 0
-        matrix = info.color_matrix if info.color_matrix in _TAGS else "bt601"
-        colorspace, primaries, transfer = _TAGS[matrix]
-        picture = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{self.width}x{self.height}",
+        picture = ffmpeg.input("pipe:", format="rawvideo", pix_fmt=_pix_fmt(pixels), s=f"{self.width}x{self.height}",
                                framerate=f"{info.fps.numerator}/{info.fps.denominator}")
-        even_width, even_height = self.width - self.width % 2, self.height - self.height % 2
-        if (even_width, even_height) != (self.width, self.height):
-            picture = picture.crop(0, 0, even_width, even_height)
-        picture = picture.filter("scale", out_color_matrix=matrix, out_range="tv").filter("format", "yuv420p")
+        if pixels == "yuv420p":  # the decoder's own YUV: keep its colour description as it was
+            tags = dict(zip(("colorspace", "color_primaries", "color_trc"), info.color_tags, strict=True))
+            tags = {key: value for key, value in tags.items() if value}
+        else:
+            matrix = info.color_matrix if info.color_matrix in _TAGS else "bt601"
+            tags = dict(zip(("colorspace", "color_primaries", "color_trc"), _TAGS[matrix], strict=True))
+            even_width, even_height = self.width - self.width % 2, self.height - self.height % 2
+            if (even_width, even_height) != (self.width, self.height):
+                picture = picture.crop(0, 0, even_width, even_height)
+            picture = picture.filter("scale", out_color_matrix=matrix, out_range="tv").filter("format", "yuv420p")
         sound = ffmpeg.input(f"file:{Path(audio).absolute()}").audio
         output = ffmpeg.output(
             picture, sound, str(self.path), format="mp4", vcodec="libx264", pix_fmt="yuv420p", crf=crf,
-            preset=preset, colorspace=colorspace, color_primaries=primaries, color_trc=transfer,
-            color_range="tv", acodec="aac", audio_bitrate=AUDIO_BITRATE, movflags="+faststart",
+            preset=preset, color_range="tv", acodec="aac", audio_bitrate=AUDIO_BITRATE, movflags="+faststart",
+            **tags,
         )
         self.process = output.overwrite_output().global_args("-nostdin", "-v", "error").run_async(
             pipe_stdin=True, pipe_stderr=True)
@@ -389,10 +444,10 @@ class VideoWriter:
         self.thread.start()
 
     def write(self, frames: np.ndarray) -> None:
-        """Queue a (B, H, W, 3) uint8 RGB batch; it must not be modified afterwards."""
-        if frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
+        """Queue a (B, H, W, 3) uint8 batch (the writer's channel order); it must not be modified afterwards."""
+        if frames.shape[1:] != self.frame_shape or frames.dtype != np.uint8:
             raise ValueError(f"frames of shape {frames.shape}/{frames.dtype} given to a "
-                             f"{self.width}x{self.height} writer")
+                             f"{self.width}x{self.height} {self.pixels} writer")
         if self.failure is not None:
             self._raise_failure()
         self.queue.put(np.ascontiguousarray(frames))
@@ -536,6 +591,24 @@ class _StderrTail:
 
     def last_line(self) -> str:
         return self.lines[-1] if self.lines else "ffmpeg gave no reason"
+
+
+def _pix_fmt(pixels: str) -> str:
+    if pixels not in PIXELS:
+        raise ValueError(f"pixels must be one of {', '.join(PIXELS)}, not {pixels!r}")
+    return "yuv420p" if pixels == "yuv420p" else f"{pixels}24"
+
+
+def _frame_bytes(width: int, height: int, pixels: str) -> int:
+    if pixels == "yuv420p":
+        return width * height + 2 * (width // 2) * (height // 2)
+    return width * height * 3
+
+
+def _known(value: object) -> str:
+    """An ffprobe colour tag, or '' when it says nothing."""
+    text = str(value or "")
+    return "" if text in ("", "unknown", "unspecified", "reserved") else text
 
 
 def _fraction(value: object) -> Fraction:

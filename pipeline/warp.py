@@ -6,8 +6,8 @@ that region are never touched, and inside it only pixels the warp moves change.
 
 The warp is a vertical remapping, column by column, through five knots below one another:
 nose (fixed), upper lip edge (lifted by a fifth of the jaw drop), lower lip edge (dropped by the jaw
-drop), chin (dropped by the jaw drop) and upper neck (fixed). Lip movement follows an elliptical
-(lens-shaped) profile across the mouth (nothing at the corners), the jaw a wider window that fades out before the
+drop), chin (dropped by the jaw drop) and upper neck (fixed). Lip movement follows a lens-shaped
+profile across the mouth (nothing at the corners), the jaw a wider window that fades out before the
 cheeks. Between the two lip edges the open mouth's interior is painted dark with soft edges. A width
 factor pulls the lips towards (rounded vowels) or away from (wide vowels) the mouth's centre.
 """
@@ -37,21 +37,39 @@ MIN_WIDTH_CHANGE = 0.004
 
 
 class MouthWarper:
-    """Applies per-frame opening/width to the mouths in a batch of frames, in place, on *device*."""
+    """Applies per-frame opening/width to the mouths in a batch of frames, in place, on *device*.
 
-    def __init__(self, device: str | torch.device = "cpu") -> None:
+    *pixels* as in pipeline.video: "rgb" or "bgr" frames (B, H, W, 3), or "yuv420p" frames (B, H*W*3/2)
+    with their size given to apply(); the three planes are warped with the same displacement field.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", pixels: str = "rgb") -> None:
+        if pixels not in ("rgb", "bgr", "yuv420p"):
+            raise ValueError(f"pixels must be rgb, bgr or yuv420p, not {pixels!r}")
         self.device = torch.device(device)
-        self.interior = torch.tensor(INTERIOR_RGB, device=self.device).view(1, 3, 1, 1)
+        self.pixels = pixels
+        colour = {"rgb": INTERIOR_RGB, "bgr": INTERIOR_RGB[::-1], "yuv420p": _yuv(INTERIOR_RGB)}[pixels]
+        self.interior = torch.tensor(colour, device=self.device).view(1, 3, 1, 1)
 
     def apply(self, frames: np.ndarray, mouths: Sequence[MouthRegion | None], opening: torch.Tensor,
-              width: torch.Tensor) -> int:
-        """Warp frames[k] (uint8 RGB, (B, H, W, 3), modified in place) where mouths[k] is not None.
+              width: torch.Tensor, size: tuple[int, int] | None = None) -> int:
+        """Warp frames[k] (uint8, modified in place) where mouths[k] is not None.
 
-        opening and width are (B,) tensors from pipeline.motion. Returns how many frames changed.
+        opening and width are (B,) tensors from pipeline.motion; *size* (width, height) is needed for
+        yuv420p frames. Returns how many frames changed.
         """
+        from pipeline.video import yuv_planes
+
         opening_list = opening.detach().float().cpu().tolist()
         width_list = width.detach().float().cpu().tolist()
-        height, frame_width = frames.shape[1:3]
+        if self.pixels == "yuv420p":
+            if size is None:
+                raise ValueError("yuv420p frames need their size")
+            frame_width, height = size
+            planes = yuv_planes(frames, frame_width, height)
+        else:
+            height, frame_width = frames.shape[1:3]
+            planes = (frames,)
         chosen = [k for k, mouth in enumerate(mouths)
                   if mouth is not None and (opening_list[k] * MAX_JAW_DROP * mouth.face_h >= MIN_DROP_PIXELS
                                             or abs(width_list[k] - 1.0) >= MIN_WIDTH_CHANGE)]
@@ -59,65 +77,122 @@ class MouthWarper:
             return 0
         regions = [mouths[k] for k in chosen]
         bounds = [region.bounds(frame_width, height) for region in regions]  # type: ignore[union-attr]
-        crop_h = min(height, max(y1 - y0 for _, y0, _, y1 in bounds))
-        crop_w = min(frame_width, max(x1 - x0 for x0, _, x1, _ in bounds))
+        # One crop size for the batch (even, so chroma lines up), centred on each region, inside the frame.
+        crop_h = min(height - height % 2, _even_up(max(y1 - y0 for _, y0, _, y1 in bounds)))
+        crop_w = min(frame_width - frame_width % 2, _even_up(max(x1 - x0 for x0, _, x1, _ in bounds)))
         origins = []
-        for x0, y0, x1, y1 in bounds:  # the same crop size for all, centred on each region, inside the frame
-            ox = min(max(0, (x0 + x1 - crop_w) // 2), frame_width - crop_w)
-            oy = min(max(0, (y0 + y1 - crop_h) // 2), height - crop_h)
+        for x0, y0, x1, y1 in bounds:
+            ox = min(max(0, (x0 + x1 - crop_w) // 2), frame_width - crop_w) // 2 * 2
+            oy = min(max(0, (y0 + y1 - crop_h) // 2), height - crop_h) // 2 * 2
             origins.append((ox, oy))
-        crops = np.stack([frames[k, oy:oy + crop_h, ox:ox + crop_w] for k, (ox, oy) in zip(chosen, origins,
-                                                                                          strict=True)])
         params = torch.tensor(
             [[region.cx - ox, region.cy - oy, region.half_width, region.face_w, region.face_h,  # type: ignore[union-attr]
               opening_list[k], width_list[k]]
              for k, region, (ox, oy) in zip(chosen, regions, origins, strict=True)],
             dtype=torch.float32, device=self.device,
         )
-        warped = self._warp(torch.from_numpy(crops).to(self.device), params)
-        for k, (ox, oy), crop in zip(chosen, origins, warped.cpu().numpy(), strict=True):
-            frames[k, oy:oy + crop_h, ox:ox + crop_w] = crop
+        if self.pixels == "yuv420p":
+            luma, chroma_u, chroma_v = planes
+            y_crops = np.stack([luma[k, oy:oy + crop_h, ox:ox + crop_w] for k, (ox, oy) in zip(chosen, origins,
+                                                                                               strict=True)])
+            uv_crops = np.stack([np.stack((chroma_u[k, oy // 2:(oy + crop_h) // 2, ox // 2:(ox + crop_w) // 2],
+                                           chroma_v[k, oy // 2:(oy + crop_h) // 2, ox // 2:(ox + crop_w) // 2]))
+                                 for k, (ox, oy) in zip(chosen, origins, strict=True)])
+            full = torch.from_numpy(y_crops).to(self.device).unsqueeze(1)
+            half = torch.from_numpy(uv_crops).to(self.device)
+            warped_full, warped_half = self._warp(full, half, params, self.interior[:, :1], self.interior[:, 1:])
+            for k, (ox, oy), y_crop, uv_crop in zip(chosen, origins, warped_full.cpu().numpy(),
+                                                    warped_half.cpu().numpy(), strict=True):
+                luma[k, oy:oy + crop_h, ox:ox + crop_w] = y_crop[0]
+                chroma_u[k, oy // 2:(oy + crop_h) // 2, ox // 2:(ox + crop_w) // 2] = uv_crop[0]
+                chroma_v[k, oy // 2:(oy + crop_h) // 2, ox // 2:(ox + crop_w) // 2] = uv_crop[1]
+        else:
+            crops = np.stack([frames[k, oy:oy + crop_h, ox:ox + crop_w] for k, (ox, oy) in zip(chosen, origins,
+                                                                                              strict=True)])
+            full = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2)
+            warped_full, _ = self._warp(full, None, params, self.interior, None)
+            for k, (ox, oy), crop in zip(chosen, origins, warped_full.permute(0, 2, 3, 1).cpu().numpy(), strict=True):
+                frames[k, oy:oy + crop_h, ox:ox + crop_w] = crop
         return len(chosen)
 
-    def _warp(self, crops: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """crops (N, h, w, 3) uint8 on the device; params (N, 7); returns warped (N, h, w, 3) uint8."""
-        count, crop_h, crop_w = crops.shape[:3]
-        image = crops.permute(0, 3, 1, 2).float()
-        geometry = [params[:, i].view(-1, 1, 1) for i in range(7)]
-        cx, seam, half_width, face_w, face_h, opening, width = geometry
-        drop = opening * MAX_JAW_DROP * face_h
+    def _warp(self, full: torch.Tensor, half: torch.Tensor | None, params: torch.Tensor, full_interior: torch.Tensor,
+              half_interior: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Warp crops at full resolution (N, C, h, w) and, optionally, at half resolution (N, C2, h/2, w/2).
 
-        # The displacement field is smooth: compute it on a grid of every other pixel and interpolate
-        # (a zero displacement stays exactly zero, so unmoved pixels stay exactly where they are).
-        coarse_h, coarse_w = max(2, (crop_h + 1) // 2 + 1), max(2, (crop_w + 1) // 2 + 1)
-        coarse_x = torch.linspace(0, crop_w - 1, coarse_w, device=self.device).view(1, 1, -1)
-        coarse_y = torch.linspace(0, crop_h - 1, coarse_h, device=self.device).view(1, -1, 1)
-        shift_x, shift_y = _displacement(coarse_x, coarse_y, cx, seam, half_width, face_w, face_h, drop, width)
-        shift = torch.nn.functional.interpolate(torch.stack((shift_x, shift_y), dim=1), size=(crop_h, crop_w),
-                                                mode="bilinear", align_corners=True)
+        uint8 in, uint8 out. The displacement field is computed once, at the half-resolution sample
+        centres (it is smooth), and interpolated to full resolution; a zero displacement stays exactly
+        zero, so unmoved pixels stay exactly as they were.
+        """
+        count, _, crop_h, crop_w = full.shape
+        cx, seam, half_width, face_w, face_h, opening, width = (params[:, i].view(-1, 1, 1) for i in range(7))
+        drop = opening * MAX_JAW_DROP * face_h
+        # Half-resolution sample centres, in full-resolution pixel coordinates.
+        centre_x = torch.arange(crop_w // 2, dtype=torch.float32, device=self.device).view(1, 1, -1) * 2.0 + 0.5
+        centre_y = torch.arange(crop_h // 2, dtype=torch.float32, device=self.device).view(1, -1, 1) * 2.0 + 0.5
+        shift_x, shift_y = _displacement(centre_x, centre_y, cx, seam, half_width, face_w, face_h, drop, width)
+        shift_half = torch.stack((shift_x, shift_y), dim=1)  # (N, 2, h/2, w/2), full-resolution pixels
+        shift_full = torch.nn.functional.interpolate(shift_half, size=(crop_h, crop_w), mode="bilinear",
+                                                     align_corners=False)
         xs = torch.arange(crop_w, dtype=torch.float32, device=self.device).view(1, 1, -1)
         ys = torch.arange(crop_h, dtype=torch.float32, device=self.device).view(1, -1, 1)
-        grid = torch.stack(((xs + shift[:, 0]) * (2.0 / max(crop_w - 1, 1)) - 1.0,
-                            (ys + shift[:, 1]) * (2.0 / max(crop_h - 1, 1)) - 1.0), dim=-1)
-        moved = torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="border",
-                                                align_corners=True)
-
-        # The open mouth's interior, between the moved lip edges: computed only in the rows it can reach;
-        # a pixel on an edge is painted by how much of it the opening covers.
         upper_edge, lower_edge = _lip_edges(xs, cx, seam, half_width, drop)
-        top = max(0, int(torch.floor(upper_edge.min()).item()) - 1)
-        bottom = min(crop_h, int(torch.ceil(lower_edge.max()).item()) + 2)
-        if bottom > top:
-            rows = ys[:, top:bottom]
-            covered = torch.clamp(torch.minimum(rows + 0.5, lower_edge) - torch.maximum(rows - 0.5, upper_edge), 0, 1)
-            opening_height = torch.clamp(lower_edge - upper_edge, min=1e-6)
-            depth = torch.sin(torch.pi * torch.clamp((rows - upper_edge) / opening_height, 0.0, 1.0))
-            gap = (covered * INTERIOR_OPACITY * (1.0 - INTERIOR_EDGE_LIGHT * (1.0 - depth))).unsqueeze(1)
-            band = moved[:, :, top:bottom]
-            band += gap * (self.interior - band)
+        moved_full = _sample(full, xs, ys, shift_full[:, 0], shift_full[:, 1])
+        _paint(moved_full, ys, upper_edge, lower_edge, full_interior, pixel=1.0)
+        moved_half = None
+        if half is not None and half_interior is not None:
+            half_xs = torch.arange(crop_w // 2, dtype=torch.float32, device=self.device).view(1, 1, -1)
+            half_ys = torch.arange(crop_h // 2, dtype=torch.float32, device=self.device).view(1, -1, 1)
+            moved_half = _sample(half, half_xs, half_ys, shift_x / 2.0, shift_y / 2.0)
+            half_upper, half_lower = _lip_edges(centre_x, cx, seam, half_width, drop)
+            _paint(moved_half, centre_y, half_upper, half_lower, half_interior, pixel=2.0)
+            moved_half = moved_half.round_().clamp_(0, 255).to(torch.uint8)
         # Where the remapping is the identity, bilinear sampling lands within float error of the pixel
         # itself (weights 1 - 1e-5 and 1e-5), so rounding gives back exactly the input value.
-        return moved.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        return moved_full.round_().clamp_(0, 255).to(torch.uint8), moved_half
+
+
+def _sample(image: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, shift_x: torch.Tensor,
+            shift_y: torch.Tensor) -> torch.Tensor:
+    """grid_sample of uint8 *image* (N, C, h, w) at (xs + shift_x, ys + shift_y), in float."""
+    height, width = image.shape[2:]
+    grid = torch.stack(((xs + shift_x) * (2.0 / max(width - 1, 1)) - 1.0,
+                        (ys + shift_y) * (2.0 / max(height - 1, 1)) - 1.0), dim=-1)
+    return torch.nn.functional.grid_sample(image.float(), grid, mode="bilinear", padding_mode="border",
+                                           align_corners=True)
+
+
+def _paint(image: torch.Tensor, rows: torch.Tensor, upper_edge: torch.Tensor, lower_edge: torch.Tensor,
+           colour: torch.Tensor, pixel: float) -> None:
+    """Paint the open mouth's interior between the lip edges into *image* (N, C, h, w), in place.
+
+    *rows* are the image rows' centres and *pixel* their height, in full-resolution pixels; a row on an
+    edge is painted by how much of it the opening covers. Only the rows the opening can reach are touched.
+    """
+    reach = (rows.view(-1) >= upper_edge.min() - pixel) & (rows.view(-1) <= lower_edge.max() + pixel)
+    inside = torch.nonzero(reach).view(-1)
+    if inside.numel() == 0:
+        return
+    top, bottom = int(inside[0]), int(inside[-1]) + 1
+    band_rows = rows[:, top:bottom]
+    covered = torch.clamp(torch.minimum(band_rows + pixel / 2, lower_edge) - torch.maximum(band_rows - pixel / 2,
+                                                                                           upper_edge), 0.0, pixel)
+    opening_height = torch.clamp(lower_edge - upper_edge, min=1e-6)
+    depth = torch.sin(torch.pi * torch.clamp((band_rows - upper_edge) / opening_height, 0.0, 1.0))
+    gap = (covered / pixel * INTERIOR_OPACITY * (1.0 - INTERIOR_EDGE_LIGHT * (1.0 - depth))).unsqueeze(1)
+    band = image[:, :, top:bottom]
+    band += gap * (colour - band)
+
+
+def _even_up(value: int) -> int:
+    return value + value % 2
+
+
+def _yuv(rgb: tuple[float, float, float]) -> tuple[float, float, float]:
+    """BT.601 limited-range Y, U, V of an RGB colour (for a dark colour the matrix hardly matters)."""
+    r, g, b = rgb
+    return (16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0,
+            128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0,
+            128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0)
 
 
 def _lip_edges(xs: torch.Tensor, cx: torch.Tensor, seam: torch.Tensor, half_width: torch.Tensor,

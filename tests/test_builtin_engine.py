@@ -193,11 +193,11 @@ def test_out_of_memory_halves_the_batch_and_goes_on(tmp_path: Path, face_mp4: Pa
     real_apply = MouthWarper.apply
     sizes: list[int] = []
 
-    def apply_with_small_memory(self, frames, mouths, opening, width):  # type: ignore[no-untyped-def]
+    def apply_with_small_memory(self, frames, mouths, opening, width, **options):  # type: ignore[no-untyped-def]
         sizes.append(len(frames))
         if len(frames) > 8:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_apply(self, frames, mouths, opening, width)
+        return real_apply(self, frames, mouths, opening, width, **options)
 
     monkeypatch.setattr(MouthWarper, "apply", apply_with_small_memory)
     sound = _cut(speech_wav, tmp_path / "two-seconds.wav", 2.0)

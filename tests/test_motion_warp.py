@@ -10,6 +10,7 @@ import torch
 from pipeline import audio
 from pipeline.face import FaceDetector
 from pipeline.motion import mouth_motion
+from pipeline.video import yuv_planes
 from pipeline.warp import MAX_JAW_DROP, MouthWarper
 from tests import media
 
@@ -59,3 +60,29 @@ def test_warp_changes_only_the_mouth_region() -> None:
     assert expected * 0.5 <= len(dark_rows) <= expected * 1.5  # the edges of the opening are softer
     original = photo[:, round(mouth.cx)].astype(float).mean(axis=1)
     assert (original[seam - 5:seam + 20] < 60).sum() < 2
+
+
+def test_yuv_warp_moves_all_three_planes_inside_the_region_only() -> None:
+    import cv2
+
+    photo = media.astronaut()
+    mouth = FaceDetector().detect(photo)[0].mouth()
+    # The photo as one yuv420p frame (I420: Y plane, then U, then V), as the decoder gives it.
+    i420 = cv2.cvtColor(photo, cv2.COLOR_RGB2YUV_I420).reshape(1, -1)
+    frames = np.repeat(i420, 2, axis=0)
+    warper = MouthWarper("cpu", pixels="yuv420p")
+    assert warper.apply(frames, [mouth, None], torch.tensor([1.0, 1.0]), torch.tensor([0.9, 1.0]), size=(512, 512)) == 1
+    assert np.array_equal(frames[1], i420[0])
+    before = yuv_planes(i420, 512, 512)
+    after = yuv_planes(frames[:1], 512, 512)
+    x0, y0, x1, y1 = mouth.bounds(512, 512)
+    for plane, (old, new) in enumerate(zip(before, after, strict=True)):
+        step = 1 if plane == 0 else 2
+        changed = np.argwhere(old[0] != new[0])
+        assert len(changed) > 50, plane
+        rows, cols = changed[:, 0] * step, changed[:, 1] * step
+        assert rows.min() >= y0 - 2 and rows.max() < y1 + 2 and cols.min() >= x0 - 2 and cols.max() < x1 + 2
+    # The opening is dark in Y, just below the lip seam.
+    seam, centre = round(mouth.cy), round(mouth.cx)
+    assert after[0][0, seam + 2:seam + 6, centre - 3:centre + 3].mean() < 60
+    assert before[0][0, seam + 2:seam + 6, centre - 3:centre + 3].mean() > 100

@@ -127,3 +127,41 @@ def test_prefetch_passes_items_and_errors_through() -> None:
         for item in video.prefetch(produce()):
             got.append(item)
     assert got == [1, 2]
+
+
+def test_yuv420p_frames_come_straight_from_the_decoder(tmp_path: Path, speech_wav: Path) -> None:
+    """pixels="yuv420p": the decoder's planes, an even size, back and forth like RGB; the writer takes them."""
+    n_source = 40
+    clip = media.write_video(tmp_path / "numbered.mp4", _numbered_frames(n_source, (66, 49)), 25, (66, 49),
+                             codec_args=("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p"))
+    info = video.open_video(clip)
+    assert video.frame_size(info, "yuv420p") == (66, 48)
+    rgb = np.concatenate(list(video.read_frames(info, 16)))
+    grey = 16 + (219 / 255) * (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114)
+    sources: list[int] = []
+    for batch in video.frames_for_audio(info, 3 * n_source, 16, tmp_path / "scratch", pixels="yuv420p"):
+        assert batch.frames.shape[1:] == (66 * 48 * 3 // 2,) and batch.frames.flags.writeable
+        luma, chroma_u, chroma_v = video.yuv_planes(batch.frames, 66, 48)
+        assert luma.shape[1:] == (48, 66) and chroma_u.shape[1:] == chroma_v.shape[1:] == (24, 33)
+        for k, source in enumerate(batch.sources):
+            assert abs(float(luma[k, 20:28, 28:36].mean()) - float(grey[source, 20:28, 28:36].mean())) < 3
+        sources += batch.sources.tolist()
+    assert sources == [video.source_index(j, n_source) for j in range(3 * n_source)]
+
+    out = tmp_path / "out.mp4"
+    with video.VideoWriter(out, info, speech_wav, crf=18, preset="ultrafast", pixels="yuv420p") as writer:
+        for frames in video.read_frames(info, 16, pixels="yuv420p"):
+            writer.write(frames)
+    result = probe(out)
+    assert (result.width, result.height, result.pix_fmt) == (66, 48, "yuv420p")
+
+
+def test_full_range_input_is_brought_to_video_levels(tmp_path: Path) -> None:
+    full = tmp_path / "full.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=black:size=64x48:rate=25:duration=0.4",
+                    "-vf", "scale=out_range=pc,format=yuvj420p", "-c:v", "libx264", str(full)], check=True)
+    info = video.open_video(full)
+    assert info.full_range
+    frames = next(video.read_frames(info, 4, pixels="yuv420p"))
+    luma = video.yuv_planes(frames, 64, 48)[0]
+    assert abs(float(luma.mean()) - 16) < 2  # black is 16 in video levels, 0 in full range
