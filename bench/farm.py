@@ -13,7 +13,9 @@ Also printed, to tell the daemon's scheduling apart from the machine's limits:
   cpu/job   CPU seconds the workers and their children (ffmpeg, the command) spent per job;
   cores     cpu/job x workers / seconds per job round: the CPU the run needed, to compare with the cores
             the machine has (when it nears them, workers wait for CPU, not for the queue);
-  gap       median time between a worker publishing one job and starting the next: the queue hand-out.
+  gap       median time between a worker publishing one job and starting the next: the queue hand-out;
+  busy      share of the run the workers spent inside jobs (record start to finish): 1.0 means the queue
+            kept every worker fed, whatever the CPU did.
 
     .venv/bin/python bench/farm.py [--workers 1,2,4] [--jobs-per-worker 6] [--job-seconds 3] [--repeat 3]
 
@@ -53,6 +55,7 @@ class Run:
     seconds: float  # first put to last output
     cpu_per_job: float  # CPU seconds of the workers and their children, per job
     gap: float  # median seconds between a worker's jobs
+    busy: float  # share of workers x seconds spent inside jobs
 
 
 def cpu_seconds(pid: int) -> float:
@@ -96,14 +99,15 @@ def run_once(root: Path, workers: int, jobs: int, job_seconds: float, video: Pat
         queue.close()
         if farm.failed():
             raise RuntimeError(f"{len(farm.failed())} job(s) failed: {farm.failed()[0].read_text()}")
-        return Run(elapsed, cpu / jobs, _median_gap(farm))
+        gap, inside = _gaps_and_busy_seconds(farm)
+        return Run(elapsed, cpu / jobs, gap, inside / (workers * elapsed))
     finally:
         farm.stop()
         server.stop()
 
 
-def _median_gap(farm: Farm) -> float:
-    """Median time from one job's record to the next job's start on the same worker."""
+def _gaps_and_busy_seconds(farm: Farm) -> tuple[float, float]:
+    """Median time from one job's record to the next job's start on the same worker; seconds inside jobs."""
     by_worker: dict[str, list[tuple[float, float]]] = {}
     for path in (farm.shared / "outputs").rglob("*.json"):
         record = json.loads(path.read_text())
@@ -112,7 +116,8 @@ def _median_gap(farm: Farm) -> float:
     for spans in by_worker.values():
         spans.sort()
         gaps += [nxt[0] - prev[1] for prev, nxt in zip(spans, spans[1:], strict=False)]
-    return statistics.median(gaps) if gaps else 0.0
+    inside = sum(finished - started for spans in by_worker.values() for started, finished in spans)
+    return (statistics.median(gaps) if gaps else 0.0), inside
 
 
 def main() -> int:
@@ -138,19 +143,20 @@ def main() -> int:
                 runs[n].append(run_once(tmp_path / f"w{n}-r{r}", n, n * args.jobs_per_worker, args.job_seconds,
                                         video, audio))
         print(f"{'workers':>7} {'jobs':>5} {'seconds':>8} {'jobs/s':>7} {'vs 1 worker':>11} {'efficiency':>10} "
-              f"{'cpu/job':>8} {'cores':>6} {'gap':>6}   runs (s)")
+              f"{'cpu/job':>8} {'cores':>6} {'gap':>6} {'busy':>5}   runs (s)")
         throughput: dict[int, float] = {}
         for n in counts:
             jobs = n * args.jobs_per_worker
             elapsed = statistics.median(run.seconds for run in runs[n])
             cpu_per_job = statistics.median(run.cpu_per_job for run in runs[n])
             gap = statistics.median(run.gap for run in runs[n])
+            busy = statistics.median(run.busy for run in runs[n])
             throughput[n] = jobs / elapsed
             ratio = throughput[n] / throughput[BASELINE_WORKERS]
             cores = cpu_per_job * jobs / elapsed
             note = "  baseline" if n == BASELINE_WORKERS else ""
             print(f"{n:>7} {jobs:>5} {elapsed:>8.2f} {throughput[n]:>7.3f} {ratio:>10.2f}x {ratio / n:>10.2f} "
-                  f"{cpu_per_job:>7.2f}s {cores:>6.2f} {gap:>5.2f}s   "
+                  f"{cpu_per_job:>7.2f}s {cores:>6.2f} {gap:>5.2f}s {busy:>5.2f}   "
                   f"{' '.join(f'{run.seconds:.2f}' for run in runs[n])}{note}")
         top = max(counts)
         efficiency = throughput[top] / (top * throughput[BASELINE_WORKERS])
