@@ -25,7 +25,6 @@ from daemon.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
 
 log = logging.getLogger("lipsyncd.reaper")
 
-LEASE_ONLY = {LEASE_FILE, f".{LEASE_FILE}.tmp"}  # a folder holding only these is a finished job's leftover
 
 
 @dataclass
@@ -94,7 +93,7 @@ def _remove_if_only_a_stale_lease(entry: spool.SpoolEntry, lease_seconds: float)
         names = set(os.listdir(entry.folder))
     except OSError:
         return
-    if names and names <= LEASE_ONLY:
+    if names and all(n == LEASE_FILE or n.startswith(f".{LEASE_FILE}.") for n in names):
         shutil.rmtree(entry.folder, ignore_errors=True)
         log.info("removed %s, which held only the stale lease of a finished job", entry.folder,
                  extra=fields(job_id=entry.id, stage="reap"))

@@ -72,7 +72,8 @@ class Service:
         self.queue = JobQueue(config)
         self.ingest = Ingest(config, self.queue, on_failure=self._on_ingest_failure)
         self.watcher = Watcher(config.path("inbox"), poll=config["ingest"]["poll"])
-        self.workers = [WorkerProcess(d, config_path) for d in configmod.devices(config)]
+        local = config["queue"]["local_workers"]
+        self.workers = [WorkerProcess(d, config_path) for d in configmod.devices(config)] if local else []
         self.summary = SpoolSummary()
         self.ready = False
         self.exit_code = 0
@@ -103,8 +104,10 @@ class Service:
         self.watcher.start()
         self.ingest.scan()
         self.ingest.tick(all_folders=True)
-        log.info("watching %s (%s); %d worker(s): %s; queue %s", self.config.path("inbox"), self.watcher.mode,
-                 len(self.workers), ", ".join(w.device for w in self.workers), self.queue.where)
+        workers = (f"{len(self.workers)} worker(s): {', '.join(w.device for w in self.workers)}" if self.workers
+                   else "no local workers (queue.local_workers: false)")
+        log.info("watching %s (%s); %s; queue %s", self.config.path("inbox"), self.watcher.mode, workers,
+                 self.queue.where)
 
         now = time.monotonic()
         self._next = {"rescan": now + float(self.config["ingest"]["rescan_seconds"]),
@@ -247,9 +250,10 @@ class Service:
             self.notifier.ready(self._status_text())
             return
         if configmod.devices(new) != configmod.devices(self.config) or new["paths"] != self.config["paths"] \
-                or new["queue"]["url"] != self.config["queue"]["url"]:
-            log.warning("pipeline.device, paths and queue.url changes take effect after a restart "
-                        "(systemctl restart lipsyncd)")
+                or new["queue"]["url"] != self.config["queue"]["url"] \
+                or new["queue"]["local_workers"] != self.config["queue"]["local_workers"]:
+            log.warning("pipeline.device, paths, queue.url and queue.local_workers changes take effect after a "
+                        "restart (systemctl restart lipsyncd)")
         self.config = new
         logmod.setup(new["logging"], service=True)
         self.ingest.apply_config(new)

@@ -207,12 +207,37 @@ def take_lease(folder: Path, worker: dict[str, Any], stale_after: float) -> bool
     return False
 
 
-def touch_lease(folder: Path, data: dict[str, Any]) -> None:
-    """Refresh the lease (its mtime is the heartbeat) with the current stage and progress."""
+def owns_lease(folder: Path, worker: str) -> bool:
+    """True while the job's lease is still *worker*'s (another worker takes over a lease gone stale)."""
+    try:
+        return json.loads((folder / LEASE_FILE).read_text(encoding="utf-8")).get("worker") == worker
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def touch_lease(folder: Path, data: dict[str, Any]) -> bool:
+    """Refresh our lease (its mtime is the heartbeat) with the current stage and progress.
+
+    False, and nothing written, when the lease now belongs to another worker: this one was frozen for
+    longer than the lease and must not overwrite the new owner's (lease fencing).
+    """
+    if not owns_lease(folder, data["worker"]):
+        return False
     data = {**data, "updated": time.time()}
-    tmp = folder / f".{LEASE_FILE}.tmp"
+    tmp = folder / f".{LEASE_FILE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(data), encoding="utf-8")
     os.replace(tmp, folder / LEASE_FILE)
+    return True
+
+
+def remove_job_folder(folder: Path) -> None:
+    """Remove a finished job's folder: first renamed to a dot-name, so no worker or scan takes it for a job."""
+    gone = folder.with_name(f".done-{folder.name}")
+    try:
+        os.rename(folder, gone)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def drop_lease(folder: Path) -> None:

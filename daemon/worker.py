@@ -65,6 +65,7 @@ class Worker:
         self._queue: JobQueue | None = None
         self._stop_heartbeat = threading.Event()
         self._lease_lock = threading.Lock()
+        self.lost_lease = False
         self._notifier = Notifier()  # when run as lipsyncd-worker@.service; the daemon's workers have none
 
     # --- process life ------------------------------------------------------------------------------
@@ -177,8 +178,9 @@ class Worker:
                                       f"{self.stage} {100 * self.progress:.0f}%")
             with contextlib.suppress(OSError):
                 with self._lease_lock:  # never rewrite the lease of a job folder being removed
-                    if current is not None and self.current is current:
-                        spool.touch_lease(current[1], self._lease_data(current[0]))
+                    if current is not None and self.current is current and \
+                            not spool.touch_lease(current[1], self._lease_data(current[0])):
+                        self.lost_lease = True
                 self._heartbeat(state="busy" if current else ("stopping" if self.stopping else "idle"))
 
     def _lease_data(self, job: Job) -> dict[str, Any]:
@@ -238,6 +240,8 @@ class Worker:
             return
         self.current = (job, folder)
         self._progress("starting", 0.0)
+        self.lost_lease = False
+        self._heartbeat(state="busy")  # status shows the job at once, not at the next heartbeat
         context = fields(job_id=job.id, user=job.user)
         try:
             full = self._disk_full()
@@ -292,9 +296,9 @@ class Worker:
             hashes = {"audio": _sha256(audio), "video": _sha256(video)}
             timings["verify"] = time.monotonic() - t
             engine = self.engine(engine_name)
-            work = folder / WORK_DIR
+            work = folder / WORK_DIR / self.name  # per attempt: an orphaned engine of a dead worker writes elsewhere
             shutil.rmtree(work, ignore_errors=True)
-            work.mkdir()
+            work.mkdir(parents=True)
             output = work / "output.mp4"
             spec = JobSpec(audio=audio, video=video, output=output, device=self.device, workdir=work,
                            options=job.options)
@@ -344,6 +348,11 @@ class Worker:
             save(folder, job)
         sidecars: dict[str, Any] = {".jpg": poster} if has_poster else {}
         sidecars[".json"] = record  # last: a record means the output is complete
+        if self.lost_lease or not spool.owns_lease(folder, self.name):
+            log.error("lost the lease of job %s to another worker while it ran here (this worker was stalled "
+                      "longer than queue.lease_seconds); not publishing, the other worker's result counts",
+                      job.id, extra=fields(job_id=job.id, user=job.user, stage="publish"))
+            return
         final = filing.publish(Path(self.config["paths"]["outputs"]), job, output, sidecars=sidecars,
                                publish_dir=Path(job.publish_dir))
         job.published = str(final)
@@ -363,7 +372,7 @@ class Worker:
         """Remove a finished or failed job's folder; the heartbeat stops touching its lease first."""
         with self._lease_lock:
             self.current = None
-        shutil.rmtree(folder, ignore_errors=True)
+        spool.remove_job_folder(folder)
 
     def _fail(self, job: Job, folder: Path, reason: str, *, engine: str | None) -> None:
         files = [(folder / f.file, f.name) for f in job.inputs() if f.consumed and (folder / f.file).exists()]
