@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "lipsyncd" / "numba"))  # as dev.sh
 
 from daemon.config import DEFAULTS  # noqa: E402
 from tests import media  # noqa: E402
@@ -231,7 +233,10 @@ def main() -> int:
     for stage, seconds in engine["timings"].items():
         rate = f"{frames / seconds:9.1f} frames/s" if seconds > 0 and stage not in ("probe",) else ""
         print(f"  {stage:<8} {seconds:7.2f} s {rate}")
-    alone = stages_alone(clip, sound, device, OUT / "stages.mp4")
+    from pipeline.lipsync import _threads_for
+
+    with _threads_for(device):  # the engine's own thread settings
+        alone = stages_alone(clip, sound, device, OUT / "stages.mp4")
     print("each stage alone on the same frames:")
     for stage, rate in alone.items():
         print(f"  {stage:<16} {rate:9.1f} frames/s")

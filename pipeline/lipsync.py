@@ -119,6 +119,8 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
                 batch = next(batches, None)
             if batch is None:
                 break
+            if tracker.faces_seen == 0 and int(batch.sources[0]) in faces_by_source:
+                raise _no_face(video_path)  # the whole video was seen: do not play it back and forth for nothing
             with clock.stage("faces"):
                 faces = _faces(batch, video.yuv_planes(batch.frames, *size)[0], tracker, faces_by_source)
             with clock.stage("warp"):
@@ -130,8 +132,7 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
                 writer.write(batch.frames)
             progress("render", 0.98 * (batch.first + len(batch)) / n_frames)
         if tracker.faces_seen == 0:
-            raise EngineError(f"no face was found in the video {video_path.name!r}; use a video in which "
-                              "one person faces the camera, with the face at least an eighth of the picture high")
+            raise _no_face(video_path)
         with clock.stage("encode"):
             writer.close()  # the ExitStack's second close() is a no-op
     progress("encode", 1.0)
@@ -151,6 +152,11 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
             "audio_seconds": round(sound.duration, 3),
         },
     )
+
+
+def _no_face(video_path: Path) -> EngineError:
+    return EngineError(f"no face was found in the video {video_path.name!r}; use a video in which one person "
+                       "faces the camera, with the face at least an eighth of the picture high")
 
 
 @contextlib.contextmanager

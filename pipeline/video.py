@@ -440,11 +440,12 @@ class VideoWriter:
         self.queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=queue_depth)
         self.failure: BaseException | None = None
         self.stopping = False
+        self.closed = False
         self.thread = threading.Thread(target=self._pump, name="video-writer", daemon=True)
         self.thread.start()
 
     def write(self, frames: np.ndarray) -> None:
-        """Queue a (B, H, W, 3) uint8 batch (the writer's channel order); it must not be modified afterwards."""
+        """Queue a batch of frames (in the writer's *pixels*); it must not be modified afterwards."""
         if frames.shape[1:] != self.frame_shape or frames.dtype != np.uint8:
             raise ValueError(f"frames of shape {frames.shape}/{frames.dtype} given to a "
                              f"{self.width}x{self.height} {self.pixels} writer")
@@ -454,7 +455,10 @@ class VideoWriter:
         self.frames_written += len(frames)
 
     def close(self) -> None:
-        """Finish the file; EngineError (with ffmpeg's reason) if encoding failed."""
+        """Finish the file; EngineError (with ffmpeg's reason) if encoding failed. A second call does nothing."""
+        if self.closed:
+            return
+        self.closed = True
         self.queue.put(None)
         self.thread.join()
         with contextlib.suppress(BrokenPipeError, OSError):
