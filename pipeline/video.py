@@ -96,7 +96,7 @@ class VideoInfo:
 class FrameBatch:
     """Consecutive output frames: frames[k] is output frame first + k and shows source frame sources[k]."""
 
-    frames: np.ndarray  # (B, H, W, 3) uint8 RGB, writable
+    frames: np.ndarray  # writable uint8: (B, H, W, 3) RGB/BGR, or (B, H*W*3/2) yuv420p (see yuv_planes)
     sources: np.ndarray  # (B,) int64 source frame index
     first: int  # output index of frames[0]
 
@@ -116,7 +116,7 @@ def open_video(path: str | Path, role: str = "video") -> VideoInfo:
                           "person's face (mp4, mov, mkv, webm) together with the audio")
     if media.width < 16 or media.height < 16:
         raise EngineError(f"the {role} {path.name!r} is only {media.width}x{media.height} pixels; "
-                          "use a video at least 64 pixels wide and high")
+                          "use a video in which the face is at least 100 pixels high")
     probed = ffmpeg.probe(f"file:{path.absolute()}", select_streams="v")
     stream = next(s for s in probed["streams"] if not s.get("disposition", {}).get("attached_pic"))
     fps = choose_rate(_fraction(stream.get("avg_frame_rate")), _fraction(stream.get("r_frame_rate")))

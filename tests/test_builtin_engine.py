@@ -206,3 +206,16 @@ def test_out_of_memory_halves_the_batch_and_goes_on(tmp_path: Path, face_mp4: Pa
     assert sizes[:3] == [32, 16, 8] and max(sizes[3:]) <= 8
     assert result.details["frames_changed"] > 0
     _assert_lasts_as_long_as(tmp_path / "out.mp4", sound, 25.0)
+
+
+def test_a_still_photo_works_as_the_video(tmp_path: Path, speech_wav: Path) -> None:
+    """A PNG of a face is a one-frame video: it is held for the whole audio, mouth moving."""
+    import cv2
+
+    photo = tmp_path / "portrait.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(media.astronaut()[0:320, 80:400], cv2.COLOR_RGB2BGR))
+    sound = _cut(speech_wav, tmp_path / "two-seconds.wav", 2.0)
+    output = tmp_path / "out.mp4"
+    result = render(sound, photo, output)
+    _assert_lasts_as_long_as(output, sound, 25.0)
+    assert result.details["source_frames"] == 1 and result.details["frames_changed"] > 10
