@@ -63,8 +63,10 @@ def decide(entries: dict[str, Entry], *, now: float, pair_timeout: float, find_a
 
     for entry in entries.values():
         if entry.problem:
-            decisions.append(Fail(names.printable(names.parse(entry.name).stem), [entry.name], entry.problem))
             taken.add(entry.name)
+            if not entry.settled:
+                continue  # moved only once the writer is done, so no copy tool sees its file vanish
+            decisions.append(Fail(names.printable(names.parse(entry.name).stem), [entry.name], entry.problem))
 
     for entry in _settled(entries, taken):
         drop = names.parse(entry.name)

@@ -70,10 +70,12 @@ def test_unknown_type_and_empty_file_fail_at_once() -> None:
     assert "is empty (0 bytes)" in reasons["x.wav"]
 
 
-def test_refused_files_fail_without_settling() -> None:
-    found = {"x.wav": Entry("x.wav", False, 10, NOW, problem="a symbolic link")}
+def test_refused_files_fail_once_settled_and_never_pair() -> None:
+    found = {"x.wav": Entry("x.wav", False, 10, NOW, problem="a symbolic link"), "x.mp4": Entry("x.mp4", True, 9, NOW)}
+    assert run(found) == []
+    found["x.wav"] = Entry("x.wav", True, 10, NOW, problem="a symbolic link")
     [fail] = run(found)
-    assert isinstance(fail, Fail) and fail.reason == "a symbolic link"
+    assert isinstance(fail, Fail) and fail.reason == "a symbolic link" and fail.files == ["x.wav"]
 
 
 def test_avatar_audio_uses_saved_avatar(tmp_path: Path) -> None:
