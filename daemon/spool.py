@@ -120,7 +120,9 @@ def _undo_claim(staging: Path) -> None:
             inbox_dir.mkdir(parents=True, exist_ok=True)
             move(held, target)
             log.warning("returned %s to the inbox after an interrupted claim", target)
-    leftovers = [p for p in staging.iterdir() if p.name not in (CLAIM_PLAN, JOB_FILE)]
+    # What an interrupted claim may leave of its own: the plan, job.json, or their half-written temp files.
+    leftovers = [p for p in staging.iterdir()
+                 if p.name not in (CLAIM_PLAN, JOB_FILE) and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
     if leftovers:
         log.error("interrupted claim %s still holds %s; left in place for a person to look at",
                   staging, [p.name for p in leftovers])
