@@ -71,7 +71,9 @@ def main(*, engine: str = "builtin", workdir: Path | None = None) -> int:
         record = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         score = record.get("sync_score") or {}
         print(f"done in {time.monotonic() - started:.1f} s")
-        if score:
+        if "error" in score:
+            print(f"sync score: not available ({score['error']})")
+        elif score:
             print(f"sync score: correlation {score.get('correlation', 0):.2f} at offset {score.get('offset_frames')} "
                   f"frame(s) (confidence {score.get('confidence', 0):.2f})")
         print(f"record: {path.with_suffix('.json')}")

@@ -358,9 +358,9 @@ class Worker:
         job.published = str(final)
         save(folder, job)
         total = time.monotonic() - started
-        log.info("done %s -> %s in %.1f s (sync score %s)", job.stem, final, total,
-                 f"{score['correlation']:.2f}" if score else "n/a", extra=fields(job_id=job.id, user=job.user,
-                                                                                 stage="done"))
+        sync = f"{score['correlation']:.2f}" if score and "correlation" in score else "n/a"
+        log.info("done %s -> %s in %.1f s (sync score %s)", job.stem, final, total, sync,
+                 extra=fields(job_id=job.id, user=job.user, stage="done"))
         self._finish(job, folder)
         _notify(self.config, "job_done", job.user, job.stem, job.id, str(final))
 
@@ -448,14 +448,18 @@ def _sha256(path: Path) -> str:
 
 
 def _score(video: Path) -> dict[str, Any] | None:
-    """The engine-independent sync score of an output, or None when it cannot be computed."""
-    try:
-        from pipeline.syncscore import sync_score
+    """The engine-independent sync score of an output; {"error": why} when it cannot be computed (no face,
+    no sound): a missing score never fails a finished render."""
+    from pipeline.engines import EngineError
+    from pipeline.syncscore import sync_score
 
+    try:
         return sync_score(video).to_dict()
-    except Exception as exc:  # noqa: BLE001 - a missing score must not fail a finished render
+    except EngineError as exc:
+        return {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001
         log.warning("no sync score for %s: %s", video.name, exc)
-        return None
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _poster(video: Path, poster: Path, duration: float) -> bool:
