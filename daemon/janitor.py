@@ -226,7 +226,11 @@ def _no_cyclic_gc() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
+            # Move what the pass allocated straight to the oldest generation: enabling the collector with
+            # them all still "young" makes its next run walk every one of them (~20 ms for 100k files).
+            gc.freeze()
             gc.enable()
+            gc.unfreeze()
 
 
 def _prune(config: Mapping[str, Any], now: float, outputs_fs: disk.FsUsage | None
@@ -235,6 +239,7 @@ def _prune(config: Mapping[str, Any], now: float, outputs_fs: disk.FsUsage | Non
     planner = prune.Planner(dict(config), now, outputs_fs)
     executor = safedelete.Executor(planner.plan)
     planner.on_delete = executor.submit
+    planner.on_folder = executor.submit_folder
     try:
         plan = planner.build()
     except BaseException:

@@ -17,12 +17,14 @@ spool, are in flight and kept; older ones are "abandoned-temp".
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from daemon.disk import FsUsage
@@ -127,7 +129,9 @@ class Plan:
         files = size = freed = 0
         for g in self.deletions:
             n = g.files if g.kind == "failed" else len(g.members)
-            r = by_reason.setdefault(g.reason, {"files": 0, "bytes": 0})
+            r = by_reason.get(g.reason)
+            if r is None:
+                r = by_reason[g.reason] = {"files": 0, "bytes": 0}
             r["files"] += n
             r["bytes"] += g.size
             files += n
@@ -181,6 +185,9 @@ class Planner:
                  on_delete: Callable[[Group], None] | None = None) -> None:
         janitor = config["janitor"]
         self.on_delete = on_delete
+        # A real pass: (folder fd, root, (date, user), folder mtime_ns seen, groups) for one folder's expired
+        # outputs at once, while the planner still holds the folder open (see safedelete.Executor.submit_folder).
+        self.on_folder: Callable[[int, str, tuple[str, str], int, list[Group]], None] | None = None
         self.config = config
         self.now = now
         self.marker = janitor["keep_marker"]
@@ -199,7 +206,8 @@ class Planner:
         self._young_freed = 0
         self._pinned_freed = 0
         self._deleted_counts: dict[tuple[str, str, str], int] = {}
-        self._last_stamp = 0
+        self._last_stamp = 0  # st_mtime_ns and st_mtime of the folder _open_dir opened last
+        self._last_mtime = 0.0
 
     @staticmethod
     def _spool_job_ids(spool: str) -> set[str]:
@@ -227,7 +235,7 @@ class Planner:
             self._scan_dates(root, path, st.st_dev, pinned)
         self._apply_watermark()
         self._plan_empty_folders()
-        self.plan.deletions.sort(key=lambda g: (g.root, g.folder, g.name))
+        self.plan.deletions.sort(key=attrgetter("root", "folder", "name"))
         return self.plan
 
     def _scan_dates(self, root_name: str, root: str, dev: int, pinned: bool) -> None:
@@ -248,6 +256,7 @@ class Planner:
                 date_fd = self._open_dir(root_fd, name, path, dev)
                 if date_fd is None:
                     continue
+                date_mtime = self._last_mtime
                 try:
                     with os.scandir(date_fd) as it:
                         users = sorted(it, key=lambda e: e.name)
@@ -257,13 +266,12 @@ class Planner:
                     for user in users:
                         if user.name == marker:
                             continue
-                        user_path = os.path.join(path, user.name)
+                        user_path = f"{path}/{user.name}"  # = os.path.join(path, user.name): path has no trailing /
                         if self._managed_dir(user, user_path, dev, not user.name.startswith(".")):
                             scan_folder(date_fd, name, user, user_path, dev, date_pinned)
                 finally:
                     os.close(date_fd)
-                self._folders.append(_Folder(root_name, name, "", len(users),
-                                             date.stat(follow_symlinks=False).st_mtime))
+                self._folders.append(_Folder(root_name, name, "", len(users), date_mtime))
         finally:
             os.close(root_fd)
 
@@ -272,7 +280,11 @@ class Planner:
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         except OSError as exc:
-            self.plan.refused.append({"path": path, "why": f"cannot open it: {exc.strerror}"})
+            why = f"cannot open it: {exc.strerror}"
+            with contextlib.suppress(OSError):
+                if os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_dev != dev:
+                    why = "another filesystem (mount point)"
+            self.plan.refused.append({"path": path, "why": why})
             return None
         st = os.fstat(fd)
         if st.st_dev != dev:
@@ -280,6 +292,7 @@ class Planner:
             self.plan.refused.append({"path": path, "why": "another filesystem (mount point)"})
             return None
         self._last_stamp = st.st_mtime_ns
+        self._last_mtime = st.st_mtime
         return fd
 
     def _managed_dir(self, entry: os.DirEntry[str], path: str, dev: int, name_ok: bool) -> bool:
@@ -290,30 +303,33 @@ class Planner:
         if not entry.is_dir(follow_symlinks=False):
             self.plan.unmanaged.append(path)
             return False
-        if entry.stat(follow_symlinks=False).st_dev != dev:
-            self.plan.refused.append({"path": path, "why": "another filesystem (mount point)"})
-            return False
         if not name_ok:
-            self.plan.unmanaged.append(path)
+            if entry.stat(follow_symlinks=False).st_dev != dev:
+                self.plan.refused.append({"path": path, "why": "another filesystem (mount point)"})
+            else:
+                self.plan.unmanaged.append(path)
             return False
-        return True
+        return True  # its st_dev is checked on the fd itself when it is opened (_open_dir): no lstat needed
 
     def _scan_output_folder(self, date_fd: int, date: str, user_entry: os.DirEntry[str], user_path: str, dev: int,
                             pinned_above: bool) -> None:
-        """One outputs/<date>/<user>/ folder: the hot loop of a pass, one fstatat per file relative to the folder."""
+        """One outputs/<date>/<user>/ folder: the hot loop of a pass, one fstatat per file relative to the folder.
+
+        Kept lean on purpose (locals, no per-file objects beyond one (name, stat) pair): it runs once per file.
+        The folder's expired outputs are handed to on_folder together, while its fd is still open."""
         user = user_entry.name
         marker = self.marker
-        cut = len(marker)
         plan = self.plan
-        pins: set[str] = set()
+        pins: set[str] | None = None
         folder_marker = False
         groups: dict[str, list[tuple[str, os.stat_result]]] = {}  # stem -> its files
-        temps: list[tuple[str, os.stat_result]] = []
+        temps: list[tuple[str, os.stat_result]] | None = None
         entries = 0
         user_fd = self._open_dir(date_fd, user, user_path, dev)
         if user_fd is None:
             return
-        plan.stamps[("outputs", date, user)] = self._last_stamp
+        stamp = plan.stamps[("outputs", date, user)] = self._last_stamp
+        folder_mtime = self._last_mtime
         try:
             with os.scandir(user_fd) as it:
                 for entry in it:
@@ -333,9 +349,13 @@ class Planner:
                             folder_marker = True
                             continue
                         if name.endswith(marker):
-                            pins.add(name[:-cut])
+                            if pins is None:
+                                pins = set()
+                            pins.add(name[:-len(marker)])
                             continue
                         if name[0] == "." and _is_temp(name):
+                            if temps is None:
+                                temps = []
                             temps.append((name, st))
                             continue
                         stem = name
@@ -344,79 +364,100 @@ class Planner:
                         groups[stem] = [(name, st)]
                     else:
                         found.append((name, st))
+            folder_pinned = pinned_above or folder_marker
+            if folder_marker and not pinned_above:
+                plan.pinned["markers"].append(os.path.join(user_path, marker))
+            self._folders.append(_Folder("outputs", date, user, entries, folder_mtime))
+            if temps:
+                for name, st in temps:
+                    self._temp(date, user, name, st)
+            expired = self._judge_outputs(date, user, user_path, groups, pins, folder_pinned)
+            if expired:
+                plan.deletions.extend(expired)
+                if self.on_folder is not None:
+                    self.on_folder(user_fd, "outputs", (date, user), stamp, expired)
+                elif self.on_delete is not None:
+                    for group in expired:
+                        self.on_delete(group)
         finally:
             os.close(user_fd)
-        folder_pinned = pinned_above or folder_marker
-        if folder_marker and not pinned_above:
-            plan.pinned["markers"].append(os.path.join(user_path, marker))
-        self._folders.append(_Folder("outputs", date, user, entries, user_entry.stat(follow_symlinks=False).st_mtime))
-        for name, st in temps:
-            self._temp(date, user, name, st)
+
+    def _judge_outputs(self, date: str, user: str, user_path: str, groups: dict[str, list[tuple[str, os.stat_result]]],
+                       pins: set[str] | None, folder_pinned: bool) -> list[Group]:
+        """Sort one folder's outputs into pinned / young / kept / expired (returned) / watermark candidates."""
+        plan = self.plan
         folder = (date, user)
-        folder_hits = self.rules.for_folder(date, user) if self.rules.rules else None
-        default_cut = self.now - self.rules.default_days * DAY
+        rules = self.rules
+        folder_hits = rules.for_folder(date, user) if rules.rules else None
+        default_cut = self.now - rules.default_days * DAY
+        default_days = rules.default_days
         young_cut = self.now - self.min_age
         total_size = total_files = videos = deleted_here = 0
         watermark = self.collect_candidates
+        expired: list[Group] = []
         for stem, found in groups.items():
-            mtime = 0.0
-            size = 0
-            has_video = False
-            for name, st in found:
-                if st.st_mtime > mtime:
-                    mtime = st.st_mtime
-                size += st.st_size
-                if name.endswith(".mp4"):
-                    has_video = True
+            count = len(found)
+            if count == 3:  # the usual .mp4 + .json + .jpg, unrolled
+                (n0, s0), (n1, s1), (n2, s2) = found
+                mtime = max(s0.st_mtime, s1.st_mtime, s2.st_mtime)
+                size = s0.st_size + s1.st_size + s2.st_size
+                has_video = n0[-4:] == ".mp4" or n1[-4:] == ".mp4" or n2[-4:] == ".mp4"
+            else:
+                mtime = 0.0
+                size = 0
+                has_video = False
+                for name, st in found:
+                    if st.st_mtime > mtime:
+                        mtime = st.st_mtime
+                    size += st.st_size
+                    if not has_video and name.endswith(".mp4"):
+                        has_video = True
             total_size += size
-            total_files += len(found)
+            total_files += count
             videos += has_video
             if folder_pinned or (pins and (stem in pins or any(n in pins for n, _ in found))):
-                plan.pinned["files"] += len(found)
+                plan.pinned["files"] += count
                 plan.pinned["bytes"] += size
                 if watermark:
                     self._pinned_freed += sum(_freed(st) for _, st in found)
                 if not folder_pinned:
                     plan.pinned["markers"].append(
-                        os.path.join(user_path, (stem if stem in pins else found[0][0]) + marker))
+                        os.path.join(user_path, (stem if stem in pins else found[0][0]) + self.marker))
                 continue
             if mtime > young_cut:
-                plan.young["files"] += len(found)
+                plan.young["files"] += count
                 plan.young["bytes"] += size
                 if watermark:
                     self._young_freed += sum(_freed(st) for _, st in found)
                 continue
             if folder_hits is None:
-                days, rule, cutoff = self.rules.default_days, "default_days", default_cut
+                days, rule, cutoff = default_days, "default_days", default_cut
             else:
-                days, rule = self.rules.days(folder_hits, [f"{date}/{user}/{n}" for n, _ in found])
+                days, rule = rules.days(folder_hits, [f"{date}/{user}/{n}" for n, _ in found])
                 cutoff = self.now - days * DAY
             if mtime < cutoff or watermark:
-                members = []
-                freed = 0
-                for name, st in found:
-                    blocks = st.st_blocks * 512 if st.st_nlink <= 1 else 0
-                    freed += blocks
-                    members.append((name, st.st_size, blocks, st.st_mtime_ns, st.st_ino))
-                group = Group("outputs", folder, stem, members, mtime, size, freed, has_video)
+                members = [(name, st.st_size, st.st_blocks * 512 if st.st_nlink <= 1 else 0, st.st_mtime_ns, st.st_ino)
+                           for name, st in found]
+                freed = sum([m[2] for m in members]) if count > 1 else members[0][2]
                 if mtime < cutoff:
-                    group.reason, group.keep_days, group.rule = EXPIRED, days, rule
-                    plan.deletions.append(group)
-                    if self.on_delete is not None:
-                        self.on_delete(group)
+                    expired.append(Group("outputs", folder, stem, members, mtime, size, freed, has_video, "output",
+                                         EXPIRED, "", days, rule))
                     total_size -= size
-                    total_files -= len(found)
+                    total_files -= count
                     videos -= has_video
-                    deleted_here += len(found)
+                    deleted_here += count
                 else:
-                    self._candidates.append(group)
+                    self._candidates.append(Group("outputs", folder, stem, members, mtime, size, freed, has_video))
         if deleted_here:
             self._count_deleted("outputs", date, user, deleted_here)
-        usage = plan.users.setdefault(user, [0, 0])
+        usage = plan.users.get(user)
+        if usage is None:
+            usage = plan.users[user] = [0, 0]
         usage[0] += total_size
         usage[1] += total_files
         plan.dates[date] = plan.dates.get(date, 0) + total_size
         plan.outputs_left += videos
+        return expired
 
     def _odd_entry(self, entry: os.DirEntry[str], path: str) -> None:
         """Anything in a user folder that is not a plain file: reported, never touched."""
@@ -469,14 +510,17 @@ class Planner:
                             pinned_above: bool) -> None:
         user = user_entry.name
         marker = self.marker
+        folder_st = user_entry.stat(follow_symlinks=False)
+        if folder_st.st_dev != dev:  # (outputs/ checks this on the folder's fd, in _open_dir)
+            self.plan.refused.append({"path": user_path, "why": "another filesystem (mount point)"})
+            return
         with os.scandir(user_path) as it:
             entries = list(it)
         names = {e.name for e in entries}
         folder_pinned = pinned_above or marker in names
         if marker in names and not pinned_above:
             self.plan.pinned["markers"].append(os.path.join(user_path, marker))
-        mtime = user_entry.stat(follow_symlinks=False).st_mtime
-        self._folders.append(_Folder("failed", date, user, len(entries), mtime))
+        self._folders.append(_Folder("failed", date, user, len(entries), folder_st.st_mtime))
         for entry in entries:
             if entry.name == marker or entry.name.endswith(marker):
                 continue

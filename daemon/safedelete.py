@@ -48,11 +48,14 @@ class Outcome:
                 "by_reason": self.by_reason, "skipped": self.skipped, "errors": self.errors}
 
     def count(self, group: Group, files: int, size: int, freed: int) -> None:
+        self.add(group.root, group.reason, files, size, freed)
+
+    def add(self, root: str, reason: str, files: int, size: int, freed: int) -> None:
         self.files += files
         self.bytes += size
         self.freed += freed
-        self.by_reason[group.reason] = self.by_reason.get(group.reason, 0) + size
-        self.freed_by_root[group.root] = self.freed_by_root.get(group.root, 0) + freed
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + size
+        self.freed_by_root[root] = self.freed_by_root.get(root, 0) + freed
 
 
 class _Folders:
@@ -132,6 +135,52 @@ class Executor:
         except OSError as exc:
             _record_error(plan.path_of(group), exc, outcome)
 
+    def submit_folder(self, fd: int, root: str, folder: tuple[str, str], stamp: int, groups: list[Group]) -> None:
+        """Delete one folder's planned outputs through the planner's own fd of that folder (opened O_NOFOLLOW
+        relative to its parent and checked to be on the root's filesystem), while the planner still holds it.
+
+        Same checks as submit: an output's files are verified (inode + mtime) first unless the folder's mtime
+        is still the one seen while planning, and an output goes whole or not at all. The counts are added up
+        per folder rather than per output (this loop runs once per deleted file)."""
+        outcome, plan = self.outcome, self.plan
+        self._last = None  # the opener's chain no longer points at the folder last used
+        try:
+            verify = os.fstat(fd).st_mtime_ns != stamp
+        except OSError as exc:
+            for group in groups:
+                _record_error(plan.path_of(group), exc, outcome)
+            return
+        unlink = os.unlink
+        sums: dict[str, list[int]] = {}  # reason -> [files, bytes, freed] of the outputs deleted whole
+        try:
+            for group in groups:
+                members = group.members
+                done = 0
+                try:
+                    if verify:
+                        _verify(fd, group)
+                    for member in members:
+                        unlink(member[0], dir_fd=fd)
+                        done += 1
+                except Refused as exc:
+                    outcome.skipped.append({"path": plan.path_of(group), "why": str(exc)})
+                except OSError as exc:
+                    _record_error(plan.path_of(group), exc, outcome)
+                finally:
+                    if done == len(members):
+                        total = sums.get(group.reason)
+                        if total is None:
+                            total = sums[group.reason] = [0, 0, 0]
+                        total[0] += done
+                        total[1] += group.size
+                        total[2] += group.freed
+                    elif done:
+                        part = members[:done]
+                        outcome.count(group, done, sum(m[1] for m in part), sum(m[2] for m in part))
+        finally:
+            for reason, (files, size, freed) in sums.items():
+                outcome.add(root, reason, files, size, freed)
+
     def finish(self) -> Outcome:
         """Remove the emptied folders and close everything."""
         try:
@@ -154,15 +203,14 @@ class Executor:
         plan, outcome = self.plan, self.outcome
         self._last = None
         for root, parts in plan.folders:
-            path = os.path.join(plan.roots[root], *parts)
             try:
                 fd = self._opener(root).open(parts[:-1])
                 os.rmdir(parts[-1], dir_fd=fd)
                 outcome.folders += 1
             except Refused as exc:
-                outcome.skipped.append({"path": path, "why": str(exc)})
+                outcome.skipped.append({"path": os.path.join(plan.roots[root], *parts), "why": str(exc)})
             except OSError as exc:
-                _record_error(path, exc, outcome)
+                _record_error(os.path.join(plan.roots[root], *parts), exc, outcome)
 
 
 def carry_out(plan: Plan) -> Outcome:
@@ -186,10 +234,7 @@ def _record_error(path: str, exc: OSError, outcome: Outcome) -> None:
 def _remove_group(fd: int, group: Group, outcome: Outcome, verify: bool = True) -> None:
     """Delete an output's files together, only if every one is still the planned file."""
     if verify:
-        for name, _size, _freed, mtime_ns, ino in group.members:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode) or st.st_ino != ino or st.st_mtime_ns != mtime_ns:
-                raise Refused(f"{name} changed since the plan was made")
+        _verify(fd, group)
     done = 0
     try:
         for name, _size, _freed, _mtime, _ino in group.members:
@@ -201,6 +246,14 @@ def _remove_group(fd: int, group: Group, outcome: Outcome, verify: bool = True) 
         elif done:
             members = group.members[:done]
             outcome.count(group, done, sum(m[1] for m in members), sum(m[2] for m in members))
+
+
+def _verify(fd: int, group: Group) -> None:
+    """Raise Refused unless every file of the output is still the planned one (same inode and mtime)."""
+    for name, _size, _freed, mtime_ns, ino in group.members:
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or st.st_ino != ino or st.st_mtime_ns != mtime_ns:
+            raise Refused(f"{name} changed since the plan was made")
 
 
 def _remove_entry(fd: int, group: Group, dev: int, outcome: Outcome) -> None:
