@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import config as configmod
-from daemon import filing, spool
+from daemon import filing, names, spool
 from daemon import log as logmod
 from daemon.job import WORK_DIR, Job, load, save
 from daemon.log import fields
@@ -344,7 +344,7 @@ class Worker:
             "timings": {k: round(v, 4) for k, v in timings.items()}, "output_bytes": output.stat().st_size,
         }
         if job.publish_dir is None:
-            job.publish_dir = str(Path(self.config["paths"]["outputs"]) / filing.today() / _safe(job.user))
+            job.publish_dir = str(Path(self.config["paths"]["outputs"]) / filing.today() / names.printable(job.user))
             save(folder, job)
         sidecars: dict[str, Any] = {".jpg": poster} if has_poster else {}
         sidecars[".json"] = record  # last: a record means the output is complete
@@ -424,12 +424,6 @@ class Worker:
         except QueueUnavailable as exc:
             log.warning("%s; %s (the daemon queues it again later)", why, exc,
                         extra=fields(job_id=job.id, user=job.user))
-
-
-def _safe(user: str) -> str:
-    from daemon.names import printable
-
-    return printable(user)
 
 
 def _size_of(path: Path) -> int:
