@@ -58,8 +58,19 @@ def count_files(root: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(root))
 
 
+def byte_compile() -> None:
+    """Byte-compile daemon/ (into its __pycache__, which git ignores) before the janitor's runs.
+
+    A deployed install (install.sh: pip install of the package) has its .pyc files written at install time,
+    so a timer-started pass never compiles source. This checkout is an editable install, and environments
+    like CI set PYTHONDONTWRITEBYTECODE=1, so without this every run would compile daemon/ from source
+    (~25 ms) and the bench would measure a cost no server pays."""
+    source = Path(__file__).resolve().parent.parent / "daemon"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(source)], check=True, stdout=subprocess.DEVNULL)
+
+
 def timed_child(argv: list[str], cwd: Path) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS in MB, CPU seconds: user + system) of a child process."""
+    """(wall seconds, peak RSS in MB, CPU seconds: user + system, the children it waited for included)."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -145,6 +156,11 @@ def main() -> int:
                         help="where to build the trees: tmpfs (/dev/shm: the tools' own cost, no I/O noise), "
                              "disk (/var/tmp), or a folder; comma-separated (default: tmpfs,disk)")
     args = parser.parse_args()
+    byte_compile()
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     now = time.time()
     summary = []
     all_rss: list[float] = []
@@ -174,6 +190,8 @@ def main() -> int:
           "are unchanged before deleting them, and measures the disk; find does none of that")
     peak = max(all_rss)
     print(f"peak RSS of the pass: {peak:.1f} MB (target <= 60 MB){'' if peak <= 60 else '  OVER TARGET'}")
+    print("  the janitor runs byte-compiled, as installed by pip (see byte_compile); its CPU includes its "
+          "deleting helper process")
     print(f"start-up (lipsyncd janitor on an empty tree, whole process): median {start:.3f} s, "
           f"peak RSS {start_rss:.1f} MB (target <= 0.3 s){'' if start <= 0.3 else '  OVER TARGET'}")
     return 0

@@ -41,6 +41,10 @@ EXPIRED, WATERMARK, FAILED_EXPIRED, ABANDONED_TEMP, EMPTY_FOLDER = (
     "expired", "watermark", "failed-expired", "abandoned-temp", "empty-folder")
 
 
+# One file of a group: (name, size, freed bytes, mtime_ns, inode).
+Member = tuple[str, int, int, int, int]
+
+
 @dataclass(slots=True)
 class Group:
     """Files that are deleted together: one output's .mp4/.json/.jpg, a temp file, or a failed entry folder."""
@@ -48,7 +52,7 @@ class Group:
     root: str  # "outputs" or "failed"
     folder: tuple[str, str]  # (date, user) under the root
     name: str  # the stem (outputs), the file name (temp), the entry folder's name (failed)
-    members: list[tuple[str, int, int, int, int]]  # (name, size, freed bytes, mtime_ns, inode)
+    members: list[Member]
     mtime: float  # the newest member's mtime: the group's age
     size: int  # sum of the members' sizes
     freed: int  # bytes a delete gives back (allocated blocks of files with no other hard link)
@@ -99,6 +103,7 @@ class Plan:
     failed_entries: int = 0  # failed/ entries left after the pass
     watermark: dict[str, Any] = field(default_factory=dict)
     shortfall: dict[str, int] | None = None
+    _summarized: tuple[tuple[int, int], dict[str, Any], int] | None = field(default=None, repr=False, compare=False)
 
     def path_of(self, group: Group, member: str | None = None) -> str:
         parts = [self.roots[group.root], *group.folder, member if member is not None else group.name]
@@ -122,13 +127,25 @@ class Plan:
         return list(self.iter_actions())
 
     def action_count(self) -> int:
-        return sum(1 if g.kind == "failed" else len(g.members) for g in self.deletions) + len(self.folders)
+        return self._summary()[1]
 
     def totals(self) -> dict[str, Any]:
+        return self._summary()[0]
+
+    def _summary(self) -> tuple[dict[str, Any], int]:
+        """(totals, number of actions): one loop over the deletions for both, redone only if the plan grew."""
+        key = (len(self.deletions), len(self.folders))
+        if self._summarized is not None and self._summarized[0] == key:
+            return self._summarized[1], self._summarized[2]
         by_reason: dict[str, dict[str, int]] = {}
-        files = size = freed = 0
+        files = size = freed = actions = 0
         for g in self.deletions:
-            n = g.files if g.kind == "failed" else len(g.members)
+            if g.kind == "failed":
+                n = g.files
+                actions += 1
+            else:
+                n = len(g.members)
+                actions += n
             r = by_reason.get(g.reason)
             if r is None:
                 r = by_reason[g.reason] = {"files": 0, "bytes": 0}
@@ -137,8 +154,11 @@ class Plan:
             files += n
             size += g.size
             freed += g.freed
-        return {"files": files, "bytes": size, "freed_estimate": freed, "folders": len(self.folders),
-                "by_reason": by_reason}
+        totals = {"files": files, "bytes": size, "freed_estimate": freed, "folders": len(self.folders),
+                  "by_reason": by_reason}
+        actions += len(self.folders)
+        self._summarized = (key, totals, actions)
+        return totals, actions
 
 
 class _Rules:
@@ -324,7 +344,7 @@ class Planner:
         folder_marker = False
         groups: dict[str, list[tuple[str, os.stat_result]]] = {}  # stem -> its files
         temps: list[tuple[str, os.stat_result]] | None = None
-        entries = 0
+        entries = videos = 0
         user_fd = self._open_dir(date_fd, user, user_path, dev)
         if user_fd is None:
             return
@@ -359,6 +379,8 @@ class Planner:
                             temps.append((name, st))
                             continue
                         stem = name
+                    elif suffix == "mp4":
+                        videos += 1  # a stem has one .mp4 at most: this counts outputs with their video
                     found = groups.get(stem)
                     if found is None:
                         groups[stem] = [(name, st)]
@@ -371,7 +393,7 @@ class Planner:
             if temps:
                 for name, st in temps:
                     self._temp(date, user, name, st)
-            expired = self._judge_outputs(date, user, user_path, groups, pins, folder_pinned)
+            expired = self._judge_outputs(date, user, user_path, groups, videos, pins, folder_pinned)
             if expired:
                 plan.deletions.extend(expired)
                 if self.on_folder is not None:
@@ -383,69 +405,63 @@ class Planner:
             os.close(user_fd)
 
     def _judge_outputs(self, date: str, user: str, user_path: str, groups: dict[str, list[tuple[str, os.stat_result]]],
-                       pins: set[str] | None, folder_pinned: bool) -> list[Group]:
-        """Sort one folder's outputs into pinned / young / kept / expired (returned) / watermark candidates."""
+                       videos: int, pins: set[str] | None, folder_pinned: bool) -> list[Group]:
+        """Sort one folder's outputs into pinned / young / kept / expired (returned) / watermark candidates.
+
+        Runs once per output: the common case (no pins, no rules, three files) takes the fewest steps, and
+        whether an output has its video is only worked out where it matters (deleted or a candidate)."""
         plan = self.plan
         folder = (date, user)
         rules = self.rules
         folder_hits = rules.for_folder(date, user) if rules.rules else None
-        default_cut = self.now - rules.default_days * DAY
-        default_days = rules.default_days
+        days, rule = rules.default_days, "default_days"
+        cutoff = self.now - days * DAY
         young_cut = self.now - self.min_age
-        total_size = total_files = videos = deleted_here = 0
+        total_size = total_files = deleted_here = deleted_size = deleted_videos = 0
         watermark = self.collect_candidates
         expired: list[Group] = []
         for stem, found in groups.items():
-            count = len(found)
-            if count == 3:  # the usual .mp4 + .json + .jpg, unrolled
-                (n0, s0), (n1, s1), (n2, s2) = found
-                mtime = max(s0.st_mtime, s1.st_mtime, s2.st_mtime)
+            if len(found) == 3:  # the usual .mp4 + .json + .jpg, unrolled
+                s0, s1, s2 = found[0][1], found[1][1], found[2][1]
+                mtime = s0.st_mtime
+                if s1.st_mtime > mtime:
+                    mtime = s1.st_mtime
+                if s2.st_mtime > mtime:
+                    mtime = s2.st_mtime
                 size = s0.st_size + s1.st_size + s2.st_size
-                has_video = n0[-4:] == ".mp4" or n1[-4:] == ".mp4" or n2[-4:] == ".mp4"
+                total_files += 3
             else:
                 mtime = 0.0
                 size = 0
-                has_video = False
-                for name, st in found:
+                for _name, st in found:
                     if st.st_mtime > mtime:
                         mtime = st.st_mtime
                     size += st.st_size
-                    if not has_video and name.endswith(".mp4"):
-                        has_video = True
+                total_files += len(found)
             total_size += size
-            total_files += count
-            videos += has_video
             if folder_pinned or (pins and (stem in pins or any(n in pins for n, _ in found))):
-                plan.pinned["files"] += count
-                plan.pinned["bytes"] += size
-                if watermark:
-                    self._pinned_freed += sum(_freed(st) for _, st in found)
-                if not folder_pinned:
-                    plan.pinned["markers"].append(
-                        os.path.join(user_path, (stem if stem in pins else found[0][0]) + self.marker))
+                self._pin(found, size, user_path, stem, pins, folder_pinned)
                 continue
             if mtime > young_cut:
-                plan.young["files"] += count
+                plan.young["files"] += len(found)
                 plan.young["bytes"] += size
                 if watermark:
                     self._young_freed += sum(_freed(st) for _, st in found)
                 continue
-            if folder_hits is None:
-                days, rule, cutoff = default_days, "default_days", default_cut
-            else:
+            if folder_hits is not None:
                 days, rule = rules.days(folder_hits, [f"{date}/{user}/{n}" for n, _ in found])
                 cutoff = self.now - days * DAY
             if mtime < cutoff or watermark:
                 members = [(name, st.st_size, st.st_blocks * 512 if st.st_nlink <= 1 else 0, st.st_mtime_ns, st.st_ino)
                            for name, st in found]
-                freed = sum([m[2] for m in members]) if count > 1 else members[0][2]
+                freed = sum([m[2] for m in members])
+                has_video = f"{stem}.mp4" in [name for name, _ in found]
                 if mtime < cutoff:
                     expired.append(Group("outputs", folder, stem, members, mtime, size, freed, has_video, "output",
                                          EXPIRED, "", days, rule))
-                    total_size -= size
-                    total_files -= count
-                    videos -= has_video
-                    deleted_here += count
+                    deleted_here += len(found)
+                    deleted_size += size
+                    deleted_videos += has_video
                 else:
                     self._candidates.append(Group("outputs", folder, stem, members, mtime, size, freed, has_video))
         if deleted_here:
@@ -453,11 +469,23 @@ class Planner:
         usage = plan.users.get(user)
         if usage is None:
             usage = plan.users[user] = [0, 0]
-        usage[0] += total_size
-        usage[1] += total_files
-        plan.dates[date] = plan.dates.get(date, 0) + total_size
-        plan.outputs_left += videos
+        usage[0] += total_size - deleted_size
+        usage[1] += total_files - deleted_here
+        plan.dates[date] = plan.dates.get(date, 0) + total_size - deleted_size
+        plan.outputs_left += videos - deleted_videos
         return expired
+
+    def _pin(self, found: list[tuple[str, os.stat_result]], size: int, user_path: str, stem: str,
+             pins: set[str] | None, folder_pinned: bool) -> None:
+        """Count a pinned output; name its marker unless the whole folder is pinned."""
+        plan = self.plan
+        plan.pinned["files"] += len(found)
+        plan.pinned["bytes"] += size
+        if self.collect_candidates:
+            self._pinned_freed += sum(_freed(st) for _, st in found)
+        if not folder_pinned and pins is not None:
+            plan.pinned["markers"].append(
+                os.path.join(user_path, (stem if stem in pins else found[0][0]) + self.marker))
 
     def _odd_entry(self, entry: os.DirEntry[str], path: str) -> None:
         """Anything in a user folder that is not a plain file: reported, never touched."""

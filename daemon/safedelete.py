@@ -17,13 +17,17 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.prune import Group, Plan
+from daemon.prune import Group, Member, Plan
+from daemon.unlinker import Unlinker
 
 log = logging.getLogger(__name__)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Someone else got there first, or the folder was refilled: not a failure of the pass.
 _GONE = (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST)
+REFUSED, FAILED = "refused", "failed"
+# An output not deleted whole: (its index in the folder's list, files deleted, REFUSED|FAILED, errno, text).
+Problem = tuple[int, int, str, int, str]
 
 
 class Refused(Exception):
@@ -103,9 +107,10 @@ class _Folders:
 class Executor:
     """Carries out a plan's deletions, starting while the plan is still being made.
 
-    The planner hands over each group as soon as it is decided (Planner's on_delete), so a folder's
-    expired outputs are deleted right after the folder was read, while it is still in the cache;
-    finish() then removes the emptied folders. Order and content are the plan's, so a dry run still
+    The planner hands over each folder's expired outputs as soon as the folder is read (Planner's
+    on_folder), and the helper process deletes them while the planner reads on; other groups (temps,
+    failed/ entries, the watermark's) come one by one (on_delete) and are deleted here. finish() waits
+    for the helper and removes the emptied folders. Order and content are the plan's, so a dry run still
     prints exactly what happens. (A deleting thread was tried: Python's GIL hand-offs made it slower.)
     """
 
@@ -114,6 +119,8 @@ class Executor:
         self.outcome = Outcome()
         self._openers: dict[str, _Folders] = {}
         self._last: tuple[str, tuple[str, str]] | None = None  # the folder of the previous group
+        self._helper: Unlinker | None = None  # started at the first submit_folder
+        self._handed: list[tuple[str, list[Group]]] = []  # (root, groups) of each folder handed to the helper
 
     def submit(self, group: Group) -> None:
         plan, outcome = self.plan, self.outcome
@@ -139,57 +146,78 @@ class Executor:
         """Delete one folder's planned outputs through the planner's own fd of that folder (opened O_NOFOLLOW
         relative to its parent and checked to be on the root's filesystem), while the planner still holds it.
 
-        Same checks as submit: an output's files are verified (inode + mtime) first unless the folder's mtime
-        is still the one seen while planning, and an output goes whole or not at all. The counts are added up
-        per folder rather than per output (this loop runs once per deleted file)."""
-        outcome, plan = self.outcome, self.plan
+        The unlinks run in the helper process (unlinker.py), which receives this very descriptor, so the
+        planner reads the next folder meanwhile; without a helper they run here. Same checks either way
+        (delete_outputs). The counts are taken when the results are in (finish)."""
         self._last = None  # the opener's chain no longer points at the folder last used
-        try:
-            verify = os.fstat(fd).st_mtime_ns != stamp
-        except OSError as exc:
-            for group in groups:
-                _record_error(plan.path_of(group), exc, outcome)
-            return
-        unlink = os.unlink
+        payload = (stamp, [group.members for group in groups])
+        if self._helper is None:
+            self._helper = Unlinker(delete_outputs)
+            if not self._helper.start():
+                log.warning("deleting in the janitor's own process: %s", self._helper.failure)
+        if self._helper.submit(fd, payload):
+            self._handed.append((root, groups))
+        else:
+            self._account(root, groups, delete_outputs(fd, payload))
+
+    def _account(self, root: str, groups: list[Group], problems: list[Problem]) -> None:
+        """Add one folder's results to the outcome: every output counted whole unless *problems* names it."""
+        outcome, plan = self.outcome, self.plan
+        bad = {problem[0]: problem for problem in problems} if problems else None
         sums: dict[str, list[int]] = {}  # reason -> [files, bytes, freed] of the outputs deleted whole
-        try:
-            for group in groups:
-                members = group.members
-                done = 0
-                try:
-                    if verify:
-                        _verify(fd, group)
-                    for member in members:
-                        unlink(member[0], dir_fd=fd)
-                        done += 1
-                except Refused as exc:
-                    outcome.skipped.append({"path": plan.path_of(group), "why": str(exc)})
-                except OSError as exc:
-                    _record_error(plan.path_of(group), exc, outcome)
-                finally:
-                    if done == len(members):
-                        total = sums.get(group.reason)
-                        if total is None:
-                            total = sums[group.reason] = [0, 0, 0]
-                        total[0] += done
-                        total[1] += group.size
-                        total[2] += group.freed
-                    elif done:
-                        part = members[:done]
-                        outcome.count(group, done, sum(m[1] for m in part), sum(m[2] for m in part))
-        finally:
-            for reason, (files, size, freed) in sums.items():
-                outcome.add(root, reason, files, size, freed)
+        for index, group in enumerate(groups):
+            problem = bad.get(index) if bad else None
+            if problem is None:
+                total = sums.get(group.reason)
+                if total is None:
+                    total = sums[group.reason] = [0, 0, 0]
+                total[0] += len(group.members)
+                total[1] += group.size
+                total[2] += group.freed
+                continue
+            _, done, kind, number, text = problem
+            if kind == REFUSED:
+                outcome.skipped.append({"path": plan.path_of(group), "why": text})
+            else:
+                _record_error(plan.path_of(group), OSError(number, text), outcome)
+            if done:
+                part = group.members[:done]
+                outcome.count(group, done, sum(m[1] for m in part), sum(m[2] for m in part))
+        for reason, (files, size, freed) in sums.items():
+            outcome.add(root, reason, files, size, freed)
+
+    def _collect(self) -> None:
+        """Wait for the helper and account for what it did; what it cannot account for is an error."""
+        helper, handed = self._helper, self._handed
+        self._helper, self._handed = None, []
+        if helper is None:
+            return
+        results = helper.finish()
+        if results is None:
+            log.error("the janitor's deleting helper stopped early: %s", helper.failure)
+            for _root, groups in handed:
+                group = groups[0]
+                self.outcome.errors.append({
+                    "path": os.path.dirname(self.plan.path_of(group)),
+                    "error": f"{helper.failure}; what it deleted in this folder is unknown (the next pass looks "
+                             "again)"})
+            return
+        for (root, groups), problems in zip(handed, results, strict=True):
+            self._account(root, groups, problems)
 
     def finish(self) -> Outcome:
-        """Remove the emptied folders and close everything."""
+        """Wait for the deletions handed to the helper, remove the emptied folders and close everything."""
         try:
+            self._collect()
             self._remove_folders()
         finally:
             self.close()
         return self.outcome
 
     def close(self) -> None:
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
         for opener in self._openers.values():
             opener.close()
 
@@ -234,7 +262,7 @@ def _record_error(path: str, exc: OSError, outcome: Outcome) -> None:
 def _remove_group(fd: int, group: Group, outcome: Outcome, verify: bool = True) -> None:
     """Delete an output's files together, only if every one is still the planned file."""
     if verify:
-        _verify(fd, group)
+        _verify(fd, group.members)
     done = 0
     try:
         for name, _size, _freed, _mtime, _ino in group.members:
@@ -248,9 +276,38 @@ def _remove_group(fd: int, group: Group, outcome: Outcome, verify: bool = True) 
             outcome.count(group, done, sum(m[1] for m in members), sum(m[2] for m in members))
 
 
-def _verify(fd: int, group: Group) -> None:
+def delete_outputs(fd: int, payload: tuple[int, list[list[Member]]]) -> list[Problem]:
+    """Delete one folder's planned outputs through its descriptor *fd*; the outputs not deleted whole.
+
+    payload: (the folder's mtime_ns seen while planning, each output's members). When the folder's mtime is
+    unchanged no name in it was added, removed or replaced since, so the files are not checked one by one;
+    otherwise each output's files are checked together first (inode + mtime), so it goes whole or not at all.
+    Plain data in and out: this runs in the helper process (unlinker.py) or, without one, in the janitor."""
+    stamp, outputs = payload
+    problems: list[Problem] = []
+    try:
+        verify = os.fstat(fd).st_mtime_ns != stamp
+    except OSError as exc:
+        return [(index, 0, FAILED, exc.errno or 0, exc.strerror or str(exc)) for index in range(len(outputs))]
+    unlink = os.unlink
+    for index, members in enumerate(outputs):
+        done = 0
+        try:
+            if verify:
+                _verify(fd, members)
+            for member in members:
+                unlink(member[0], dir_fd=fd)
+                done += 1
+        except Refused as exc:
+            problems.append((index, done, REFUSED, 0, str(exc)))
+        except OSError as exc:
+            problems.append((index, done, FAILED, exc.errno or 0, exc.strerror or str(exc)))
+    return problems
+
+
+def _verify(fd: int, members: list[Member]) -> None:
     """Raise Refused unless every file of the output is still the planned one (same inode and mtime)."""
-    for name, _size, _freed, mtime_ns, ino in group.members:
+    for name, _size, _freed, mtime_ns, ino in members:
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode) or st.st_ino != ino or st.st_mtime_ns != mtime_ns:
             raise Refused(f"{name} changed since the plan was made")

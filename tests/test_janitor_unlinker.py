@@ -1,0 +1,173 @@
+"""The janitor's deleting helper process (daemon/unlinker.py): it deletes through the folder descriptor the
+planner handed over (never by path), checks a changed folder file by file, and when it dies or cannot be
+started the pass says so or deletes by itself: nothing is lost and nothing else is touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daemon import janitor, prune, safedelete
+from daemon.unlinker import Unlinker
+from tests.janitor_support import make_config, output, put
+
+DATE = "2026-09-01"
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def _members(folder: Path, stem: str) -> list[prune.Member]:
+    members = []
+    for path in sorted(folder.glob(f"{stem}.*")):
+        st = os.lstat(path)
+        members.append((path.name, st.st_size, st.st_blocks * 512, st.st_mtime_ns, st.st_ino))
+    return members
+
+
+def test_the_helper_deletes_through_the_handed_descriptor_not_the_path(tmp_path: Path) -> None:
+    folder = tmp_path / "outputs" / DATE / "ann"
+    output(tmp_path / "outputs", DATE, "ann", "talk", 30)
+    fd = os.open(folder, _DIR)
+    payload = (os.fstat(fd).st_mtime_ns, [_members(folder, "talk")])
+    # After the hand-over was prepared the folder moves away and a symlink to a decoy takes its name:
+    # deleting by path would hit the decoy.
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    decoy = tmp_path / "decoy"
+    output(decoy, DATE, "x", "talk", 30)
+    folder.symlink_to(decoy / DATE / "x", target_is_directory=True)
+    helper = Unlinker(safedelete.delete_outputs)
+    assert helper.start()
+    try:
+        assert helper.submit(fd, payload)
+    finally:
+        os.close(fd)
+    assert helper.finish() == [[]]
+    assert helper.failure == ""
+    assert list(moved.iterdir()) == []  # the real folder, reached through its descriptor, is empty
+    assert sorted(p.name for p in (decoy / DATE / "x").iterdir()) == ["talk.jpg", "talk.json", "talk.mp4"]
+
+
+def test_a_folder_changed_since_planning_is_checked_file_by_file_in_the_helper(tmp_path: Path) -> None:
+    out = tmp_path / "outputs"
+    folder = out / DATE / "bo"
+    kept = output(out, DATE, "bo", "kept", 30)
+    output(out, DATE, "bo", "gone", 30)
+    fd = os.open(folder, _DIR)
+    payload = (os.fstat(fd).st_mtime_ns, [_members(folder, "kept"), _members(folder, "gone")])
+    time.sleep(0.01)
+    put(tmp_path / "new.json", 0)
+    os.replace(tmp_path / "new.json", kept[1])  # a new record renamed over kept.json after planning
+    helper = Unlinker(safedelete.delete_outputs)
+    assert helper.start()
+    try:
+        helper.submit(fd, payload)
+    finally:
+        os.close(fd)
+    results = helper.finish()
+    assert results is not None and len(results) == 1
+    (problem,) = results[0]
+    index, done, kind, _errno, text = problem
+    assert (index, done, kind) == (0, 0, safedelete.REFUSED) and "kept.json changed" in text
+    assert all(p.exists() for p in kept)  # the changed output stays whole
+    assert sorted(p.name for p in folder.iterdir()) == ["kept.jpg", "kept.json", "kept.mp4"]
+
+
+def test_a_helper_that_fails_is_reported_not_hidden() -> None:
+    def broken(fd: int, payload: object) -> object:
+        raise RuntimeError("boom")
+
+    helper = Unlinker(broken)
+    assert helper.start()
+    fd = os.open("/", _DIR)
+    try:
+        helper.submit(fd, None)
+    finally:
+        os.close(fd)
+    assert helper.finish() is None
+    assert "exit status 1" in helper.failure
+
+
+def test_a_helper_killed_mid_pass_is_an_error_and_the_next_pass_finishes(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    out = Path(cfg["paths"]["outputs"])
+    users = [f"u{i:02d}" for i in range(40)]
+    for user in users:
+        output(out, DATE, user, "old", 30)
+        output(out, DATE, user, "new", 1)
+    planner = prune.Planner(dict(cfg), time.time(), None)
+    executor = safedelete.Executor(planner.plan)
+    killed: list[int] = []
+
+    def submit_then_kill(*args: object) -> None:
+        executor.submit_folder(*args)  # type: ignore[arg-type]
+        if not killed:
+            pid = executor._helper.pid  # noqa: SLF001 - the helper this pass started
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            while Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":  # dead, not yet reaped
+                time.sleep(0.005)
+
+    planner.on_delete = executor.submit
+    planner.on_folder = submit_then_kill
+    plan = planner.build()
+    outcome = executor.finish()
+    assert killed and len(plan.deletions) == 40
+    assert outcome.errors, "a helper killed mid-pass must make the pass fail"
+    assert all("killed by signal 9" in e["error"] or "gone" in e["error"] for e in outcome.errors)
+    assert outcome.files == 3 * (40 - len(outcome.errors))  # the folders it could not hand over: done here
+    for user in users:  # nothing kept was touched
+        assert sorted(p.name for p in (out / DATE / user).iterdir()
+                      if p.name.startswith("new")) == ["new.jpg", "new.json", "new.mp4"]
+    second = janitor.run_pass(cfg)
+    assert second.ok, second.problems
+    for user in users:
+        assert sorted(p.name for p in (out / DATE / user).iterdir()) == ["new.jpg", "new.json", "new.mp4"]
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A folder another user can reach (pytest's tmp_path sits in a root-only folder)."""
+    path = Path(tempfile.mkdtemp(prefix="lipsyncd-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_without_a_helper_process_the_pass_deletes_by_itself(open_tmp: Path) -> None:
+    """fork refused for real: the pass runs as an unprivileged user whose process limit is already reached."""
+    if os.geteuid() != 0:
+        pytest.skip("running the pass as another user with a process limit needs root")
+    base = open_tmp / "tree"
+    cfg = make_config(base, logging={"file": str(base / "state" / "janitor.log"), "level": "INFO"})
+    out = Path(cfg["paths"]["outputs"])
+    for user in ("ann", "张三"):
+        output(out, DATE, user, "old", 30)
+        output(out, DATE, user, "new", 1)
+    config_file = base / "lipsyncd.yaml"
+    config_file.write_text(yaml.safe_dump(json.loads(json.dumps(cfg)), allow_unicode=True), encoding="utf-8")
+    subprocess.run(["chown", "-R", "65534:65534", str(base)], check=True)
+    argv = ["prlimit", "--nproc=1:1", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+            sys.executable, "-m", "daemon.cli", "--config", str(config_file), "janitor", "--json"]
+    done = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8", cwd=Path(__file__).parent.parent)
+    if done.returncode != 0 and "failed to execute" in done.stderr:
+        pytest.skip(f"the unprivileged user cannot run this checkout's python: {done.stderr.strip()[-200:]}")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["done"]["files"] == 6 and report["done"]["errors"] == []
+    for user in ("ann", "张三"):
+        assert sorted(p.name for p in (out / DATE / user).iterdir()) == ["new.jpg", "new.json", "new.mp4"]
+    log = (base / "state" / "janitor.log").read_text(encoding="utf-8")
+    assert "deleting in the janitor's own process: cannot start the helper process" in log
