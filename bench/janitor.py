@@ -6,7 +6,8 @@ of age, so with default_days 182 about half is expired. Each round copies a pris
 same number of files. Also measured in child processes: peak RSS of the pass (wait4's ru_maxrss) and
 start-up time of `lipsyncd janitor` on an empty tree.
 
-Targets: pass <= 1.5x find; peak RSS <= 60 MB; start-up <= 0.3 s.
+Targets: a pass takes <= 1.5x find's wall time; peak RSS <= 60 MB; start-up <= 0.3 s. CPU time is printed
+too (the janitor's includes its deleting helper process, which runs on a second core).
     .venv/bin/python bench/janitor.py [--rounds 3] [--on tmpfs,disk] [--files 100000]
 """
 
@@ -183,9 +184,13 @@ def run(args: argparse.Namespace) -> int:
             j, f = statistics.median(runs["janitor" + kind]), statistics.median(runs["find" + kind])
             ratio = j / f
             best = min(runs["janitor" + kind]) / min(runs["find" + kind])
+            if unit == "wall":  # the target: how long a pass takes
+                verdict = f"target <= 1.5x){'' if ratio <= 1.5 else '  OVER TARGET'}"
+            else:  # shown so that the second core the helper uses is not mistaken for less work
+                verdict = "CPU of both janitor processes, for information: no target)"
             print(f"[{place}] {unit}: janitor pass (lipsyncd janitor, child process) median {j:.3f} s; baseline "
                   f"find -type f -mtime +{DEFAULT_DAYS - 1} -delete median {f:.3f} s; ratio {ratio:.2f}x "
-                  f"(best-of ratio {best:.2f}x; target <= 1.5x){'' if ratio <= 1.5 else '  OVER TARGET'}")
+                  f"(best-of ratio {best:.2f}x; {verdict}")
     print(f"  the janitor also removes the ~{DATES // 2 * USERS} emptied folders, checks that an output's files "
           "are unchanged before deleting them, and measures the disk; find does none of that")
     peak = max(all_rss)

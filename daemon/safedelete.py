@@ -153,7 +153,9 @@ class Executor:
         payload = (stamp, [group.members for group in groups])
         if self._helper is None:
             self._helper = Unlinker(delete_outputs)
-            if not self._helper.start():
+            if not Unlinker.worthwhile():
+                self._helper.failure = "one CPU only"  # the helper would only take turns with the planner
+            elif not self._helper.start():
                 log.warning("deleting in the janitor's own process: %s", self._helper.failure)
         if self._helper.submit(fd, payload):
             self._handed.append((root, groups))

@@ -41,6 +41,15 @@ class Unlinker:
         self._exit_text = ""  # how the helper ended, when not cleanly
         self._sock: socket.socket | None = None
 
+    @staticmethod
+    def worthwhile() -> bool:
+        """True when this process may run on two CPUs or more: on one, the helper only takes turns with the
+        caller and the hand-overs cost more than they save."""
+        try:
+            return len(os.sched_getaffinity(0)) > 1
+        except OSError:
+            return (os.cpu_count() or 1) > 1
+
     def start(self) -> bool:
         """Fork the helper; False (and nothing started) when the system refuses a process or a socket."""
         try:

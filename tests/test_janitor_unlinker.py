@@ -99,6 +99,8 @@ def test_a_helper_that_fails_is_reported_not_hidden() -> None:
 
 
 def test_a_helper_killed_mid_pass_is_an_error_and_the_next_pass_finishes(tmp_path: Path) -> None:
+    if not Unlinker.worthwhile():
+        pytest.skip("one CPU: the janitor starts no helper process here")
     cfg = make_config(tmp_path)
     out = Path(cfg["paths"]["outputs"])
     users = [f"u{i:02d}" for i in range(40)]
@@ -113,6 +115,7 @@ def test_a_helper_killed_mid_pass_is_an_error_and_the_next_pass_finishes(tmp_pat
         executor.submit_folder(*args)  # type: ignore[arg-type]
         if not killed:
             pid = executor._helper.pid  # noqa: SLF001 - the helper this pass started
+            assert pid > 0
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
             while Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":  # dead, not yet reaped
@@ -171,3 +174,31 @@ def test_without_a_helper_process_the_pass_deletes_by_itself(open_tmp: Path) -> 
         assert sorted(p.name for p in (out / DATE / user).iterdir()) == ["new.jpg", "new.json", "new.mp4"]
     log = (base / "state" / "janitor.log").read_text(encoding="utf-8")
     assert "deleting in the janitor's own process: cannot start the helper process" in log
+
+
+def _forks(tmp_path: Path, cpus: str) -> tuple[int, dict]:
+    """(process creations seen by strace, the --json report) of a real pass pinned to *cpus*."""
+    cfg = make_config(tmp_path)
+    out = Path(cfg["paths"]["outputs"])
+    for user in ("ann", "bo"):
+        output(out, DATE, user, "old", 30)
+    config_file = tmp_path / "lipsyncd.yaml"
+    config_file.write_text(yaml.safe_dump(json.loads(json.dumps(cfg))), encoding="utf-8")
+    trace = tmp_path / "trace.txt"
+    done = subprocess.run(["taskset", "-c", cpus, "strace", "-f", "-qq", "-e", "trace=fork,vfork,clone,clone3",
+                           "-o", str(trace), sys.executable, "-m", "daemon.cli", "--config", str(config_file),
+                           "janitor", "--json"], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr
+    creations = [line for line in trace.read_text().splitlines() if "clone" in line or "fork(" in line]
+    return len(creations), json.loads(done.stdout)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None or shutil.which("taskset") is None,
+                    reason="needs strace and taskset")
+def test_one_cpu_no_helper_two_cpus_one_helper(tmp_path: Path) -> None:
+    forks, report = _forks(tmp_path / "one", "0")
+    assert forks == 0 and report["done"]["files"] == 6 and report["done"]["errors"] == []
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("this machine has one CPU: the two-CPU half cannot run")
+    forks, report = _forks(tmp_path / "two", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:2]))
+    assert forks == 1 and report["done"]["files"] == 6 and report["done"]["errors"] == []
