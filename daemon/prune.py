@@ -205,9 +205,10 @@ class Planner:
                  on_delete: Callable[[Group], None] | None = None) -> None:
         janitor = config["janitor"]
         self.on_delete = on_delete
-        # A real pass: (folder fd, root, (date, user), folder mtime_ns seen, groups) for one folder's expired
-        # outputs at once, while the planner still holds the folder open (see safedelete.Executor.submit_folder).
-        self.on_folder: Callable[[int, str, tuple[str, str], int, list[Group]], None] | None = None
+        # A real pass: (folder fd, root, (date, user), folder mtime_ns seen, groups, the date folder's fd when
+        # the pass empties the folder, else None) for one folder's expired outputs at once, while the planner
+        # still holds the folders open (see safedelete.Executor.submit_folder).
+        self.on_folder: Callable[[int, str, tuple[str, str], int, list[Group], int | None], None] | None = None
         self.config = config
         self.now = now
         self.marker = janitor["keep_marker"]
@@ -397,7 +398,9 @@ class Planner:
             if expired:
                 plan.deletions.extend(expired)
                 if self.on_folder is not None:
-                    self.on_folder(user_fd, "outputs", (date, user), stamp, expired)
+                    # Emptied by this pass (the watermark only ever adds): removed with its outputs, through date_fd.
+                    emptied = entries == self._deleted_counts.get(("outputs", date, user), 0)
+                    self.on_folder(user_fd, "outputs", (date, user), stamp, expired, date_fd if emptied else None)
                 elif self.on_delete is not None:
                     for group in expired:
                         self.on_delete(group)

@@ -28,6 +28,8 @@ _GONE = (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST)
 REFUSED, FAILED = "refused", "failed"
 # An output not deleted whole: (its index in the folder's list, files deleted, REFUSED|FAILED, errno, text).
 Problem = tuple[int, int, str, int, str]
+# What became of one folder: its problems, and its removal (None: not tried; (errno, text); (0, "") removed).
+FolderResult = tuple[list[Problem], tuple[int, str] | None]
 
 
 class Refused(Exception):
@@ -120,7 +122,8 @@ class Executor:
         self._openers: dict[str, _Folders] = {}
         self._last: tuple[str, tuple[str, str]] | None = None  # the folder of the previous group
         self._helper: Unlinker | None = None  # started at the first submit_folder
-        self._handed: list[tuple[str, list[Group]]] = []  # (root, groups) of each folder handed to the helper
+        self._handed: list[tuple[str, tuple[str, str], list[Group]]] = []  # what the helper was handed
+        self._removed: set[tuple[str, tuple[str, ...]]] = set()  # (root, folder) removed (or tried) with its outputs
 
     def submit(self, group: Group) -> None:
         plan, outcome = self.plan, self.outcome
@@ -142,29 +145,41 @@ class Executor:
         except OSError as exc:
             _record_error(plan.path_of(group), exc, outcome)
 
-    def submit_folder(self, fd: int, root: str, folder: tuple[str, str], stamp: int, groups: list[Group]) -> None:
+    def submit_folder(self, fd: int, root: str, folder: tuple[str, str], stamp: int, groups: list[Group],
+                      parent_fd: int | None = None) -> None:
         """Delete one folder's planned outputs through the planner's own fd of that folder (opened O_NOFOLLOW
         relative to its parent and checked to be on the root's filesystem), while the planner still holds it.
 
-        The unlinks run in the helper process (unlinker.py), which receives this very descriptor, so the
-        planner reads the next folder meanwhile; without a helper they run here. Same checks either way
-        (delete_outputs). The counts are taken when the results are in (finish)."""
+        parent_fd (the planner's fd of the folder above) is given when the pass empties the folder: it is
+        then removed right away, relative to that fd. The unlinks run in the helper process (unlinker.py),
+        which receives these very descriptors, so the planner reads the next folder meanwhile; without a
+        helper they run here. Same checks either way (delete_outputs). The counts are taken when the results
+        are in (finish)."""
         self._last = None  # the opener's chain no longer points at the folder last used
-        payload = (stamp, [group.members for group in groups])
+        then_remove = folder[-1] if parent_fd is not None else None
+        payload = (stamp, [group.members for group in groups], then_remove)
+        fds = [fd] if parent_fd is None else [fd, parent_fd]
         if self._helper is None:
             self._helper = Unlinker(delete_outputs)
             if not Unlinker.worthwhile():
                 self._helper.failure = "one CPU only"  # the helper would only take turns with the planner
             elif not self._helper.start():
                 log.warning("deleting in the janitor's own process: %s", self._helper.failure)
-        if self._helper.submit(fd, payload):
-            self._handed.append((root, groups))
+        if self._helper.submit(fds, payload):
+            self._handed.append((root, folder, groups))
         else:
-            self._account(root, groups, delete_outputs(fd, payload))
+            self._account(root, folder, groups, delete_outputs(fds, payload))
 
-    def _account(self, root: str, groups: list[Group], problems: list[Problem]) -> None:
-        """Add one folder's results to the outcome: every output counted whole unless *problems* names it."""
+    def _account(self, root: str, folder: tuple[str, str], groups: list[Group], result: FolderResult) -> None:
+        """Add one folder's results to the outcome: every output counted whole unless a problem names it."""
         outcome, plan = self.outcome, self.plan
+        problems, removal = result
+        if removal is not None:  # the folder's removal was attempted: _remove_folders leaves it be
+            self._removed.add((root, folder))
+            if removal[0] == 0:
+                outcome.folders += 1
+            else:
+                _record_error(os.path.join(plan.roots[root], *folder), OSError(*removal), outcome)
         bad = {problem[0]: problem for problem in problems} if problems else None
         sums: dict[str, list[int]] = {}  # reason -> [files, bytes, freed] of the outputs deleted whole
         for index, group in enumerate(groups):
@@ -197,15 +212,15 @@ class Executor:
         results = helper.finish()
         if results is None:
             log.error("the janitor's deleting helper stopped early: %s", helper.failure)
-            for _root, groups in handed:
+            for _root, _folder, groups in handed:
                 group = groups[0]
                 self.outcome.errors.append({
                     "path": os.path.dirname(self.plan.path_of(group)),
                     "error": f"{helper.failure}; what it deleted in this folder is unknown (the next pass looks "
                              "again)"})
             return
-        for (root, groups), problems in zip(handed, results, strict=True):
-            self._account(root, groups, problems)
+        for (root, folder, groups), result in zip(handed, results, strict=True):
+            self._account(root, folder, groups, result)
 
     def finish(self) -> Outcome:
         """Wait for the deletions handed to the helper, remove the emptied folders and close everything."""
@@ -233,6 +248,8 @@ class Executor:
         plan, outcome = self.plan, self.outcome
         self._last = None
         for root, parts in plan.folders:
+            if (root, parts) in self._removed:
+                continue
             try:
                 fd = self._opener(root).open(parts[:-1])
                 os.rmdir(parts[-1], dir_fd=fd)
@@ -278,19 +295,22 @@ def _remove_group(fd: int, group: Group, outcome: Outcome, verify: bool = True) 
             outcome.count(group, done, sum(m[1] for m in members), sum(m[2] for m in members))
 
 
-def delete_outputs(fd: int, payload: tuple[int, list[list[Member]]]) -> list[Problem]:
-    """Delete one folder's planned outputs through its descriptor *fd*; the outputs not deleted whole.
+def delete_outputs(fds: list[int], payload: tuple[int, list[list[Member]], str | None]) -> FolderResult:
+    """Delete one folder's planned outputs through its descriptor fds[0]: (the outputs not deleted whole,
+    how removing the emptied folder went: None if not asked or not tried, else (errno, text), (0, "") = done).
 
-    payload: (the folder's mtime_ns seen while planning, each output's members). When the folder's mtime is
-    unchanged no name in it was added, removed or replaced since, so the files are not checked one by one;
-    otherwise each output's files are checked together first (inode + mtime), so it goes whole or not at all.
-    Plain data in and out: this runs in the helper process (unlinker.py) or, without one, in the janitor."""
-    stamp, outputs = payload
+    payload: (the folder's mtime_ns seen while planning, each output's members, the folder's name to remove
+    from fds[1] once its outputs are gone, or None). When the folder's mtime is unchanged no name in it was
+    added, removed or replaced since, so the files are not checked one by one; otherwise each output's files
+    are checked together first (inode + mtime), so it goes whole or not at all. Plain data in and out: this
+    runs in the helper process (unlinker.py) or, without one, in the janitor."""
+    fd = fds[0]
+    stamp, outputs, then_remove = payload
     problems: list[Problem] = []
     try:
         verify = os.fstat(fd).st_mtime_ns != stamp
     except OSError as exc:
-        return [(index, 0, FAILED, exc.errno or 0, exc.strerror or str(exc)) for index in range(len(outputs))]
+        return [(index, 0, FAILED, exc.errno or 0, exc.strerror or str(exc)) for index in range(len(outputs))], None
     unlink = os.unlink
     for index, members in enumerate(outputs):
         done = 0
@@ -304,7 +324,13 @@ def delete_outputs(fd: int, payload: tuple[int, list[list[Member]]]) -> list[Pro
             problems.append((index, done, REFUSED, 0, str(exc)))
         except OSError as exc:
             problems.append((index, done, FAILED, exc.errno or 0, exc.strerror or str(exc)))
-    return problems
+    if then_remove is None or problems:
+        return problems, None
+    try:
+        os.rmdir(then_remove, dir_fd=fds[1])
+    except OSError as exc:
+        return problems, (exc.errno or 0, exc.strerror or str(exc))
+    return problems, (0, "")
 
 
 def _verify(fd: int, members: list[Member]) -> None:

@@ -20,23 +20,24 @@ import socket
 import struct
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 _HEAD = struct.Struct("!Q")  # length of the pickled payloads that follow
-BATCH = 16  # folders per hand-over message
+BATCH = 16  # hand-overs per message
+MAX_FDS = 4  # descriptors per hand-over
 
 
 class Unlinker:
-    """Runs *work(fd, payload)* in a forked helper for each submit(); finish() returns the results, in order."""
+    """Runs *work(fds, payload)* in a forked helper for each submit(); finish() returns the results, in order."""
 
-    def __init__(self, work: Callable[[int, Any], Any]) -> None:
+    def __init__(self, work: Callable[[list[int], Any], Any]) -> None:
         self.work = work
         self.pid = 0
         self.sent = 0  # hand-overs the helper accepted
         self.lost = 0  # hand-overs accepted by submit() that could not be passed on (the helper was gone)
-        self._fds: list[int] = []  # the batch not sent yet
-        self._payloads: list[Any] = []
+        self._fds: list[int] = []  # the batch not sent yet: all its descriptors, in order
+        self._payloads: list[tuple[int, Any]] = []  # (how many of those descriptors, payload)
         self.failure = ""  # why the helper stopped early, in words; "" while it is fine
         self._exit_text = ""  # how the helper ended, when not cleanly
         self._sock: socket.socket | None = None
@@ -75,37 +76,44 @@ class Unlinker:
     def running(self) -> bool:
         return self._sock is not None and not self.failure
 
-    def submit(self, fd: int, payload: Any) -> bool:
-        """Hand *fd* (duplicated: the caller keeps and closes its own) and *payload* over.
+    def submit(self, fds: Sequence[int], payload: Any) -> bool:
+        """Hand *fds* (duplicated: the caller keeps and closes its own) and *payload* over.
 
         Hand-overs go out in batches of BATCH (one sendmsg each: a syscall per folder costs as much as
         the helper saves on a small one). False when the helper is gone: the caller does this one itself,
         and finish() reports the rest."""
         if not self.running:
             return False
+        if not 0 < len(fds) <= MAX_FDS:
+            raise ValueError(f"a hand-over carries 1 to {MAX_FDS} descriptors, not {len(fds)}")
+        copies: list[int] = []
         try:
-            self._fds.append(os.dup(fd))
+            for fd in fds:
+                copies.append(os.dup(fd))
         except OSError as exc:
+            for fd in copies:
+                os.close(fd)
             self.failure = f"cannot pass a folder to the helper process: {exc.strerror or exc}"
             return False
-        self._payloads.append(payload)
-        if len(self._fds) >= BATCH:
+        self._fds.extend(copies)
+        self._payloads.append((len(copies), payload))
+        if len(self._payloads) >= BATCH:
             self._flush()
         return True
 
     def _flush(self) -> None:
         fds, payloads = self._fds, self._payloads
-        if not fds:
+        if not payloads:
             return
         self._fds, self._payloads = [], []
         body = pickle.dumps(payloads, pickle.HIGHEST_PROTOCOL)
         try:
             socket.send_fds(self._sock, [_HEAD.pack(len(body))], fds)
             self._sock.sendall(body)
-            self.sent += len(fds)
+            self.sent += len(payloads)
         except OSError as exc:
             self.failure = self._why_gone(exc)
-            self.lost += len(fds)
+            self.lost += len(payloads)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -170,13 +178,13 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _serve(sock: socket.socket, work: Callable[[int, Any], Any]) -> None:
+def _serve(sock: socket.socket, work: Callable[[list[int], Any], Any]) -> None:
     """The helper's whole life: do each hand-over as it comes, send all results back at end-of-file, exit."""
     code = 1
     try:
         results = []
         while True:
-            head, fds, _flags, _addr = socket.recv_fds(sock, _HEAD.size, BATCH)
+            head, fds, _flags, _addr = socket.recv_fds(sock, _HEAD.size, BATCH * MAX_FDS)
             try:
                 if not head:
                     break
@@ -184,10 +192,12 @@ def _serve(sock: socket.socket, work: Callable[[int, Any], Any]) -> None:
                     head += _recv_exact(sock, _HEAD.size - len(head)) or b""
                 body = _recv_exact(sock, _HEAD.unpack(head)[0]) if len(head) == _HEAD.size else None
                 payloads = pickle.loads(body) if body is not None else []
-                if len(payloads) != len(fds) or not fds:
+                if not payloads or sum(count for count, _ in payloads) != len(fds):
                     raise RuntimeError("a hand-over arrived incomplete")
-                for fd, payload in zip(fds, payloads, strict=True):
-                    results.append(work(fd, payload))
+                start = 0
+                for count, payload in payloads:
+                    results.append(work(fds[start:start + count], payload))
+                    start += count
             finally:
                 for fd in fds:
                     os.close(fd)

@@ -36,9 +36,13 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def running_lease(root: Path) -> dict:
+    """The lease of a job that is running: leased, and its attempt recorded in job.json (a worker takes the
+    lease first and records the attempt just after; killing it in between is not "mid-job")."""
     for lease in (root / "spool").glob("*/lease"):
         try:
-            return json.loads(lease.read_text())
+            job = json.loads((lease.parent / "job.json").read_text())
+            if job.get("state") == "running":
+                return json.loads(lease.read_text())
         except (OSError, ValueError):
             continue
     return {}

@@ -256,6 +256,7 @@ def test_dry_run_prints_exactly_what_the_real_pass_does(tmp_path: Path) -> None:
     assert done["actions"] == plan["actions"]
     assert done["done"]["errors"] == [] and done["done"]["skipped"] == []
     assert done["done"]["files"] == plan["totals"]["files"]
+    assert done["done"]["folders"] == plan["totals"]["folders"] > 0  # each emptied folder removed once
     for action in plan["actions"]:
         assert not os.path.lexists(action["path"])
     assert "张三" in real.stdout

@@ -4,6 +4,7 @@ started the pass says so or deletes by itself: nothing is lost and nothing else 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -38,7 +39,7 @@ def test_the_helper_deletes_through_the_handed_descriptor_not_the_path(tmp_path:
     folder = tmp_path / "outputs" / DATE / "ann"
     output(tmp_path / "outputs", DATE, "ann", "talk", 30)
     fd = os.open(folder, _DIR)
-    payload = (os.fstat(fd).st_mtime_ns, [_members(folder, "talk")])
+    payload = (os.fstat(fd).st_mtime_ns, [_members(folder, "talk")], None)
     # After the hand-over was prepared the folder moves away and a symlink to a decoy takes its name:
     # deleting by path would hit the decoy.
     moved = tmp_path / "moved"
@@ -49,10 +50,10 @@ def test_the_helper_deletes_through_the_handed_descriptor_not_the_path(tmp_path:
     helper = Unlinker(safedelete.delete_outputs)
     assert helper.start()
     try:
-        assert helper.submit(fd, payload)
+        assert helper.submit([fd], payload)
     finally:
         os.close(fd)
-    assert helper.finish() == [[]]
+    assert helper.finish() == [([], None)]
     assert helper.failure == ""
     assert list(moved.iterdir()) == []  # the real folder, reached through its descriptor, is empty
     assert sorted(p.name for p in (decoy / DATE / "x").iterdir()) == ["talk.jpg", "talk.json", "talk.mp4"]
@@ -64,34 +65,67 @@ def test_a_folder_changed_since_planning_is_checked_file_by_file_in_the_helper(t
     kept = output(out, DATE, "bo", "kept", 30)
     output(out, DATE, "bo", "gone", 30)
     fd = os.open(folder, _DIR)
-    payload = (os.fstat(fd).st_mtime_ns, [_members(folder, "kept"), _members(folder, "gone")])
+    payload = (os.fstat(fd).st_mtime_ns, [_members(folder, "kept"), _members(folder, "gone")], "bo")
+    date_fd = os.open(out / DATE, _DIR)
     time.sleep(0.01)
     put(tmp_path / "new.json", 0)
     os.replace(tmp_path / "new.json", kept[1])  # a new record renamed over kept.json after planning
     helper = Unlinker(safedelete.delete_outputs)
     assert helper.start()
     try:
-        helper.submit(fd, payload)
+        helper.submit([fd, date_fd], payload)
     finally:
         os.close(fd)
+        os.close(date_fd)
     results = helper.finish()
     assert results is not None and len(results) == 1
-    (problem,) = results[0]
+    problems, removal = results[0]
+    assert removal is None  # not emptied after all: its removal is not even tried
+    (problem,) = problems
     index, done, kind, _errno, text = problem
     assert (index, done, kind) == (0, 0, safedelete.REFUSED) and "kept.json changed" in text
     assert all(p.exists() for p in kept)  # the changed output stays whole
     assert sorted(p.name for p in folder.iterdir()) == ["kept.jpg", "kept.json", "kept.mp4"]
 
 
+def test_an_emptied_folder_is_removed_through_its_parent_descriptor(tmp_path: Path) -> None:
+    out = tmp_path / "outputs"
+    output(out, DATE, "cy", "talk", 30)
+    output(out, DATE, "di", "talk", 30)
+    handed = []
+    for user in ("cy", "di"):
+        fd = os.open(out / DATE / user, _DIR)
+        handed.append((fd, (os.fstat(fd).st_mtime_ns, [_members(out / DATE / user, "talk")], user)))
+    date_fd = os.open(out / DATE, _DIR)
+    put(out / DATE / "di" / "arrived-late.txt", 0)  # di is no longer emptied by the pass
+    helper = Unlinker(safedelete.delete_outputs)
+    assert helper.start()
+    try:
+        for fd, payload in handed:
+            assert helper.submit([fd, date_fd], payload)
+    finally:
+        for fd, _ in handed:
+            os.close(fd)
+        os.close(date_fd)
+    results = helper.finish()
+    assert results is not None
+    (cy_problems, cy_removal), (di_problems, di_removal) = results
+    assert cy_problems == [] and cy_removal == (0, "")
+    assert not (out / DATE / "cy").exists()
+    # di's outputs are checked one by one (its folder changed) and deleted; the late file keeps the folder.
+    assert di_problems == [] and di_removal is not None and di_removal[0] == errno.ENOTEMPTY
+    assert sorted(p.name for p in (out / DATE / "di").iterdir()) == ["arrived-late.txt"]
+
+
 def test_a_helper_that_fails_is_reported_not_hidden() -> None:
-    def broken(fd: int, payload: object) -> object:
+    def broken(fds: list[int], payload: object) -> object:
         raise RuntimeError("boom")
 
     helper = Unlinker(broken)
     assert helper.start()
     fd = os.open("/", _DIR)
     try:
-        helper.submit(fd, None)
+        helper.submit([fd], None)
     finally:
         os.close(fd)
     assert helper.finish() is None
