@@ -20,7 +20,6 @@ import gc
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -277,7 +276,7 @@ def _alerts(config: Mapping[str, Any], state: dict[str, Any], result: PassResult
     send_to = notify.targets(config) if "disk" in config["notify"]["events"] else []
     lang = notify.language(config)
     repeat = float(config["notify"]["repeat_hours"])
-    host = socket.gethostname()
+    host = os.uname().nodename  # = socket.gethostname(), without importing socket at start-up
     freed_total = int(state.get("freed_total", 0))
     freed_now = sum(freed_by_root.values())
     state["freed_total"] = freed_total + (0 if dry_run else freed_now)

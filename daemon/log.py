@@ -8,7 +8,6 @@ Structured fields are passed through `extra=` with the names in FIELDS; only tho
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 from collections.abc import Mapping
@@ -103,7 +102,9 @@ def setup(settings: Mapping[str, Any] | None = None, *, service: bool = False, i
     path = settings.get("file")
     if path:
         # WatchedFileHandler reopens the file after logrotate moved it, so no line is lost.
-        file_handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+        from logging.handlers import WatchedFileHandler  # only here: it pulls in socket, rarely needed
+
+        file_handler = WatchedFileHandler(path, encoding="utf-8")
         file_handler.setFormatter(text)
         root.addHandler(file_handler)
     for noisy in ("watchdog", "huey", "numba", "urllib3", "PIL", "matplotlib", "apprise"):

@@ -12,11 +12,9 @@ paths.state/notify-pending/ and retry_pending() (called by every janitor pass) s
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,14 +45,21 @@ def targets(config: Mapping[str, Any]) -> list[Target]:
     """The configured targets: each notify.urls entry, then notify.apprise_config."""
     out = []
     for url in config["notify"]["urls"]:
-        key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+        key = _digest(url)
         scheme = url.split("://", 1)[0] if "://" in url else "?"
         out.append(Target(key=key, label=f"{scheme}:// #{key[:8]}", url=url))
     path = config["notify"]["apprise_config"]
     if path:
-        key = hashlib.sha256(f"config:{path}".encode()).hexdigest()[:16]
+        key = _digest(f"config:{path}")
         out.append(Target(key=key, label=f"config {path}", config_path=path))
     return out
+
+
+def _digest(text: str) -> str:
+    """A short stable key for a target (hashlib is imported here: a pass with nothing to send never needs it)."""
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def build(target: Target) -> Any:
@@ -135,7 +140,7 @@ def notify_job(config: Mapping[str, Any], event: str, user: str, stem: str, job_
         if not send_to:
             return True
         title, body = messages.job_message(language(config), event, user, stem, job_id, detail,
-                                           socket.gethostname())
+                                           os.uname().nodename)
         results = send(send_to, title, body)
         failed = [key for key, ok in results.items() if not ok]
         if failed:

@@ -15,10 +15,12 @@ import logging
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.prune import Group, Member, Plan
-from daemon.unlinker import Unlinker
+
+if TYPE_CHECKING:
+    from daemon.unlinker import Unlinker
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +162,8 @@ class Executor:
         payload = (stamp, [group.members for group in groups], then_remove)
         fds = [fd] if parent_fd is None else [fd, parent_fd]
         if self._helper is None:
+            from daemon.unlinker import Unlinker  # socket and pickle: only for a pass that deletes
+
             self._helper = Unlinker(delete_outputs)
             if not Unlinker.worthwhile():
                 self._helper.failure = "one CPU only"  # the helper would only take turns with the planner
