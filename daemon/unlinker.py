@@ -6,7 +6,7 @@ re-takes the GIL, and the hand-offs cost more than they save. A forked helper de
 
 Why it stays safe: the planner hands over each folder as its own open descriptor (SCM_RIGHTS over a
 socketpair), the one it opened O_NOFOLLOW relative to its parent and checked to be on the root's
-filesystem. The helper never resolves a path: it runs *work(fd, payload)* on that descriptor.
+filesystem. The helper never resolves a path: it runs *work(fds, payload)* on those descriptors.
 
 If the helper cannot be started (fork refused), the caller does the work itself; if it dies, finish()
 says so and which hand-overs are unaccounted for.
