@@ -4,6 +4,7 @@ started the pass says so or deletes by itself: nothing is lost and nothing else 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -236,3 +237,47 @@ def test_one_cpu_no_helper_two_cpus_one_helper(tmp_path: Path) -> None:
         pytest.skip("this machine has one CPU: the two-CPU half cannot run")
     forks, report = _forks(tmp_path / "two", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:2]))
     assert forks == 1 and report["done"]["files"] == 6 and report["done"]["errors"] == []
+
+
+def test_the_helper_ends_when_the_pass_is_killed_and_the_next_pass_finishes(tmp_path: Path) -> None:
+    """kill -9 of the janitor mid-pass (a timer-started pass cut short): its helper does not linger."""
+    if not Unlinker.worthwhile():
+        pytest.skip("one CPU: the janitor starts no helper process here")
+    cfg = make_config(tmp_path)
+    out = Path(cfg["paths"]["outputs"])
+    old = time.time() - 30 * 86400
+    for day in range(1, 29):
+        for u in range(60):
+            folder = out / f"2026-02-{day:02d}" / f"u{u:02d}"
+            folder.mkdir(parents=True)
+            for suffix in (".mp4", ".json", ".jpg"):
+                (folder / f"talk{suffix}").write_bytes(b"x")
+                os.utime(folder / f"talk{suffix}", (old, old))
+    kept = output(out, DATE, "keeper", "fresh", 0.5)
+    config_file = tmp_path / "lipsyncd.yaml"
+    config_file.write_text(yaml.safe_dump(json.loads(json.dumps(cfg))), encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "--config", str(config_file), "janitor"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parent.parent)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    helper = 0
+    deadline = time.monotonic() + 30
+    while not helper and proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            helper = int((children.read_text().split() or ["0"])[0])
+    assert helper, "the pass ended before its helper could be seen (tree too small for this machine?)"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL  # killed mid-pass, not finished before the signal
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{helper}/stat").read_text().split()[2] == "Z":
+                break
+        except OSError:
+            break  # gone
+        time.sleep(0.01)
+    else:
+        pytest.fail(f"the helper {helper} still runs 10 s after its pass was killed")
+    second = janitor.run_pass(cfg)
+    assert second.ok, second.problems
+    assert sorted(p.name for p in out.iterdir()) == [DATE]  # every expired output and emptied folder gone
+    assert all(p.exists() for p in kept)
