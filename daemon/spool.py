@@ -9,6 +9,7 @@ so nothing a person dropped is lost.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ log = logging.getLogger("lipsyncd.spool")
 CLAIM_PREFIX = ".claim-"
 CLAIM_PLAN = "claim.json"
 WORKERS_DIR = ".workers"
+TAKEOVER_LOCK = ".lease.lock"  # flocked while a stale lease is taken over (see take_lease)
 
 
 class UnsafeFile(Exception):
@@ -184,29 +186,49 @@ def read_lease(folder: Path, now: float | None = None) -> tuple[dict[str, Any] |
 
 
 def take_lease(folder: Path, worker: dict[str, Any], stale_after: float) -> bool:
-    """Create the job's lease for this worker; False when another live worker holds it."""
+    """Create the job's lease for this worker; False when another live worker holds it (or takes it over now).
+
+    A fresh lease is created with O_EXCL, so of two workers only one gets it. Taking over a stale one is
+    remove-then-create, so it happens under an exclusive flock of the folder's TAKEOVER_LOCK, with the
+    staleness checked again inside: without it two workers could both see the lease stale, and the second
+    would remove the lease the first had just made, each believing the job its own."""
     path = folder / LEASE_FILE
     data = {**worker, "started": time.time(), "updated": time.time(), "stage": "starting", "progress": 0.0}
-    for _ in range(2):
+    if _create_lease(path, data):
+        return True
+    try:
+        lock = os.open(folder / TAKEOVER_LOCK, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except FileNotFoundError:
+        return False  # the job folder is gone: done or failed meanwhile
+    try:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            try:
-                age = time.time() - path.stat().st_mtime
-            except FileNotFoundError:
-                continue
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # another worker is taking it over right now
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            age = None  # released meanwhile (finished, or re-queued)
+        if age is not None:
             if age < stale_after:
                 return False
             log.warning("taking over stale lease of %s (%.0f s old)", folder.name, age, extra={"job_id": folder.name})
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            continue
-        except FileNotFoundError:
-            return False  # the job folder is gone: done or failed meanwhile
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle)
-        return True
-    return False
+        return _create_lease(path, data)
+    finally:
+        os.close(lock)
+
+
+def _create_lease(path: Path, data: dict[str, Any]) -> bool:
+    """Write *data* as a new lease; False when a lease exists or the job folder is gone."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except (FileExistsError, FileNotFoundError):
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    return True
 
 
 def owns_lease(folder: Path, worker: str) -> bool:

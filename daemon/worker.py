@@ -392,7 +392,8 @@ class Worker:
         _notify(self.config, "job_failed", job.user, job.stem, job.id, reason)
 
     def _fail_unreadable(self, folder: Path, job_id: str, why: str) -> None:
-        files = [(p, p.name) for p in folder.iterdir() if p.is_file() and p.name not in ("lease", "job.json")]
+        files = [(p, p.name) for p in folder.iterdir()
+                 if p.is_file() and p.name not in ("lease", "job.json", spool.TAKEOVER_LOCK)]
         filing.file_failure(Path(self.config["paths"]["failed"]), "unknown", job_id, files,
                             f"the job's record (job.json) is damaged: {why}")
         self._remove_job_folder(folder)
