@@ -205,6 +205,9 @@ def take_lease(folder: Path, worker: dict[str, Any], stale_after: float) -> bool
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False  # another worker is taking it over right now
+        except OSError as exc:  # storage without locks (ENOLCK): take over unlocked, lease fencing still holds
+            log.warning("cannot lock %s (%s): taking over its stale lease without the lock",
+                        folder / TAKEOVER_LOCK, exc.strerror or exc, extra={"job_id": folder.name})
         try:
             age = time.time() - path.stat().st_mtime
         except FileNotFoundError:
