@@ -73,9 +73,8 @@ class _Folders:
     def __init__(self, root: str, dev: int) -> None:
         self.root, self.dev = root, dev
         self._chain: list[tuple[str, int]] = []  # [(name, fd)]: root, then each part
-        self.unchanged = False  # the folder last opened had the mtime seen while planning
 
-    def open(self, parts: tuple[str, ...], stamp: int | None = None) -> int:
+    def open(self, parts: tuple[str, ...]) -> int:
         wanted = ("", *parts)
         chain = self._chain
         keep = 0
@@ -85,7 +84,6 @@ class _Folders:
             return chain[-1][1]
         while len(chain) > keep:
             os.close(chain.pop()[1])
-        self.unchanged = False
         if not chain:
             fd = os.open(self.root, _DIR_FLAGS)
             chain.append(("", fd))
@@ -94,9 +92,7 @@ class _Folders:
             fd = os.open(part, _DIR_FLAGS, dir_fd=chain[-1][1])
             chain.append((part, fd))
             self._check(fd, part)
-        fd = chain[-1][1]
-        self.unchanged = stamp is not None and os.fstat(fd).st_mtime_ns == stamp
-        return fd
+        return chain[-1][1]
 
     def _check(self, fd: int, name: str) -> None:
         if os.fstat(fd).st_dev != self.dev:
@@ -122,7 +118,6 @@ class Executor:
         self.plan = plan
         self.outcome = Outcome()
         self._openers: dict[str, _Folders] = {}
-        self._last: tuple[str, tuple[str, str]] | None = None  # the folder of the previous group
         self._helper: Unlinker | None = None  # started at the first submit_folder
         self._handed: list[tuple[str, tuple[str, str], list[Group]]] = []  # what the helper was handed
         self._removed: set[tuple[str, tuple[str, ...]]] = set()  # (root, folder) removed (or tried) with its outputs
@@ -131,17 +126,12 @@ class Executor:
         plan, outcome = self.plan, self.outcome
         try:
             opener = self._opener(group.root)
-            where = (group.root, group.folder)
-            if where == self._last and opener._chain:
-                fd = opener._chain[-1][1]
-            else:
-                self._last = None
-                fd = opener.open(group.folder, plan.stamps.get((group.root, *group.folder)))
-                self._last = where
+            fd = opener.open(group.folder)  # the open chain is reused while the folder stays the same
             if group.kind == "failed":
                 _remove_entry(fd, group, opener.dev, outcome)
             else:
-                _remove_group(fd, group, outcome, verify=not opener.unchanged)
+                stamp = plan.stamps.get((group.root, *group.folder))
+                self._account(group.root, group.folder, [group], delete_outputs([fd], (stamp, [group.members], None)))
         except Refused as exc:
             outcome.skipped.append({"path": plan.path_of(group), "why": str(exc)})
         except OSError as exc:
@@ -157,7 +147,6 @@ class Executor:
         which receives these very descriptors, so the planner reads the next folder meanwhile; without a
         helper they run here. Same checks either way (delete_outputs). The counts are taken when the results
         are in (finish)."""
-        self._last = None  # the opener's chain no longer points at the folder last used
         then_remove = folder[-1] if parent_fd is not None else None
         payload = (stamp, [group.members for group in groups], then_remove)
         fds = [fd] if parent_fd is None else [fd, parent_fd]
@@ -165,9 +154,8 @@ class Executor:
             from daemon.unlinker import Unlinker  # socket and pickle: only for a pass that deletes
 
             self._helper = Unlinker(delete_outputs)
-            if not Unlinker.worthwhile():
-                self._helper.failure = "one CPU only"  # the helper would only take turns with the planner
-            elif not self._helper.start():
+            # On one CPU the helper would only take turns with the planner: not started, it takes nothing.
+            if Unlinker.worthwhile() and not self._helper.start():
                 log.warning("deleting in the janitor's own process: %s", self._helper.failure)
         if self._helper.submit(fds, payload):
             self._handed.append((root, folder, groups))
@@ -250,7 +238,6 @@ class Executor:
 
     def _remove_folders(self) -> None:
         plan, outcome = self.plan, self.outcome
-        self._last = None
         for root, parts in plan.folders:
             if (root, parts) in self._removed:
                 continue
@@ -282,32 +269,15 @@ def _record_error(path: str, exc: OSError, outcome: Outcome) -> None:
         outcome.errors.append({"path": path, "error": exc.strerror or str(exc)})
 
 
-def _remove_group(fd: int, group: Group, outcome: Outcome, verify: bool = True) -> None:
-    """Delete an output's files together, only if every one is still the planned file."""
-    if verify:
-        _verify(fd, group.members)
-    done = 0
-    try:
-        for name, _size, _freed, _mtime, _ino in group.members:
-            os.unlink(name, dir_fd=fd)
-            done += 1
-    finally:
-        if done == len(group.members):
-            outcome.count(group, done, group.size, group.freed)
-        elif done:
-            members = group.members[:done]
-            outcome.count(group, done, sum(m[1] for m in members), sum(m[2] for m in members))
-
-
-def delete_outputs(fds: list[int], payload: tuple[int, list[list[Member]], str | None]) -> FolderResult:
+def delete_outputs(fds: list[int], payload: tuple[int | None, list[list[Member]], str | None]) -> FolderResult:
     """Delete one folder's planned outputs through its descriptor fds[0]: (the outputs not deleted whole,
     how removing the emptied folder went: None if not asked or not tried, else (errno, text), (0, "") = done).
 
-    payload: (the folder's mtime_ns seen while planning, each output's members, the folder's name to remove
-    from fds[1] once its outputs are gone, or None). When the folder's mtime is unchanged no name in it was
-    added, removed or replaced since, so the files are not checked one by one; otherwise each output's files
-    are checked together first (inode + mtime), so it goes whole or not at all. Plain data in and out: this
-    runs in the helper process (unlinker.py) or, without one, in the janitor."""
+    payload: (the folder's mtime_ns seen while planning (None: unknown), each output's members, the folder's
+    name to remove from fds[1] once its outputs are gone, or None). When the folder's mtime is unchanged no
+    name in it was added, removed or replaced since, so the files are not checked one by one; otherwise each
+    output's files are checked together first (inode + mtime), so it goes whole or not at all. Plain data in
+    and out: this runs in the helper process (unlinker.py) or, without one, in the janitor."""
     fd = fds[0]
     stamp, outputs, then_remove = payload
     problems: list[Problem] = []
