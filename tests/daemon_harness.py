@@ -59,6 +59,22 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float = 60, group: bool = True) -> int:
+    """Stop *proc* as systemd would: SIGTERM, then after *timeout* SIGKILL (its whole process group when
+    *group*, for a daemon started in a session of its own). Its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class Daemon:
     """`lipsyncd --config CONFIG run` as a child process, its output captured to a log file."""
 
@@ -91,13 +107,7 @@ class Daemon:
     def stop(self, timeout: float = 60) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        terminate(self.proc, timeout)
         self._log.close()
         return self.proc.returncode
 

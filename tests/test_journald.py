@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import MUX_ARGV, drop_pair, failures, records, wait_for, write_config
+from tests.daemon_harness import MUX_ARGV, drop_pair, failures, records, terminate, wait_for, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 JOURNALD = Path("/lib/systemd/systemd-journald")
@@ -85,13 +84,7 @@ def journal() -> Iterator[Journal]:
             pytest.fail(f"systemd-journald exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
         yield journal
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, 20, group=False)
         proc.stderr.close()  # type: ignore[union-attr]
 
 
@@ -129,12 +122,7 @@ def test_a_jobs_lines_are_found_by_job_id_with_user_stage_and_priority(
         drop_pair(tmp_path / "inbox" / user, "tooshort", short_wav, small_mp4)
         wait_for(lambda: records(tmp_path) and failures(tmp_path), 120, "one output and one failure", interval=0.3)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
+        terminate(daemon)
         stderr.close()
     assert daemon.returncode == 0
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import drop_pair, outputs, slow_mux_argv, wait_for, write_config
+from tests.daemon_harness import drop_pair, outputs, slow_mux_argv, terminate, wait_for, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 WATCHDOG_USEC = 2_000_000  # what WatchdogSec=2 would set; the daemon must ping at least this often
@@ -108,17 +108,6 @@ def start_daemon(config: Path, notify: NotifySocket, watchdog_usec: int | None) 
     return proc
 
 
-def stop_daemon(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
-
-
 def daemon_log(config: Path) -> str:
     return (config.parent / "daemon.log").read_text(errors="replace")
 
@@ -168,7 +157,7 @@ def test_ready_status_watchdog_reload_and_stopping(notify: NotifySocket, tmp_pat
         time.sleep(1.5)  # a little idle time, for the watchdog
         stopped_at = time.monotonic()
     finally:
-        code = stop_daemon(proc)
+        code = terminate(proc)
     assert code == 0, daemon_log(config)
 
     stopping = notify.from_pid(main, "STOPPING")
@@ -193,7 +182,7 @@ def test_no_watchdog_pings_unless_asked(notify: NotifySocket, tmp_path: Path) ->
         assert proc.poll() is None, daemon_log(config)
         time.sleep(1.5)
     finally:
-        code = stop_daemon(proc)
+        code = terminate(proc)
     assert code == 0
     assert notify.from_pid(proc.pid, "STOPPING")
     assert not notify.from_pid(proc.pid, "WATCHDOG")
@@ -219,7 +208,7 @@ def test_worker_alone_speaks_sd_notify_as_its_own_unit(notify: NotifySocket, tmp
         time.sleep(2.5)
         stopped_at = time.monotonic()
     finally:
-        code = stop_daemon(proc)
+        code = terminate(proc)
     assert code == 0, daemon_log(config)
     assert notify.from_pid(proc.pid, "STOPPING")
     pings = [m.at for m in notify.from_pid(proc.pid, "WATCHDOG") if ready.at <= m.at <= stopped_at]
