@@ -118,12 +118,13 @@ def stages_alone(video: Path, audio: Path, device: str, out: Path) -> dict[str, 
     frames decoded once into memory (short clips only)."""
     import torch
 
-    from pipeline import audio as audiomod
-    from pipeline import motion
-    from pipeline import video as videomod
+    from pipeline.engines.builtin import motion
+    from pipeline.engines.builtin.lipsync import PIXELS
+    from pipeline.engines.builtin.warp import MouthWarper
     from pipeline.face import FaceTracker
-    from pipeline.lipsync import PIXELS
-    from pipeline.warp import MouthWarper
+    from pipeline.media import audio as audiomod
+    from pipeline.media import decode as videomod
+    from pipeline.media import encode
 
     pipeline = DEFAULTS["pipeline"]
     batch = pipeline["batch_frames"]
@@ -163,7 +164,7 @@ def stages_alone(video: Path, audio: Path, device: str, out: Path) -> dict[str, 
     warp_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    with videomod.VideoWriter(out, info, audio, crf=pipeline["crf"], preset=pipeline["preset"],
+    with encode.VideoWriter(out, info, audio, crf=pipeline["crf"], preset=pipeline["preset"],
                               pixels=PIXELS) as writer:
         for frames_batch in copies:
             writer.write(frames_batch)
@@ -233,7 +234,7 @@ def main() -> int:
     for stage, seconds in engine["timings"].items():
         rate = f"{frames / seconds:9.1f} frames/s" if seconds > 0 and stage not in ("probe",) else ""
         print(f"  {stage:<8} {seconds:7.2f} s {rate}")
-    from pipeline.lipsync import _threads_for
+    from pipeline.engines.builtin.lipsync import _threads_for
 
     with _threads_for(device):  # the engine's own thread settings
         alone = stages_alone(clip, sound, device, OUT / "stages.mp4")

@@ -35,7 +35,7 @@ BASELINE = "ffmpeg decode + re-encode (libx264 + AAC, same settings)"
 def make_inputs(folder: Path, seconds: float, size: tuple[int, int], fps: float) -> tuple[Path, Path, Path]:
     import torch
 
-    from pipeline.wav2lip_model import Wav2Lip
+    from pipeline.engines.wav2lip.model import Wav2Lip
 
     checkpoint = folder / "wav2lip_random.pth"
     torch.manual_seed(0)
@@ -79,10 +79,10 @@ def fp16_check(checkpoint: Path, video: Path, device: str) -> tuple[float, float
     import numpy as np
     import torch
 
-    from pipeline.engines.wav2lip import model_input, wav2lip_box
+    from pipeline.engines.wav2lip.engine import model_input, wav2lip_box
+    from pipeline.engines.wav2lip.model import load_checkpoint
     from pipeline.face import FaceTracker
-    from pipeline.video import open_video, read_frames
-    from pipeline.wav2lip_model import load_checkpoint
+    from pipeline.media.decode import open_video, read_frames
 
     info = open_video(video)
     frames = next(read_frames(info, 16))

@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from daemon import worker
+    from daemon.jobs import worker
 
     return worker.main(_load(args), device=args.device,
                        config_path=args.config or configmod.default_config_path())
@@ -43,38 +43,38 @@ def cmd_janitor(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from daemon import status
+    from daemon.commands import status
 
     return status.main(_load(args), as_json=args.json)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from daemon import submit
+    from daemon.commands import submit
 
     return submit.main(_load(args), Path(args.audio), Path(args.video), user=args.user, name=args.name)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from daemon import retry
+    from daemon.commands import retry
 
     return retry.main(_load(args), args.target)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from daemon import doctor
+    from daemon.commands import doctor
 
     return doctor.main(_load(args))
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from daemon import render
+    from daemon.commands import render
 
     return render.main(_load(args, required=False), Path(args.audio), Path(args.video), Path(args.output),
                        engine=args.engine, device=args.device, quiet=args.quiet)
 
 
 def cmd_sync_score(args: argparse.Namespace) -> int:
-    from pipeline.engines.base import EngineError
+    from pipeline.errors import EngineError
     from pipeline.syncscore import sync_score
 
     try:
@@ -90,7 +90,7 @@ def cmd_sync_score(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from daemon import demo
+    from daemon.commands import demo
 
     return demo.main(engine=args.engine, workdir=Path(args.dir) if args.dir else None)
 

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from daemon import config as configmod
 from daemon import log as logmod
-from daemon import spool
-from daemon.ingest import Ingest
+from daemon.inbox.ingest import Ingest
+from daemon.inbox.watcher import Watcher
+from daemon.jobs import spool
+from daemon.jobs.queue import JobQueue
+from daemon.jobs.reaper import SpoolSummary, reap
 from daemon.log import fields
-from daemon.queue import JobQueue
-from daemon.reaper import SpoolSummary, reap
 from daemon.sdnotify import Notifier
-from daemon.watcher import Watcher
 
 log = logging.getLogger("lipsyncd")
 
@@ -288,7 +288,7 @@ class Service:
         log.info("stopped")
 
     def _on_ingest_failure(self, user: str, stem: str, where: str, reason: str) -> None:
-        from daemon.notify import notify_job
+        from daemon.notify.send import notify_job
 
         notify_job(self.config, "job_failed", user, stem, Path(where).name, f"{reason}\n({where})")
 

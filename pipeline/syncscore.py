@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import audio as audiomod
-from pipeline import video as videomod
-from pipeline.engines.base import EngineError
+from pipeline.errors import EngineError
 from pipeline.face import FaceBox, FaceTracker
+from pipeline.media import audio as audiomod
+from pipeline.media import decode as videomod
 
 MAX_OFFSET_FRAMES = 10
 ANALYSIS_MAX_SIDE = 480  # frames are scaled down to this for analysis

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from daemon.samples import SPEECH_TEXT, astronaut, face_clip, face_frames, speech, write_video  # noqa: F401
+from daemon.commands.samples import SPEECH_TEXT, astronaut, face_clip, face_frames, speech, write_video  # noqa: F401
 
 
 def _ffmpeg() -> str:

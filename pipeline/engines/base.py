@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import EngineError, EngineUnavailable
+
+__all__ = ["Engine", "EngineError", "EngineUnavailable", "JobSpec", "ProgressFn", "RenderResult", "no_progress"]
+
 # progress(stage, fraction): stage is a short word ("audio", "faces", "render", "encode"), fraction 0..1
 # of the whole job. Engines call it often; callers must keep it cheap.
 ProgressFn = Callable[[str, float], None]
@@ -21,14 +25,6 @@ ProgressFn = Callable[[str, float], None]
 
 def no_progress(stage: str, fraction: float) -> None:
     """A ProgressFn that ignores progress."""
-
-
-class EngineError(Exception):
-    """A job failure with a plain-words explanation (what went wrong, what to do about it)."""
-
-
-class EngineUnavailable(EngineError):
-    """The engine cannot run at all (missing checkpoint, service unreachable): a setup problem."""
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines.base import (
-    Engine,
-    EngineError,
-    EngineUnavailable,
-    JobSpec,
-    ProgressFn,
-    RenderResult,
-    no_progress,
-)
-from pipeline.media import probe, require_tool
+from pipeline.engines.base import Engine, JobSpec, ProgressFn, RenderResult, no_progress
+from pipeline.errors import EngineError, EngineUnavailable
+from pipeline.media.probe import probe, require_tool
 
 PLACEHOLDERS = ("audio", "video", "output", "device", "workdir")
 STDERR_TAIL_LINES = 20

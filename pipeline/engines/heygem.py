@@ -33,16 +33,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines.base import (
-    Engine,
-    EngineError,
-    EngineUnavailable,
-    JobSpec,
-    ProgressFn,
-    RenderResult,
-    no_progress,
-)
-from pipeline.media import probe
+from pipeline.engines.base import Engine, JobSpec, ProgressFn, RenderResult, no_progress
+from pipeline.errors import EngineError, EngineUnavailable
+from pipeline.media.probe import probe
 
 OK, BUSY, NOT_FOUND = 10000, 10001, 10004
 FAILED_CODES = {9999: "system error", 10002: "bad parameters", 10003: "could not take its lock",

@@ -1,0 +1,1 @@
+"""One-shot commands of the `lipsyncd` CLI: status, doctor, render, demo, retry, submit."""

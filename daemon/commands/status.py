@@ -1,0 +1,123 @@
+"""`lipsyncd status`: the queue, running jobs with progress, workers, recent failures, disk use.
+
+Reads only files (spool, failed/, heartbeats) and the queue, so it works while the daemon runs, when
+it is stopped, and from any host of a farm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon.config import Config
+from daemon.disk import filesystems
+from daemon.jobs import spool
+from daemon.jobs.workers import describe, worker_table
+
+RECENT_FAILURES = 10
+
+
+def collect(config: Config) -> dict[str, Any]:
+    now = time.time()
+    lease_seconds = float(config["queue"]["lease_seconds"])
+    queued, running = [], []
+    for entry in spool.jobs(config.path("spool")):
+        job = entry.job
+        item = {"job": entry.id, "user": job.user if job else None, "name": job.stem if job else None,
+                "attempts": job.attempts if job else None, "age_seconds": round(now - job.created, 1) if job else None}
+        if entry.lease is not None and entry.lease_age is not None and entry.lease_age < lease_seconds:
+            item.update({k: entry.lease.get(k) for k in ("worker", "host", "device", "stage", "progress")})
+            running.append(item)
+        else:
+            item["lease_stale_seconds"] = round(entry.lease_age, 1) if entry.lease_age is not None else None
+            queued.append(item)
+    queue_info: dict[str, Any] = {"queued": len(queued), "running": len(running)}
+    try:
+        from daemon.jobs.queue import JobQueue
+
+        job_queue = JobQueue(config)
+        queue_info.update({"backend": job_queue.where, "pending_messages": job_queue.depth()})
+        job_queue.close()
+    except Exception as exc:  # noqa: BLE001 - status must still show the rest
+        queue_info["error"] = str(exc)
+    workers = worker_table(config.path("spool"), now)
+    return {"queue": queue_info, "running": running, "queued": queued, "workers": workers,
+            "recent_failures": recent_failures(config.path("failed")),
+            "disk": [fs.to_dict() for fs in filesystems(dict(config["paths"]))], "time": now}
+
+
+def recent_failures(failed: Path, limit: int = RECENT_FAILURES) -> list[dict[str, Any]]:
+    found = []
+    for day in _children(failed):
+        for user in _children(day):
+            for entry in _children(user):
+                error = entry / "error.txt"
+                try:
+                    mtime = error.stat().st_mtime
+                except OSError:
+                    continue
+                found.append((mtime, entry))
+    found.sort(reverse=True)
+    out = []
+    for mtime, entry in found[:limit]:
+        reason = ""
+        with contextlib.suppress(OSError, ValueError):
+            reason = json.loads((entry / "job.json").read_text(encoding="utf-8")).get("error", "")
+        out.append({"folder": str(entry), "user": entry.parent.name, "name": entry.name, "time": mtime,
+                    "reason": reason.strip().splitlines()[0] if reason.strip() else ""})
+    return out
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def render_text(status: dict[str, Any]) -> str:
+    q = status["queue"]
+    backend = f"  ({q['backend']})" if "backend" in q else ""
+    lines = [f"Queue: {q['queued']} waiting, {q['running']} running{backend}"]
+    if "error" in q:
+        lines.append(f"  queue unreachable: {q['error']}")
+    for job in status["running"]:
+        lines.append(f"  running  {job['job']}  {job['user']}/{job['name']}  {job.get('stage')} "
+                     f"{100 * float(job.get('progress') or 0):.0f}%  on {job.get('host')} {job.get('device')}")
+    for job in status["queued"][:20]:
+        lines.append(f"  waiting  {job['job']}  {job['user']}/{job['name']}")
+    if len(status["queued"]) > 20:
+        lines.append(f"  ... and {len(status['queued']) - 20} more")
+    lines.append("Workers:" if status["workers"] else "Workers: none has reported yet")
+    lines += [f"  {describe(row)}" for row in status["workers"]]
+    lines.append("Recent failures:" if status["recent_failures"] else "Recent failures: none")
+    for f in status["recent_failures"]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(f["time"]))
+        lines.append(f"  {when}  {f['user']}/{f['name']}: {f['reason']}")
+        lines.append(f"           {f['folder']}")
+    lines.append("Disk:")
+    for fs in status["disk"]:
+        lines.append(f"  {fs['mount']}: {fs['percent']:.1f}% used, {_bytes(fs['avail'])} free "
+                     f"({', '.join(fs['folders'])})")
+    return "\n".join(lines)
+
+
+def main(config: Config, as_json: bool = False) -> int:
+    status = collect(config)
+    if as_json:
+        print(json.dumps(status, indent=2, ensure_ascii=False))
+    else:
+        print(render_text(status))
+    return 0

@@ -1,0 +1,412 @@
+"""`lipsyncd janitor`: one pass that keeps the disk from filling, run by lipsyncd-janitor.timer.
+
+The pass, top to bottom: measure the filesystems, make the prune plan (prune.py), carry it out
+(safedelete.py) unless --dry-run, measure again, decide and send disk alerts (alerts.py, messages.py,
+notify.py), retry parked job notifications, save the state (paths.state/janitor.json) and write the
+metrics textfile. It is safe at any moment: while the daemon works (files in flight are left alone),
+while the disk is full (deleting needs no space; state is written last), and beside another pass
+(a lock makes the second one stop politely).
+
+Imports only the standard library and lipsyncd's own light modules: never torch, cv2, librosa or
+numpy, and Apprise only when a message is actually sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import gc
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon import disk
+from daemon import log as logsetup
+from daemon.config import Config, ConfigError
+from daemon.files import write_atomic
+from daemon.janitor import alerts, spoolreport
+from daemon.janitor import delete as safedelete
+from daemon.janitor import plan as prune
+from daemon.janitor.report import render_text
+from daemon.notify import messages
+from daemon.notify import send as notify
+
+log = logging.getLogger("lipsyncd.janitor")
+
+STATE_FILE = "janitor.json"
+LOCK_FILE = "janitor.lock"
+STATE_VERSION = 1
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+TOP_N = 5
+PROTECTED = ("inbox", "spool", "state", "avatars")
+
+
+@dataclass
+class PassResult:
+    """Everything a pass did or would do; to_dict() is the --json document."""
+
+    dry_run: bool
+    started: float
+    duration: float = 0.0
+    plan: prune.Plan | None = None
+    outcome: safedelete.Outcome | None = None
+    filesystems: list[dict[str, Any]] = field(default_factory=list)
+    spool: spoolreport.SpoolReport | None = None
+    log_file: dict[str, Any] | None = None
+    pending: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    skipped_busy: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self, actions: bool = True) -> dict[str, Any]:
+        """The --json document; without *actions* the per-path list is left out (text output streams it)."""
+        plan = self.plan
+        return {
+            "dry_run": self.dry_run,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+            "duration_seconds": round(self.duration, 3),
+            "ok": self.ok,
+            "problems": self.problems,
+            "skipped_busy": self.skipped_busy,
+            "actions": plan.actions() if plan and actions else [],
+            "action_count": plan.action_count() if plan else 0,
+            "totals": plan.totals() if plan else {},
+            "done": self.outcome.to_dict() if self.outcome else None,
+            "kept": {"pinned": plan.pinned, "young": plan.young, "in_flight": plan.in_flight} if plan else {},
+            "refused": plan.refused if plan else [],
+            "unmanaged": plan.unmanaged[:100] if plan else [],
+            "unmanaged_count": len(plan.unmanaged) if plan else 0,
+            "watermark": plan.watermark if plan else {},
+            "shortfall": plan.shortfall if plan else None,
+            "users": {u: {"bytes": b, "files": f} for u, (b, f) in sorted(plan.users.items())} if plan else {},
+            "jobs": self.jobs(),
+            "stale_spool": self.spool.stale if self.spool else [],
+            "filesystems": self.filesystems,
+            "log_file": self.log_file,
+            "pending_notifications": self.pending,
+        }
+
+    def jobs(self) -> dict[str, int]:
+        counts = dict(self.spool.states) if self.spool else {}
+        if self.plan:
+            counts["failed"] = self.plan.failed_entries
+            counts["done"] = self.plan.outputs_left
+        return counts
+
+
+def main(config: Config, dry_run: bool = False, as_json: bool = False) -> int:
+    """One janitor pass. Exit status: 0 ok (alerts included), 1 the pass failed, 2 configuration error."""
+    logsetup.setup(config["logging"], service=True)
+    try:
+        check_roots(config)
+    except ConfigError as exc:
+        print(f"lipsyncd janitor: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        result = run_pass(config, dry_run=dry_run)
+    except Exception as exc:  # noqa: BLE001 - report in plain words, exit 1
+        log.exception("the janitor pass failed")
+        print(f"lipsyncd janitor: the pass failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if as_json:
+        json.dump(result.to_dict(), sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(result.to_dict(actions=False), result.plan.iter_actions() if result.plan else ()))
+    sys.stdout.flush()
+    for problem in result.problems:
+        print(f"lipsyncd janitor: {problem}", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def check_roots(config: Config) -> None:
+    """Refuse (as configuration errors) roots that are symlinks or overlap the folders never to be pruned."""
+    paths = config["paths"]
+    for key in ("outputs", "failed"):
+        path = os.path.abspath(paths[key])
+        if os.path.islink(path):
+            raise _error(config, f"paths.{key}",
+                         f"{path} is a symlink; the janitor never works through symlinks: "
+                         f"set paths.{key} to the real folder ({os.path.realpath(path)})")
+        real = os.path.realpath(path)
+        for other in (*PROTECTED, "failed" if key == "outputs" else "outputs"):
+            theirs = os.path.realpath(paths[other])
+            if real == theirs or _inside(real, theirs) or _inside(theirs, real):
+                raise _error(config, f"paths.{key}",
+                             f"{path} overlaps paths.{other} ({theirs}); the janitor would prune it: "
+                             "give each folder its own place")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip("/") + "/")
+
+
+def _error(config: Config, key: str, message: str) -> ConfigError:
+    return config.error(key, message) if hasattr(config, "error") else ConfigError(message, key=key)
+
+
+@contextlib.contextmanager
+def _pass_lock(state_dir: str, dry_run: bool) -> Iterator[bool]:
+    """An exclusive lock per state folder; yields False when another pass holds it. Dry runs take none."""
+    if dry_run:
+        yield True
+        return
+    os.makedirs(state_dir, exist_ok=True)
+    fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def run_pass(config: Mapping[str, Any], *, dry_run: bool = False, now: float | None = None) -> PassResult:
+    """The pass itself (no printing). *now* is for tests that need a fixed clock."""
+    started = time.time() if now is None else now
+    clock = time.monotonic()
+    result = PassResult(dry_run=dry_run, started=started)
+    state_dir = config["paths"]["state"]
+    with _pass_lock(state_dir, dry_run) as acquired:
+        if not acquired:
+            log.warning("another janitor pass is running (lock %s); this one does nothing",
+                        os.path.join(state_dir, LOCK_FILE))
+            result.skipped_busy = True
+            return result
+        state = load_state(state_dir)
+        before = disk.filesystems(config["paths"])
+        outputs_fs = next((fs for fs in before if "outputs" in fs.folders), None)
+        with _no_cyclic_gc():
+            if dry_run:
+                plan = result.plan = prune.make_plan(dict(config), started, outputs_fs)
+            else:
+                plan, result.outcome = _prune(config, started, outputs_fs)
+                result.plan = plan
+        if dry_run:
+            freed_by_root = _planned_freed(plan)
+            after = _estimate_after(before, plan, freed_by_root)
+        else:
+            for error in result.outcome.errors:
+                result.problems.append(f"could not delete {error['path']}: {error['error']}")
+            after = disk.filesystems(config["paths"])
+            freed_by_root = result.outcome.freed_by_root
+        result.spool = spoolreport.scan(config["paths"]["spool"], started, config["queue"]["lease_seconds"])
+        result.log_file = log_file_size(config["logging"]["file"])
+        _alerts(config, state, result, before, after, plan, freed_by_root, started, dry_run)
+        if not dry_run:
+            result.pending = notify.retry_pending(config, started)
+            state["last_run"] = {"started": started, "duration": time.monotonic() - clock,
+                                 "freed": result.outcome.freed if result.outcome else 0}
+            try:
+                save_state(state_dir, state)
+            except OSError as exc:
+                result.problems.append(f"cannot save the janitor state in {state_dir}: {exc.strerror or exc}")
+                log.error("cannot save the janitor state in %s: %s", state_dir, exc)
+        result.duration = time.monotonic() - clock
+        if not dry_run and config["metrics"]["textfile"]:
+            _write_metrics(config["metrics"]["textfile"], result, state)
+    return result
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cycle collector while the tree is read: the plan builds ~100k small tuples and lists that
+    hold no cycles, and the collector's repeated walks over them cost as much as the scan itself."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            # Move what the pass allocated straight to the oldest generation: enabling the collector with
+            # them all still "young" makes its next run walk every one of them (~20 ms for 100k files).
+            gc.freeze()
+            gc.enable()
+            gc.unfreeze()
+
+
+def _prune(config: Mapping[str, Any], now: float, outputs_fs: disk.FsUsage | None
+           ) -> tuple[prune.Plan, safedelete.Outcome]:
+    """Plan and delete at once: each group is deleted as soon as it is decided."""
+    planner = prune.Planner(dict(config), now, outputs_fs)
+    executor = safedelete.Executor(planner.plan)
+    planner.on_delete = executor.submit
+    planner.on_folder = executor.submit_folder
+    try:
+        plan = planner.build()
+    except BaseException:
+        executor.close()
+        raise
+    return plan, executor.finish()
+
+
+def _planned_freed(plan: prune.Plan) -> dict[str, int]:
+    freed: dict[str, int] = {}
+    for group in plan.deletions:
+        freed[group.root] = freed.get(group.root, 0) + group.freed
+    return freed
+
+
+def _estimate_after(before: list[disk.FsUsage], plan: prune.Plan, freed_by_root: dict[str, int]) -> list[disk.FsUsage]:
+    """What a real pass would leave (dry run): the planned bytes moved from used to available."""
+    out = []
+    for fs in before:
+        freed = sum(b for root, b in freed_by_root.items() if plan.devs.get(root) == fs.dev)
+        out.append(disk.FsUsage(fs.mount, fs.dev, list(fs.folders), max(0, fs.used - freed), fs.avail + freed))
+    return out
+
+
+def _alerts(config: Mapping[str, Any], state: dict[str, Any], result: PassResult, before: list[disk.FsUsage],
+            after: list[disk.FsUsage], plan: prune.Plan, freed_by_root: dict[str, int], now: float,
+            dry_run: bool) -> None:
+    """Decide, per filesystem and per target, what to announce; send it (not in a dry run); update state.
+
+    The level comes from the higher of the usage before and after this pass: a disk that reached critical
+    and was saved by early pruning is still announced (results were deleted before their time), and the
+    recovery message follows on the next pass.
+    """
+    disk_cfg = config["janitor"]["disk"]
+    send_to = notify.targets(config) if "disk" in config["notify"]["events"] else []
+    lang = notify.language(config)
+    repeat = float(config["notify"]["repeat_hours"])
+    host = os.uname().nodename  # = socket.gethostname(), without importing socket at start-up
+    freed_total = int(state.get("freed_total", 0))
+    freed_now = sum(freed_by_root.values())
+    state["freed_total"] = freed_total + (0 if dry_run else freed_now)
+    known = state.setdefault("filesystems", {})
+    percent_before = {fs.dev: fs.percent for fs in before}
+    for fs in after:
+        fst = known.setdefault(fs.mount, {})
+        previous = fst.get("level", alerts.OK)
+        peak = max(fs.percent, percent_before.get(fs.dev, 0.0))
+        level = alerts.level_for(peak, previous, disk_cfg)
+        on_fs = sum(b for root, b in freed_by_root.items() if plan.devs.get(root) == fs.dev)
+        fs_freed_total = int(fst.get("freed_total", 0)) + on_fs
+        growth = disk.growth(fst.get("samples", []), now, fs.used, fs_freed_total)
+        facts = _facts(config, result, plan, fs, growth, host)
+        facts["percent_before"] = percent_before.get(fs.dev)
+        record: dict[str, Any] = {**fs.to_dict(), "percent_before": round(percent_before.get(fs.dev, 0.0), 2),
+                                  "level": level, "previous_level": previous,
+                                  "level_number": alerts.RANK[level],
+                                  "growth": growth.to_dict(fs.avail) if growth else None, "notifications": []}
+        told = fst.setdefault("told", {})
+        wanted: dict[str, list[notify.Target]] = {}
+        for target in send_to:
+            kind = alerts.decide(level, told.get(target.key), now, repeat)
+            if kind:
+                wanted.setdefault(kind, []).append(target)
+        for kind, group in wanted.items():
+            title, body = messages.disk_message(lang, kind, level, fs, facts)
+            sent = {} if dry_run else notify.send(group, title, body)
+            for target in group:
+                ok = sent.get(target.key, False)
+                record["notifications"].append({"target": target.label, "kind": kind, "title": title,
+                                                 "sent": ok, "would_send": dry_run})
+                if ok:
+                    told[target.key] = alerts.told(alerts.OK if kind == alerts.CLEAR else level, now)
+                elif not dry_run:
+                    log.warning("disk %s message for %s could not be sent to %s; it is retried next pass",
+                                kind, fs.mount, target.label)
+        if not dry_run:
+            if level != previous:
+                fst["since"] = now
+                log.warning("disk %s: %s -> %s (%.1f%% used)", fs.mount, previous, level, fs.percent)
+            fst["level"] = level
+            fst["freed_total"] = fs_freed_total
+            fst["samples"] = disk.record_sample(fst.get("samples", []), now, fs.used, fs_freed_total)
+        result.filesystems.append(record)
+
+
+def _facts(config: Mapping[str, Any], result: PassResult, plan: prune.Plan, fs: disk.FsUsage,
+           growth: disk.Growth | None, host: str) -> dict[str, Any]:
+    """What a disk message tells about this pass."""
+    if result.outcome is not None:
+        freed = {"bytes": result.outcome.bytes, "files": result.outcome.files, "by_reason": result.outcome.by_reason}
+    else:
+        totals = plan.totals()
+        freed = {"bytes": totals["bytes"], "files": totals["files"],
+                 "by_reason": {r: v["bytes"] for r, v in totals["by_reason"].items()}}
+    users = sorted(((u, v[0]) for u, v in plan.users.items() if v[0] > 0), key=lambda x: -x[1])[:TOP_N]
+    dates = sorted(((d, b) for d, b in plan.dates.items() if b > 0), key=lambda x: -x[1])[:TOP_N]
+    return {"host": host, "disk": config["janitor"]["disk"], "growth": growth, "freed": freed,
+            "shortfall": plan.shortfall if "outputs" in fs.folders else None,
+            "top_users": users, "top_dates": dates, "pinned": plan.pinned,
+            "keep_marker": config["janitor"]["keep_marker"], "min_age_hours": config["janitor"]["min_age_hours"],
+            "stale_spool": len(result.spool.stale) if result.spool else 0, "log_file": result.log_file}
+
+
+def log_file_size(path: str | None) -> dict[str, Any] | None:
+    """logging.file's size, plus its rotated copies (name.1, name.2.gz, name-20261127...) beside it."""
+    if not path:
+        return None
+    folder, name = os.path.split(os.path.abspath(path))
+    current = rotated = 0
+    copies = 0
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if entry.name == name:
+                    current = entry.stat(follow_symlinks=False).st_size
+                elif entry.name.startswith((name + ".", name + "-")):
+                    rotated += entry.stat(follow_symlinks=False).st_size
+                    copies += 1
+    except OSError as exc:
+        return {"path": path, "bytes": None, "error": exc.strerror or str(exc)}
+    return {"path": path, "bytes": current + rotated, "current_bytes": current, "rotated_bytes": rotated,
+            "rotated_files": copies}
+
+
+def load_state(state_dir: str) -> dict[str, Any]:
+    path = os.path.join(state_dir, STATE_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        if isinstance(state, dict) and state.get("version") == STATE_VERSION:
+            return state
+        log.warning("%s is from another version; starting a new janitor state", path)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable (%s); starting a new janitor state", path, exc)
+    return {"version": STATE_VERSION}
+
+
+def save_state(state_dir: str, state: dict[str, Any]) -> None:
+    os.makedirs(state_dir, exist_ok=True)
+    write_atomic(os.path.join(state_dir, STATE_FILE), json.dumps(state, ensure_ascii=False, indent=1))
+
+
+def _write_metrics(path: str, result: PassResult, state: dict[str, Any]) -> None:
+    from daemon.janitor import metrics
+
+    plan = result.plan
+    outcome = result.outcome
+    failures = sum(1 for fs in result.filesystems for n in fs["notifications"] if not n["sent"])
+    data = metrics.janitor_metrics(
+        filesystems=[{**fs, "level": fs["level_number"]} for fs in result.filesystems],
+        users=plan.users if plan else {}, jobs=result.jobs(),
+        freed=outcome.bytes if outcome else 0, deleted_files=outcome.files if outcome else 0,
+        pinned_bytes=plan.pinned["bytes"] if plan else 0, freed_total=int(state.get("freed_total", 0)),
+        log_file_bytes=(result.log_file or {}).get("bytes"), started=result.started, duration=result.duration,
+        success=result.ok, notify_failures=failures + result.pending.get("pending", 0))
+    try:
+        metrics.write(path, data)
+    except OSError as exc:
+        result.problems.append(f"cannot write the metrics textfile {path}: {exc.strerror or exc}")
+        log.error("cannot write the metrics textfile %s: %s", path, exc)
+        if exc.errno == errno.ENOENT:
+            log.error("the folder of metrics.textfile does not exist: create it or change metrics.textfile")

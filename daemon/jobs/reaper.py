@@ -1,0 +1,111 @@
+"""The lease reaper: at-least-once execution on top of Huey's at-most-once delivery.
+
+Every pass looks at the spool: a running job whose lease went stale (its worker died) and a queued job
+that is not on the queue (Redis was down, or the daemon died between claim and enqueue) are put back
+on the queue. It also counts each user's jobs in flight, which the fairness priorities use, and removes
+job folders that hold nothing but a stale lease (a heartbeat that raced the removal of a finished job).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.jobs import spool
+from daemon.jobs.job import LEASE_FILE
+from daemon.jobs.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
+from daemon.log import fields
+
+log = logging.getLogger("lipsyncd.reaper")
+
+
+
+@dataclass
+class SpoolSummary:
+    queued: int = 0
+    running: list[dict[str, Any]] = field(default_factory=list)  # lease data of running jobs
+    per_user: dict[str, int] = field(default_factory=dict)
+    requeued: list[str] = field(default_factory=list)
+
+
+def reap(config: Mapping[str, Any], queue: JobQueue, *, grace_seconds: float | None = None) -> SpoolSummary:
+    """One pass over the spool; re-queues what was lost. Returns what the spool holds."""
+    lease_seconds = float(config["queue"]["lease_seconds"])
+    grace = lease_seconds if grace_seconds is None else grace_seconds
+    summary = SpoolSummary()
+    try:
+        pending = set(queue.pending())
+    except QueueUnavailable as exc:
+        # A Redis queue logs the start and end of an outage itself; every pass repeating it is noise.
+        log.log(logging.DEBUG if queue.redis else logging.WARNING, "%s; lost jobs are re-queued when it is back", exc)
+        pending = None
+    now = time.time()
+    for entry in spool.jobs(Path(config["paths"]["spool"])):
+        job = entry.job
+        if job is None:
+            _remove_if_only_a_stale_lease(entry, lease_seconds)
+            continue
+        summary.per_user[job.user] = summary.per_user.get(job.user, 0) + 1
+        if entry.lease is not None and entry.lease_age is not None and entry.lease_age < lease_seconds:
+            summary.running.append({**entry.lease, "job": job.id, "user": job.user, "stem": job.stem})
+            continue
+        summary.queued += 1
+        if pending is None or job.id in pending:
+            continue
+        if entry.lease is not None:
+            # The stale lease stays: the worker that takes the job replaces it only if it is still stale
+            # then (spool.take_lease), so a worker that was merely slow (NFS stall) keeps its job.
+            why = (f"its worker {entry.lease.get('worker', '?')} (pid {entry.lease.get('pid', '?')} on "
+                   f"{entry.lease.get('host', '?')}) stopped heartbeating {entry.lease_age:.0f} s ago: the worker "
+                   "or its host died")
+        else:
+            # A job that just left the queue has no lease for a moment: wait a grace period.
+            changed = _mtime(entry.folder / "job.json")
+            if now - changed < grace:
+                continue
+            why = ("it was not on the queue (claimed while the queue was unreachable, lost by a Redis restart, "
+                   "or the daemon stopped between claim and queue)")
+        try:
+            queue.put(job.id, priority=REQUEUE_PRIORITY)
+        except QueueUnavailable as exc:
+            log.warning("%s; job %s stays in the spool", exc, job.id, extra=fields(job_id=job.id, user=job.user))
+            break
+        _touch(entry.folder / "job.json")
+        summary.requeued.append(job.id)
+        log.warning("re-queued job %s (%s) because %s", job.id, job.stem, why,
+                    extra=fields(job_id=job.id, user=job.user, stage="reap"))
+    return summary
+
+
+def _remove_if_only_a_stale_lease(entry: spool.SpoolEntry, lease_seconds: float) -> None:
+    """A folder left with a lease and nothing else: its job finished (or failed) while a worker's heartbeat
+    rewrote the lease. Nothing a person dropped is in it; without this it would stay forever."""
+    if entry.lease_age is None or entry.lease_age < lease_seconds:
+        return
+    try:
+        names = set(os.listdir(entry.folder))
+    except OSError:
+        return
+    if names and all(n == LEASE_FILE or n.startswith(f".{LEASE_FILE}.") for n in names):
+        shutil.rmtree(entry.folder, ignore_errors=True)
+        log.info("removed %s, which held only the stale lease of a finished job", entry.folder,
+                 extra=fields(job_id=entry.id, stage="reap"))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.touch()

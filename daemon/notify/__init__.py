@@ -1,0 +1,1 @@
+"""Notifications through Apprise: what is said (messages) and sending it (send)."""

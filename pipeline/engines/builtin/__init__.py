@@ -1,0 +1,1 @@
+"""The builtin engine: lip-sync with no downloaded weights (engine, lipsync, motion, warp)."""

@@ -1,0 +1,218 @@
+"""The builtin engine's pipeline, strung together in one place that reads top to bottom.
+
+  1. audio features   media.audio      decode to 16 kHz mono; log-mel and loudness per video frame
+  2. mouth motion     builtin.motion   opening and width per frame (torch, on the device)
+  3. frames           media.pingpong   decoded in batches; cut, or played back and forth, to the audio's length
+     faces            pipeline.face    tracked main face and mouth per frame (None: frame passes through)
+     synthesis        builtin.warp     mouth region warped on the device (grid_sample), in place
+     encoding         media.encode     H.264 + AAC of the audio, MP4 with faststart
+
+Frames stream through in batches of pipeline.batch_frames: memory does not grow with the video's
+length. On a CUDA out-of-memory error the warp batch is halved and the job goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.engines.base import ProgressFn, RenderResult, no_progress
+from pipeline.engines.builtin import motion
+from pipeline.engines.builtin.warp import MouthWarper
+from pipeline.errors import EngineError
+from pipeline.face import FaceBox, FaceTracker
+from pipeline.media import audio, encode, pingpong, threads
+from pipeline.media import decode as video
+
+PIXELS = "yuv420p"  # frames inside the pipeline: see pipeline.media.decode
+
+
+@dataclass(frozen=True)
+class BuiltinSettings:
+    batch_frames: int = 32
+    crf: int = 20
+    preset: str = "veryfast"
+    detect_every: int = 5
+    mouth_gain: float = 1.0
+
+    @classmethod
+    def from_config(cls, pipeline: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> BuiltinSettings:
+        """From the `pipeline` config section; a job's options may set mouth_gain and detect_every."""
+        builtin = dict(pipeline.get("builtin") or {})
+        builtin.update({key: value for key, value in (options or {}).items() if key in ("mouth_gain", "detect_every")})
+        try:
+            return cls(
+                batch_frames=max(1, int(pipeline.get("batch_frames", cls.batch_frames))),
+                crf=int(pipeline.get("crf", cls.crf)),
+                preset=str(pipeline.get("preset", cls.preset)),
+                detect_every=max(1, int(builtin.get("detect_every", cls.detect_every))),
+                mouth_gain=float(builtin.get("mouth_gain", cls.mouth_gain)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise EngineError(f"a builtin engine setting is not a number ({exc}); check pipeline.batch_frames, "
+                              "pipeline.crf and pipeline.builtin in the configuration or the job's options") from None
+
+
+class StageClock:
+    """Seconds spent in each stage, in the order the stages first ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def lipsync(audio_path: Path, video_path: Path, output: Path, *, settings: BuiltinSettings,
+            device: str = "cpu", workdir: Path | None = None, progress: ProgressFn = no_progress) -> RenderResult:
+    """Write *output*: *video_path*'s face speaking *audio_path*. EngineError in plain words on bad input."""
+    with _threads_for(device):
+        return _lipsync(Path(audio_path), Path(video_path), Path(output), settings, device, workdir, progress)
+
+
+def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: BuiltinSettings, device: str,
+             workdir: Path | None, progress: ProgressFn) -> RenderResult:
+    clock = StageClock()
+    progress("audio", 0.0)
+
+    # 1. Inputs and audio features, one row per output frame.
+    with clock.stage("probe"):
+        info = video.open_video(video_path)
+    with clock.stage("audio"):
+        sound = audio.load_audio(audio_path)
+        n_frames = audio.frame_count(sound.duration, float(info.fps))
+        features = audio.frame_features(sound, float(info.fps), n_frames)
+        audio.require_sound(features, audio_path)
+
+    # 2. Mouth motion for every output frame, on the device.
+    with clock.stage("motion"):
+        track = motion.mouth_motion(features, device, gain=settings.mouth_gain)
+
+    # 3. Frames, batch by batch: faces, mouth warp, encoding.
+    # Frames stay in the decoder's YUV 4:2:0 from decoder to encoder: no colour conversion, and pixels
+    # away from the mouth reach the encoder exactly as decoded. Faces are tracked on the Y plane.
+    tracker = FaceTracker(settings.detect_every)
+    warper = MouthWarper(device, pixels=PIXELS)
+    size = video.frame_size(info, PIXELS)
+    faces_by_source: dict[int, FaceBox | None] = {}  # source frame -> face, reused when playing back
+    warp_size = settings.batch_frames
+    changed = 0
+    with contextlib.ExitStack() as stack:
+        scratch = Path(workdir) if workdir is not None else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="lipsyncd-builtin-")))
+        writer = stack.enter_context(encode.VideoWriter(output, info, audio_path, crf=settings.crf,
+                                                       preset=settings.preset, pixels=PIXELS))
+        batches = stack.enter_context(contextlib.closing(threads.prefetch(
+            pingpong.frames_for_audio(info, n_frames, settings.batch_frames, scratch, pixels=PIXELS))))
+        while True:
+            with clock.stage("decode"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            if tracker.faces_seen == 0 and int(batch.sources[0]) in faces_by_source:
+                raise _no_face(video_path)  # the whole video was seen: do not play it back and forth for nothing
+            with clock.stage("faces"):
+                faces = _faces(batch, video.yuv_planes(batch.frames, *size)[0], tracker, faces_by_source)
+            with clock.stage("warp"):
+                mouths = [face.mouth() if face is not None else None for face in faces]
+                span = slice(batch.first, batch.first + len(batch))
+                warp_size, count = _warp(warper, batch.frames, mouths, track, span, warp_size, size)
+                changed += count
+            with clock.stage("encode"):
+                writer.write(batch.frames)
+            progress("render", 0.98 * (batch.first + len(batch)) / n_frames)
+        if tracker.faces_seen == 0:
+            raise _no_face(video_path)
+        with clock.stage("encode"):
+            writer.close()  # the ExitStack's second close() is a no-op
+    progress("encode", 1.0)
+    return RenderResult(
+        timings=clock.seconds,
+        frames=n_frames,
+        fps=float(info.fps),
+        details={
+            "engine": "builtin",
+            "device": device,
+            "source_frames": tracker.frames_seen,
+            "face_frames": sum(face is not None for face in faces_by_source.values()),
+            "frames_changed": changed,
+            "face_detections": tracker.detections_run,
+            "warp_batch": warp_size,
+            "size": list(size),
+            "audio_seconds": round(sound.duration, 3),
+        },
+    )
+
+
+def _no_face(video_path: Path) -> EngineError:
+    return EngineError(f"no face was found in the video {video_path.name!r}; use a video in which one person "
+                       "faces the camera, with the face at least an eighth of the picture high")
+
+
+@contextlib.contextmanager
+def _threads_for(device: str) -> Iterator[None]:
+    """Leave most CPU cores to the ffmpeg decoder and encoder that run alongside (and to each other).
+
+    torch and OpenCV default to one thread per core; next to two busy ffmpeg processes that mostly
+    adds contention. On the GPU, torch's CPU threads are not used for the warp at all.
+    """
+    import cv2
+
+    threads = max(1, (os.cpu_count() or 1) // 4)
+    saved = torch.get_num_threads(), cv2.getNumThreads()
+    cv2.setNumThreads(threads)
+    if device.startswith("cpu"):
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        cv2.setNumThreads(saved[1])
+
+
+def _faces(batch: pingpong.FrameBatch, grey: Any, tracker: FaceTracker,
+           known: dict[int, FaceBox | None]) -> list[FaceBox | None]:
+    """Faces of a batch: tracked (on *grey*, its Y planes) on the first pass through the video, remembered
+    for later passes."""
+    sources = batch.sources.tolist()
+    if all(source in known for source in sources):
+        return [known[source] for source in sources]
+    faces = tracker.update(grey)
+    known.update(zip(sources, faces, strict=True))
+    return faces
+
+
+def _warp(warper: MouthWarper, frames: Any, mouths: list, track: motion.MouthTrack, span: slice,
+          pieces: int, size: tuple[int, int]) -> tuple[int, int]:
+    """Warp a batch in pieces of *pieces* frames; on CUDA out-of-memory halve the pieces and go on.
+
+    Returns the piece size to use from now on and how many frames changed.
+    """
+    opening, width = track.opening[span], track.width[span]
+    start = changed = 0
+    while start < len(frames):
+        piece = slice(start, start + pieces)
+        try:
+            changed += warper.apply(frames[piece], mouths[piece], opening[piece], width[piece], size=size)
+        except torch.cuda.OutOfMemoryError:
+            if pieces == 1:
+                raise EngineError("the GPU ran out of memory even for one frame; free the GPU (other jobs?) "
+                                  "or set pipeline.device to cpu") from None
+            pieces = max(1, pieces // 2)
+            torch.cuda.empty_cache()
+            continue
+        start += pieces
+    return pieces, changed

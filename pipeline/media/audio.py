@@ -1,0 +1,151 @@
+"""Audio features for lip-sync: decode with ffmpeg, then per-video-frame log-mel and loudness.
+
+Reads top to bottom as a pipeline: load_audio() decodes any format ffmpeg reads (wav, mp3, m4a/aac,
+ogg/opus, flac, or the sound track of a video) to 16 kHz mono float32; frame_features() turns the
+samples into one row per video frame, so the rest of the pipeline never thinks about sample rates.
+
+Timing convention: sample 0 is time 0 of the file, i.e. the start of its earliest stream (as a player
+and ffmpeg's muxer see it): a sound track that starts after the picture is padded with silence. Video
+frame i covers [i / fps, (i + 1) / fps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import EngineError
+from pipeline.media.probe import probe, require_tool
+
+SAMPLE_RATE = 16000  # Hz: speech needs nothing above 8 kHz
+N_FFT = 400  # 25 ms analysis window
+HOP_LENGTH = 160  # 10 ms between mel columns (100 columns per second)
+N_MELS = 80
+FMAX = SAMPLE_RATE / 2
+SILENCE_DBFS = -55.0  # loudest frame below this: the audio is treated as silent
+LOUDNESS_FLOOR_DBFS = -100.0  # digital silence is reported as this, not -inf
+DECODE_TIMEOUT_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Decoded mono samples at SAMPLE_RATE, and the file they came from."""
+
+    samples: np.ndarray  # float32, shape (n,)
+    path: Path
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class FrameFeatures:
+    """One row per video frame."""
+
+    fps: float
+    mel: np.ndarray  # (n_frames, N_MELS) log power in dB, columns low to high frequency
+    loudness: np.ndarray  # (n_frames,) RMS level in dBFS, floored at LOUDNESS_FLOOR_DBFS
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.loudness)
+
+
+def load_audio(path: str | Path, role: str = "audio") -> Audio:
+    """Decode the first audio stream of *path* to 16 kHz mono float32; EngineError names the file if it can't."""
+    import ffmpeg
+
+    path = Path(path)
+    info = probe(path, role)
+    if not info.has_audio:
+        raise EngineError(f"the {role} {path.name!r} has no sound track; give an audio file "
+                          "(wav, mp3, m4a, ogg, flac) or a video that has sound")
+    require_tool("ffmpeg")
+    stream = (
+        ffmpeg.input(f"file:{path.absolute()}")
+        .audio.filter("aresample", first_pts=0)  # sample 0 = time 0 of the file
+        .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE)
+        .global_args("-nostdin", "-v", "error")
+    )
+    try:
+        out, _ = stream.run(capture_stdout=True, capture_stderr=True)
+    except ffmpeg.Error as exc:
+        tail = (exc.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+        detail = tail[-1] if tail else "ffmpeg could not decode it"
+        raise EngineError(f"the {role} {path.name!r} could not be decoded ({detail}); "
+                          "export it again as WAV or MP3 and drop it again") from None
+    samples = np.frombuffer(out, dtype=np.float32).copy()
+    if len(samples) < SAMPLE_RATE // 10:
+        raise EngineError(f"the {role} {path.name!r} holds less than 0.1 s of sound; "
+                          "check that it was exported completely")
+    return Audio(samples=samples, path=path)
+
+
+def frame_count(duration: float, fps: float) -> int:
+    """Video frames needed to cover *duration* seconds: the output lasts as long as the audio."""
+    return max(1, round(duration * fps))
+
+
+def frame_loudness(samples: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
+    """RMS level in dBFS of the samples under each video frame (a frame past the end is silent)."""
+    edges = np.round(np.arange(n_frames + 1) * SAMPLE_RATE / fps).astype(np.int64)
+    edges = np.clip(edges, 0, len(samples))
+    energy = np.concatenate([[0.0], np.cumsum(samples.astype(np.float64) ** 2)])
+    counts = np.maximum(edges[1:] - edges[:-1], 1)
+    mean_square = (energy[edges[1:]] - energy[edges[:-1]]) / counts
+    with np.errstate(divide="ignore"):
+        level = 10.0 * np.log10(mean_square)
+    return np.maximum(level, LOUDNESS_FLOOR_DBFS).astype(np.float32)
+
+
+def frame_mel(samples: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
+    """Log-mel power (dB) averaged over the mel columns whose centres fall inside each video frame."""
+    import librosa
+
+    power = librosa.feature.melspectrogram(y=samples, sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH,
+                                           n_mels=N_MELS, fmax=FMAX, power=2.0)  # (N_MELS, columns)
+    column_times = np.arange(power.shape[1]) * HOP_LENGTH / SAMPLE_RATE
+    frame_of_column = np.floor(column_times * fps).astype(np.int64)
+    inside = frame_of_column < n_frames
+    sums = np.zeros((n_frames, N_MELS), dtype=np.float64)
+    np.add.at(sums, frame_of_column[inside], power[:, inside].T)
+    counts = np.bincount(frame_of_column[inside], minlength=n_frames)[:n_frames]
+    # Frames shorter than a hop (fps > 100) or past the end take the nearest column.
+    empty = counts == 0
+    if empty.any():
+        centres = (np.flatnonzero(empty) + 0.5) / fps
+        nearest = np.clip(np.round(centres * SAMPLE_RATE / HOP_LENGTH).astype(np.int64), 0, power.shape[1] - 1)
+        sums[empty] = power[:, nearest].T
+        counts = np.where(empty, 1, counts)
+    mean_power = sums / counts[:, None]
+    return librosa.power_to_db(mean_power, ref=1.0, amin=1e-10, top_db=None).astype(np.float32)
+
+
+def mel_band_hz() -> np.ndarray:
+    """Centre frequency (Hz) of each of the N_MELS bands of frame_mel()."""
+    import librosa
+
+    return librosa.mel_frequencies(n_mels=N_MELS + 2, fmin=0.0, fmax=FMAX)[1:-1]
+
+
+def frame_features(audio: Audio, fps: float, n_frames: int | None = None) -> FrameFeatures:
+    """Log-mel and loudness per video frame; n_frames defaults to the frames that cover the audio."""
+    if n_frames is None:
+        n_frames = frame_count(audio.duration, fps)
+    return FrameFeatures(
+        fps=fps,
+        mel=frame_mel(audio.samples, fps, n_frames),
+        loudness=frame_loudness(audio.samples, fps, n_frames),
+    )
+
+
+def require_sound(features: FrameFeatures, path: Path, role: str = "audio") -> None:
+    """Raise EngineError when the audio has nothing to lip-sync to (silence, or far too quiet)."""
+    loudest = float(features.loudness.max()) if features.n_frames else LOUDNESS_FLOOR_DBFS
+    if loudest < SILENCE_DBFS:
+        level = "digital silence" if loudest <= LOUDNESS_FLOOR_DBFS else f"{loudest:.0f} dBFS at its loudest"
+        raise EngineError(f"the {role} {path.name!r} is silent ({level}); there is no speech to lip-sync to: "
+                          "check that the right track was exported and that it is not muted")

@@ -1,0 +1,1 @@
+"""Tests of pipeline/: media, face, sync score and each engine."""

@@ -1,0 +1,97 @@
+"""pipeline.media.audio: any format in, 16 kHz mono out, features aligned to video frames, plain errors."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import EngineError
+from pipeline.media import audio
+from tests import media
+
+FPS = 25.0
+
+
+def _envelope_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    n = min(len(a), len(b))
+    return float(np.corrcoef(a[:n], b[:n])[0, 1])
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [
+        ("speech.mp3", ("-c:a", "libmp3lame", "-b:a", "96k")),
+        ("speech.m4a", ("-c:a", "aac", "-b:a", "96k")),
+        ("speech.ogg", ("-c:a", "libvorbis")),
+        ("speech.opus", ("-c:a", "libopus", "-b:a", "48k")),
+        ("speech.flac", ()),
+        ("stereo-44k.wav", ("-ac", "2", "-ar", "44100")),
+    ],
+)
+def test_every_format_decodes_to_16k_mono_in_time(tmp_path: Path, speech_wav: Path, name: str,
+                                                  extra: tuple[str, ...]) -> None:
+    reference = audio.load_audio(speech_wav)
+    converted = audio.load_audio(media.convert(speech_wav, tmp_path / name, *extra))
+    assert converted.samples.dtype == np.float32 and converted.samples.ndim == 1
+    assert abs(converted.duration - reference.duration) < 0.08  # codec padding only
+    # The loudness envelopes line up frame for frame: no codec delay sneaks in.
+    n = audio.frame_count(reference.duration, FPS)
+    ref_level = audio.frame_loudness(reference.samples, FPS, n)
+    new_level = audio.frame_loudness(converted.samples, FPS, n)
+    same = _envelope_correlation(np.maximum(ref_level, -60), np.maximum(new_level, -60))
+    shifted = _envelope_correlation(np.maximum(ref_level[1:], -60), np.maximum(new_level[:-1], -60))
+    assert same > 0.9 and same > shifted
+
+
+def test_features_follow_the_sound_frame_by_frame(tmp_path: Path) -> None:
+    tone = media.tone(tmp_path / "tone.wav", seconds=1.0, freq=300.0)
+    quiet = media.silence(tmp_path / "quiet.wav", seconds=1.0)
+    both = tmp_path / "tone-then-silence.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(tone), "-i", str(quiet), "-filter_complex",
+                    "[0:a]aresample=16000[a];[a][1:a]concat=n=2:v=0:a=1", str(both)], check=True)
+    decoded = audio.load_audio(both)
+    features = audio.frame_features(decoded, FPS)
+    assert features.n_frames == 50
+    assert features.mel.shape == (50, audio.N_MELS)
+    assert features.loudness[:24].min() > -30  # the tone (ffmpeg sine: amplitude 1/8, -21 dBFS RMS)
+    assert features.loudness[26:].max() <= audio.LOUDNESS_FLOOR_DBFS + 1  # digital silence
+    # A 300 Hz tone puts its energy into the low mel bands.
+    assert features.mel[:24, :20].mean() > features.mel[:24, 60:].mean() + 30
+    audio.require_sound(features, both)  # not silent
+
+
+def test_silent_audio_is_refused_in_plain_words(tmp_path: Path) -> None:
+    quiet = media.silence(tmp_path / "quiet.wav", seconds=2.0)
+    features = audio.frame_features(audio.load_audio(quiet), FPS)
+    with pytest.raises(EngineError, match=r"'quiet.wav' is silent"):
+        audio.require_sound(features, quiet)
+
+
+def test_unreadable_audio_is_refused_in_plain_words(tmp_path: Path) -> None:
+    junk = tmp_path / "voice.wav"
+    junk.write_text("this is not a sound file\n" * 20)
+    with pytest.raises(EngineError, match=r"'voice.wav' is not a readable media file"):
+        audio.load_audio(junk)
+
+
+def test_a_video_without_sound_is_not_an_audio(face_mp4: Path) -> None:
+    with pytest.raises(EngineError, match="has no sound track"):
+        audio.load_audio(face_mp4)
+
+
+def test_a_sound_track_that_starts_after_the_picture_is_padded(tmp_path: Path, speech_wav: Path) -> None:
+    """Sample 0 is time 0 of the file: sound that starts 0.4 s after the picture stays 0.4 s late."""
+    picture = media.color_clip(tmp_path / "picture.mp4", seconds=8.0)
+    late = tmp_path / "late.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(picture), "-itsoffset", "0.4", "-i", str(speech_wav),
+                    "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", str(late)], check=True)
+    reference = audio.load_audio(speech_wav)
+    delayed = audio.load_audio(late)
+    n = audio.frame_count(reference.duration, FPS)
+    ref_level = np.maximum(audio.frame_loudness(reference.samples, FPS, n), -60)
+    new_level = np.maximum(audio.frame_loudness(delayed.samples, FPS, n + 20), -60)
+    best = max(range(0, 20), key=lambda lag: _envelope_correlation(ref_level, new_level[lag:]))
+    assert best == 10  # 0.4 s at 25 fps
