@@ -14,8 +14,7 @@ from pathlib import Path
 
 from daemon import config as configmod
 from daemon.config import Config, ConfigError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from daemon.names import Exit
 
 
 def _load(args: argparse.Namespace, *, required: bool = True) -> Config:
@@ -81,12 +80,12 @@ def cmd_sync_score(args: argparse.Namespace) -> int:
         score = sync_score(Path(args.video), audio=Path(args.audio) if args.audio else None)
     except EngineError as exc:
         print(f"lipsyncd sync-score: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
     if args.json:
         print(json.dumps(score.to_dict(), indent=2))
     else:
         print(score.describe())
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -150,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         print(f"lipsyncd: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     except KeyboardInterrupt:
         return 130
 

@@ -1,4 +1,4 @@
-"""What a file name in the inbox means: media kind, stem, temp name, or a name we refuse.
+"""Shared words: what an inbox file name means, the spool's layout names, and the exit statuses.
 
 User and stem names may be any Unicode (Chinese names are normal); names with path separators, `..`,
 control characters or a leading dot are refused, because they end up as folder names under outputs/.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import unicodedata
 from dataclasses import dataclass
+from enum import IntEnum
 
 AUDIO_EXTENSIONS = ("wav", "mp3", "m4a", "aac", "flac", "ogg", "opus")
 VIDEO_EXTENSIONS = ("mp4", "mov", "mkv", "webm", "avi")
@@ -17,6 +18,27 @@ AVATAR_SEPARATOR = "@"
 # Names that copy tools use while a file is still being written; never treated as a drop.
 TEMP_PATTERNS = (".*", "*.part", "*.partial", "*.tmp", "*.crdownload", "*.download", "~*", "*~", "*.swp")
 MAX_NAME_BYTES = 255
+
+# The spool's layout (spool, reaper, worker, the janitor's spool report and status all read it):
+# spool/<job-id>/{job.json, lease, work/<worker>/}, claims in progress as .claim-<id>/, finished job
+# folders renamed to .done-<id>/ before removal, and every worker's heartbeat in .workers/.
+JOB_FILE = "job.json"
+LEASE_FILE = "lease"
+WORK_DIR = "work"
+CLAIM_PREFIX = ".claim-"
+CLAIM_PLAN = "claim.json"  # inside a .claim-<id>/: which inbox files it is moving, for undo
+DONE_PREFIX = ".done-"
+WORKERS_DIR = ".workers"
+TAKEOVER_LOCK = ".lease.lock"  # flocked while a stale lease is taken over
+ERROR_FILE = "error.txt"  # in failed/<date>/<user>/<stem>/, beside the inputs and job.json
+
+
+class Exit(IntEnum):
+    """Exit statuses of every lipsyncd command."""
+
+    OK = 0  # done
+    FAILED = 1  # the work failed
+    USAGE = 2  # bad usage or configuration (for a worker: its engine cannot run)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from daemon.config import devices
+from daemon.names import Exit
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov")
 
 
@@ -34,16 +34,16 @@ def main(config: Mapping[str, Any], audio: Path, video: Path, output: Path, engi
     name = engine or config["pipeline"]["engine"]
     problem = _usage_problem(audio, video, output)
     if problem:
-        return _fail(problem, EXIT_USAGE)
+        return _fail(problem, Exit.USAGE)
     try:
         resolved = resolve(device or devices(config)[0])
     except ValueError as exc:
-        return _fail(f"{exc}", EXIT_USAGE)
+        return _fail(f"{exc}", Exit.USAGE)
     try:
         backend = get_engine(name, config["pipeline"])
         backend.check()
     except EngineUnavailable as exc:
-        return _fail(f"engine {name!r} cannot run: {exc}", EXIT_USAGE)
+        return _fail(f"engine {name!r} cannot run: {exc}", Exit.USAGE)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.stem}.rendering-{os.getpid()}{output.suffix}")
@@ -56,7 +56,7 @@ def main(config: Mapping[str, Any], audio: Path, video: Path, output: Path, engi
         os.replace(partial, output)
     except EngineError as exc:
         bar.close()
-        return _fail(str(exc), EXIT_FAILED)
+        return _fail(str(exc), Exit.FAILED)
     finally:
         bar.close()
         partial.unlink(missing_ok=True)
@@ -69,7 +69,7 @@ def main(config: Mapping[str, Any], audio: Path, video: Path, output: Path, engi
     if result.timings:
         stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
         print(f"stages: {stages}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _usage_problem(audio: Path, video: Path, output: Path) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from daemon import names
 from daemon.config import Config
 
-SKIP = {"error.txt", "job.json"}
+SKIP = {names.ERROR_FILE, names.JOB_FILE}
 
 
 def find(config: Config, target: str) -> Path | None:
@@ -40,7 +40,7 @@ def main(config: Config, target: str) -> int:
               "inside it", file=sys.stderr)
         return 2
     try:
-        record = json.loads((folder / "job.json").read_text(encoding="utf-8"))
+        record = json.loads((folder / names.JOB_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         record = {}
     user = record.get("user") or folder.parent.name

@@ -17,6 +17,7 @@ from daemon.config import Config
 from daemon.disk import filesystems
 from daemon.jobs import spool
 from daemon.jobs.workers import describe, worker_table
+from daemon.names import ERROR_FILE, JOB_FILE
 
 RECENT_FAILURES = 10
 
@@ -55,7 +56,7 @@ def recent_failures(failed: Path, limit: int = RECENT_FAILURES) -> list[dict[str
     for day in _children(failed):
         for user in _children(day):
             for entry in _children(user):
-                error = entry / "error.txt"
+                error = entry / ERROR_FILE
                 try:
                     mtime = error.stat().st_mtime
                 except OSError:
@@ -66,7 +67,7 @@ def recent_failures(failed: Path, limit: int = RECENT_FAILURES) -> list[dict[str
     for mtime, entry in found[:limit]:
         reason = ""
         with contextlib.suppress(OSError, ValueError):
-            reason = json.loads((entry / "job.json").read_text(encoding="utf-8")).get("error", "")
+            reason = json.loads((entry / JOB_FILE).read_text(encoding="utf-8")).get("error", "")
         out.append({"folder": str(entry), "user": entry.parent.name, "name": entry.name, "time": mtime,
                     "reason": reason.strip().splitlines()[0] if reason.strip() else ""})
     return out

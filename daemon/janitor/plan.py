@@ -28,6 +28,7 @@ from operator import attrgetter
 from typing import Any
 
 from daemon.disk import FsUsage
+from daemon.names import CLAIM_PREFIX
 
 DATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 OUTPUT_SUFFIXES = (".mp4", ".json", ".jpg")
@@ -233,7 +234,7 @@ class Planner:
     @staticmethod
     def _spool_job_ids(spool: str) -> set[str]:
         try:
-            return {n[len(".claim-"):] if n.startswith(".claim-") else n for n in os.listdir(spool)}
+            return {n.removeprefix(CLAIM_PREFIX) for n in os.listdir(spool)}
         except OSError:
             return set()
 

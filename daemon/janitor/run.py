@@ -34,6 +34,7 @@ from daemon.janitor import alerts, spoolreport
 from daemon.janitor import delete as safedelete
 from daemon.janitor import plan as prune
 from daemon.janitor.report import render_text
+from daemon.names import Exit
 from daemon.notify import messages
 from daemon.notify import send as notify
 
@@ -42,7 +43,6 @@ log = logging.getLogger("lipsyncd.janitor")
 STATE_FILE = "janitor.json"
 LOCK_FILE = "janitor.lock"
 STATE_VERSION = 1
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 TOP_N = 5
 PROTECTED = ("inbox", "spool", "state", "avatars")
 
@@ -110,13 +110,13 @@ def main(config: Config, dry_run: bool = False, as_json: bool = False) -> int:
         check_roots(config)
     except ConfigError as exc:
         print(f"lipsyncd janitor: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return Exit.USAGE
     try:
         result = run_pass(config, dry_run=dry_run)
     except Exception as exc:  # noqa: BLE001 - report in plain words, exit 1
         log.exception("the janitor pass failed")
         print(f"lipsyncd janitor: the pass failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
     if as_json:
         json.dump(result.to_dict(), sys.stdout, ensure_ascii=False, indent=2)
         sys.stdout.write("\n")
@@ -125,7 +125,7 @@ def main(config: Config, dry_run: bool = False, as_json: bool = False) -> int:
     sys.stdout.flush()
     for problem in result.problems:
         print(f"lipsyncd janitor: {problem}", file=sys.stderr)
-    return EXIT_OK if result.ok else EXIT_FAILED
+    return Exit.OK if result.ok else Exit.FAILED
 
 
 def check_roots(config: Config) -> None:

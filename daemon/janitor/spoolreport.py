@@ -13,7 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-JOB_FILE, LEASE_FILE, CLAIM_PREFIX, WORKERS = "job.json", "lease", ".claim-", ".workers"
+from daemon.names import CLAIM_PREFIX, JOB_FILE, LEASE_FILE, WORKERS_DIR
+
 # "Long stale": this many lease periods, and at least an hour.
 STALE_LEASE_PERIODS = 10
 STALE_MIN_SECONDS = 3600
@@ -40,7 +41,7 @@ def scan(spool: str, now: float, lease_seconds: float) -> SpoolReport:
     except OSError:
         return report
     for entry in sorted(entries, key=lambda e: e.name):
-        if entry.name == WORKERS or not entry.is_dir(follow_symlinks=False):
+        if entry.name == WORKERS_DIR or not entry.is_dir(follow_symlinks=False):
             continue
         age = now - entry.stat(follow_symlinks=False).st_mtime
         if entry.name.startswith(CLAIM_PREFIX):

@@ -88,12 +88,12 @@ def file_failure(failed_root: Path, user: str, stem: str, files: Sequence[tuple[
         listed.append((target.name, size))
     record: dict[str, Any] = job.to_dict() if job is not None else {"user": user, "stem": stem}
     record.update({"error": reason, "failed_at": time.time(), "files": [name for name, _ in listed]})
-    write_json_atomic(folder / "job.json", record)
+    write_json_atomic(folder / names.JOB_FILE, record)
     # error.txt last, atomically: once it is there, the failure report is complete.
     text = error_text(reason, user=user, files=listed, job=job, folder=folder, engine=engine, device=device)
     temp = folder / ".error.txt.part"
     temp.write_text(text, encoding="utf-8")
-    os.replace(temp, folder / "error.txt")
+    os.replace(temp, folder / names.ERROR_FILE)
     return folder
 
 

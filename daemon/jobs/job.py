@@ -10,10 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.files import write_atomic
-
-JOB_FILE = "job.json"
-LEASE_FILE = "lease"
-WORK_DIR = "work"
+from daemon.names import JOB_FILE
 
 
 @dataclass

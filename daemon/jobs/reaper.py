@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from daemon.jobs import spool
-from daemon.jobs.job import LEASE_FILE
 from daemon.jobs.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
 from daemon.log import fields
+from daemon.names import JOB_FILE, LEASE_FILE
 
 log = logging.getLogger("lipsyncd.reaper")
 
@@ -67,7 +67,7 @@ def reap(config: Mapping[str, Any], queue: JobQueue, *, grace_seconds: float | N
                    "or its host died")
         else:
             # A job that just left the queue has no lease for a moment: wait a grace period.
-            changed = _mtime(entry.folder / "job.json")
+            changed = _mtime(entry.folder / JOB_FILE)
             if now - changed < grace:
                 continue
             why = ("it was not on the queue (claimed while the queue was unreachable, lost by a Redis restart, "
@@ -77,7 +77,7 @@ def reap(config: Mapping[str, Any], queue: JobQueue, *, grace_seconds: float | N
         except QueueUnavailable as exc:
             log.warning("%s; job %s stays in the spool", exc, job.id, extra=fields(job_id=job.id, user=job.user))
             break
-        _touch(entry.folder / "job.json")
+        _touch(entry.folder / JOB_FILE)
         summary.requeued.append(job.id)
         log.warning("re-queued job %s (%s) because %s", job.id, job.stem, why,
                     extra=fields(job_id=job.id, user=job.user, stage="reap"))

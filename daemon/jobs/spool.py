@@ -9,6 +9,7 @@ so nothing a person dropped is lost.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -24,14 +25,11 @@ from typing import Any
 
 from daemon import names
 from daemon.inbox.pairing import Claim
-from daemon.jobs.job import JOB_FILE, LEASE_FILE, InputFile, Job, load, save, write_json_atomic
+from daemon.jobs.job import InputFile, Job, load, save, write_json_atomic
+from daemon.names import CLAIM_PLAN, CLAIM_PREFIX, DONE_PREFIX, JOB_FILE, LEASE_FILE, TAKEOVER_LOCK, WORKERS_DIR
 
 log = logging.getLogger("lipsyncd.spool")
 
-CLAIM_PREFIX = ".claim-"
-CLAIM_PLAN = "claim.json"
-WORKERS_DIR = ".workers"
-TAKEOVER_LOCK = ".lease.lock"  # flocked while a stale lease is taken over (see take_lease)
 
 
 class UnsafeFile(Exception):
@@ -43,7 +41,7 @@ def move(src: Path, dst: Path) -> None:
     try:
         os.rename(src, dst)
     except OSError as exc:
-        if exc.errno != 18:  # EXDEV
+        if exc.errno != errno.EXDEV:
             raise
         if src.is_symlink() or not src.is_file():
             raise
@@ -259,7 +257,7 @@ def touch_lease(folder: Path, data: dict[str, Any]) -> bool:
 
 def remove_job_folder(folder: Path) -> None:
     """Remove a finished job's folder: first renamed to a dot-name, so no worker or scan takes it for a job."""
-    gone = folder.with_name(f".done-{folder.name}")
+    gone = folder.with_name(f"{DONE_PREFIX}{folder.name}")
     try:
         os.rename(folder, gone)
     except FileNotFoundError:

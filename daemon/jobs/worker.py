@@ -27,7 +27,7 @@ from daemon import config as configmod
 from daemon import log as logmod
 from daemon import names
 from daemon.jobs import filing, spool
-from daemon.jobs.job import WORK_DIR, Job, load, save
+from daemon.jobs.job import Job, load, save
 from daemon.jobs.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
 from daemon.log import fields
 from daemon.sdnotify import Notifier
@@ -37,7 +37,6 @@ log = logging.getLogger("lipsyncd.worker")
 IDLE_POLL_MIN, IDLE_POLL_MAX = 0.02, 0.25  # seconds between empty-queue polls (backs off when idle)
 QUEUE_RETRY_MAX = 30.0
 HEARTBEAT_MAX_SECONDS = 2.0
-EXIT_ENGINE_UNAVAILABLE = 2
 MIN_FREE_BYTES = 16 * 1024 * 1024  # below this on spool/ or outputs/, jobs wait instead of failing
 DISK_FULL_WAIT_MAX = 30.0
 
@@ -85,7 +84,7 @@ class Worker:
         except (ValueError, EngineUnavailable) as exc:
             log.error("worker for %s cannot start: %s", self.configured_device, exc)
             self._heartbeat(state="error", error=str(exc))
-            return EXIT_ENGINE_UNAVAILABLE
+            return names.Exit.USAGE
         self._queue = JobQueue(self.config, blocking_seconds=1.0)
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         log.info("worker %s ready on %s (engine %s, queue %s)", self.name, self.device,
@@ -297,7 +296,7 @@ class Worker:
             hashes = {"audio": _sha256(audio), "video": _sha256(video)}
             timings["verify"] = time.monotonic() - t
             engine = self.engine(engine_name)
-            work = folder / WORK_DIR / self.name  # per attempt: an orphaned engine of a dead worker writes elsewhere
+            work = folder / names.WORK_DIR / self.name  # per attempt: a dead worker's engine writes elsewhere
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             output = work / "output.mp4"
@@ -394,7 +393,7 @@ class Worker:
 
     def _fail_unreadable(self, folder: Path, job_id: str, why: str) -> None:
         files = [(p, p.name) for p in folder.iterdir()
-                 if p.is_file() and p.name not in ("lease", "job.json", spool.TAKEOVER_LOCK)]
+                 if p.is_file() and p.name not in (names.LEASE_FILE, names.JOB_FILE, names.TAKEOVER_LOCK)]
         filing.file_failure(Path(self.config["paths"]["failed"]), "unknown", job_id, files,
                             f"the job's record (job.json) is damaged: {why}")
         self._remove_job_folder(folder)
