@@ -15,6 +15,7 @@ from pathlib import Path
 from daemon import config as configmod
 from daemon.config import Config, ConfigError
 from daemon.names import Exit
+from pipeline import engines  # the registry of engine names (light: no torch)
 
 
 def _load(args: argparse.Namespace, *, required: bool = True) -> Config:
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio")
     p.add_argument("video")
     p.add_argument("-o", "--output", required=True, metavar="OUT.mp4")
-    p.add_argument("--engine", choices=configmod.ENGINES, help="default: pipeline.engine")
+    p.add_argument("--engine", choices=engines.NAMES, help="default: pipeline.engine")
     p.add_argument("--device", help="auto, cpu or cuda:N (default: pipeline.device)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p = add("sync-score", cmd_sync_score, "how well mouth motion follows the audio (any engine's output)")
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", help="score against this audio instead of the video's own track")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("demo", cmd_demo, "make a sample pair and take it through the whole daemon")
-    p.add_argument("--engine", choices=configmod.ENGINES, default="builtin")
+    p.add_argument("--engine", choices=engines.NAMES, default="builtin")
     p.add_argument("--dir", help="where to put the demo's folders (default: a new temp folder)")
     return parser
 

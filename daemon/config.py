@@ -1,23 +1,29 @@
-"""Configuration: YAML (safe loading) merged over the documented defaults.
+"""Configuration: YAML (safe loading) merged over the documented defaults, then read once into typed sections.
 
 Every key a user may set is in DEFAULTS (and documented in config/lipsyncd.yaml, which a test keeps in
 step with this file). A mistake is reported as ConfigError naming the key, the file and the line, so
-`lipsyncd` can exit 2 with a message a person can act on.
+`lipsyncd` can exit 2 with a message a person can act on. After validation each daemon-side section is
+built once into a frozen dataclass (config.queue.lease_seconds is a float), so no caller converts a value
+again; the nested dict stays readable as before. Imports stay light: the janitor loads this module.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import types
+import typing
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pipeline import engines  # the registry's engine names; no torch (the janitor imports this module)
+
 SYSTEM_CONFIG = Path("/etc/lipsyncd/lipsyncd.yaml")
 DATA_ROOT = "/var/lib/lipsyncd"
-ENGINES = ("builtin", "wav2lip", "heygem", "command")
 
 DEFAULTS: dict[str, Any] = {
     "paths": {
@@ -39,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "pipeline": {
         "engine": "builtin",
         "device": "auto",
-        "allowed_engines": list(ENGINES),
+        "allowed_engines": list(engines.NAMES),
         "batch_frames": 32,
         "crf": 20,
         "preset": "veryfast",
@@ -122,20 +128,160 @@ class ConfigError(Exception):
         self.key, self.source, self.line = key, source, line
 
 
-class Config(dict):
-    """The merged configuration (a plain nested dict) plus where it came from."""
+# One frozen dataclass per daemon-side section, field for field as in DEFAULTS (which holds the defaults:
+# these hold only the types). _typed() builds them from the validated dict, so a key added to DEFAULTS
+# without its field here fails every load, in every test.
 
-    source: str | None = None
+@dataclass(frozen=True)
+class PathsConfig:
+    """paths: the data folders, as Paths (most users join and test them; os.* calls take them as they are)."""
+
+    inbox: Path
+    outputs: Path
+    failed: Path
+    spool: Path
+    state: Path
+    avatars: Path
+
+    def folders(self) -> dict[str, Path]:
+        """{key: folder} for every data folder, in the section's order (for loops and disk.filesystems)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """ingest: how the inbox is watched, settled and paired."""
+
+    settle_seconds: float
+    pair_timeout_minutes: float
+    users_from: str
+    default_user: str
+    poll: bool
+    rescan_seconds: float
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """pipeline: what the daemon itself picks; `settings` is the whole section, handed to engines as it is
+    (pipeline/ knows nothing of the daemon's config, so each engine reads its own keys from the mapping)."""
+
+    engine: str
+    devices: tuple[str, ...]  # pipeline.device as a list: one worker per entry
+    allowed_engines: tuple[str, ...]
+    settings: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """queue: where jobs wait (SQLite in paths.state, or Redis) and how long a worker's lease lasts."""
+
+    url: str | None
+    lease_seconds: float
+    stop_timeout_seconds: float
+    max_attempts: int
+    local_workers: bool
+
+
+@dataclass(frozen=True)
+class RetentionRule:
+    """One janitor.retention.rules entry: outputs matching the glob are kept *days* days."""
+
+    match: str
+    days: float
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """janitor.retention: how long outputs are kept."""
+
+    default_days: float
+    rules: tuple[RetentionRule, ...]
+
+
+@dataclass(frozen=True)
+class DiskConfig:
+    """janitor.disk: alert thresholds and the watermark the janitor prunes down to."""
+
+    warn_percent: float
+    critical_percent: float
+    clear_percent: float
+    target_free_percent: float
+
+
+@dataclass(frozen=True)
+class JanitorConfig:
+    """janitor: what a pass may prune, and when it alerts."""
+
+    retention: RetentionConfig
+    keep_marker: str
+    failed_days: float
+    min_age_hours: float
+    disk: DiskConfig
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """notify: where alerts and job events go, which events, and in which language."""
+
+    urls: tuple[str, ...]
+    apprise_config: str | None  # text, not a Path: Apprise also reads its configuration from a URL
+    events: tuple[str, ...]
+    repeat_hours: float
+    language: str
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """logging: the level, and an optional file beside the journal."""
+
+    level: str
+    file: Path | None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """metrics: the node-exporter textfile the janitor writes, if any."""
+
+    textfile: Path | None
+
+
+class Config(dict):
+    """The merged configuration: the nested dict it always was, where it came from, and the typed sections.
+
+    Making one validates it, so a Config always holds good values. Treat it as read-only: the typed
+    sections are built once, here, and a reload makes a new Config.
+    """
+
+    source: str | None
     lines: dict[str, int]
+    paths: PathsConfig
+    ingest: IngestConfig
+    pipeline: PipelineConfig
+    queue: QueueConfig
+    janitor: JanitorConfig
+    notify: NotifyConfig
+    logging: LoggingConfig
+    metrics: MetricsConfig
 
     def __init__(self, data: Mapping[str, Any], source: str | None, lines: dict[str, int]) -> None:
         super().__init__(data)
         self.source = source
         self.lines = lines
+        _validate(self)
+        self.paths = _typed(PathsConfig, self["paths"])
+        self.ingest = _typed(IngestConfig, self["ingest"])
+        pipeline = self["pipeline"]
+        self.pipeline = PipelineConfig(engine=pipeline["engine"], devices=tuple(devices(self)),
+                                       allowed_engines=tuple(pipeline["allowed_engines"]), settings=pipeline)
+        self.queue = _typed(QueueConfig, self["queue"])
+        self.janitor = _typed(JanitorConfig, self["janitor"])
+        self.notify = _typed(NotifyConfig, self["notify"])
+        self.logging = _typed(LoggingConfig, self["logging"])
+        self.metrics = _typed(MetricsConfig, self["metrics"])
 
     def path(self, name: str) -> Path:
-        """One of paths.* as a Path."""
-        return Path(self["paths"][name])
+        """One of paths.* by name (where the name is fixed, config.paths.<name> says it better)."""
+        return self.paths.folders()[name]
 
     def error(self, key: str, message: str) -> ConfigError:
         """A ConfigError pointing at the line that set *key* (or the file, for a default)."""
@@ -145,6 +291,20 @@ class Config(dict):
             line = self.lines.get(".".join(parts))
             parts.pop()
         return ConfigError(message, key=key, source=self.source, line=line)
+
+
+def _typed(kind: Any, value: Any) -> Any:
+    """A validated *value* as the type *kind* names: a section dataclass, a tuple, Path, float, int, ..."""
+    if value is None:
+        return None
+    if is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return kind(**{key: _typed(hints[key], item) for key, item in value.items()})
+    if typing.get_origin(kind) is tuple:
+        return tuple(_typed(typing.get_args(kind)[0], item) for item in value)
+    if isinstance(kind, types.UnionType):  # X | None, and the value is not None
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    return kind(value)
 
 
 def default_config_path() -> Path | None:
@@ -182,9 +342,7 @@ def load(path: str | os.PathLike[str] | None, *, required: bool = True,
         _merge(data, user, "", source, lines)
     if overrides:
         _merge(data, copy.deepcopy(dict(overrides)), "", source, lines)
-    config = Config(data, source, lines)
-    _validate(config)
-    return config
+    return Config(data, source, lines)
 
 
 def _parse(text: str, source: str) -> tuple[dict[str, Any], dict[str, int]]:
@@ -337,8 +495,8 @@ def _strings(value: Any) -> str | None:
 
 
 def _allowed_engines(value: Any) -> str | None:
-    bad = [v for v in value if v not in ENGINES]
-    return f"unknown engine(s) {bad}; known: {', '.join(ENGINES)}" if bad else None
+    bad = [v for v in value if v not in engines.NAMES]
+    return f"unknown engine(s) {bad}; known: {', '.join(engines.NAMES)}" if bad else None
 
 
 def _events(value: Any) -> str | None:
@@ -361,7 +519,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "ingest.pair_timeout_minutes": _positive,
     "ingest.rescan_seconds": _positive,
     "ingest.users_from": _one_of("folder", "default"),
-    "pipeline.engine": _one_of(*ENGINES),
+    "pipeline.engine": _one_of(*engines.NAMES),
     "pipeline.device": _devices,
     "pipeline.allowed_engines": _allowed_engines,
     "pipeline.batch_frames": _positive,
@@ -385,11 +543,12 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
 }
 
 
-def ensure_folders(config: Config, names: tuple[str, ...] = ("inbox", "outputs", "failed", "spool", "state",
-                                                              "avatars")) -> None:
-    """Create the data folders; one that cannot be created is a configuration error (exit 2)."""
-    for name in names:
-        folder = config.path(name)
+def ensure_folders(config: Config, names: tuple[str, ...] | None = None) -> None:
+    """Create the data folders (*names*, default all); one that cannot be created is a configuration error
+    (exit 2)."""
+    folders = config.paths.folders()
+    for name in names or folders:
+        folder = folders[name]
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -399,6 +558,6 @@ def ensure_folders(config: Config, names: tuple[str, ...] = ("inbox", "outputs",
 
 
 def devices(config: Mapping[str, Any]) -> list[str]:
-    """pipeline.device as a list: one worker per entry."""
+    """pipeline.device as a list: one worker per entry (config.pipeline.devices holds it, built by this)."""
     value = config["pipeline"]["device"]
     return list(value) if isinstance(value, list) else [value]

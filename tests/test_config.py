@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
 from daemon import config as configmod
+from daemon.cli import build_parser
 from daemon.cli import main as cli_main
+from pipeline import engines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +37,34 @@ def test_user_values_merge_over_defaults(tmp_path: Path) -> None:
     assert cfg["ingest"]["settle_seconds"] == 1.5
     assert cfg["ingest"]["rescan_seconds"] == 60
     assert configmod.devices(cfg) == ["cpu", "cuda:1"]
+    assert cfg.ingest.settle_seconds == 1.5 and cfg.pipeline.devices == ("cpu", "cuda:1")
+
+
+def test_sections_are_read_once_into_typed_values(tmp_path: Path) -> None:
+    cfg = configmod.load(None, required=False, overrides={
+        "paths": {"outputs": str(tmp_path / "out")},
+        "janitor": {"retention": {"rules": [{"match": "ann/*", "days": 2}]}},
+        "logging": {"file": str(tmp_path / "l.log")},
+    })
+    assert cfg.queue.lease_seconds == 30.0 and isinstance(cfg.queue.lease_seconds, float)
+    assert cfg.queue.max_attempts == 3 and cfg.queue.url is None and cfg.queue.local_workers is True
+    assert cfg.paths.outputs == tmp_path / "out" == cfg.path("outputs")
+    assert list(cfg.paths.folders()) == list(configmod.DEFAULTS["paths"])
+    assert cfg.janitor.retention.rules == (configmod.RetentionRule(match="ann/*", days=2.0),)
+    assert cfg.janitor.disk.critical_percent == 90.0 and cfg.notify.events == ("disk", "job_failed")
+    assert cfg.logging.file == tmp_path / "l.log" and cfg.metrics.textfile is None
+    assert cfg.pipeline.engine == "builtin" and cfg.pipeline.settings is cfg["pipeline"]  # engines get the mapping
+    assert cfg["queue"]["lease_seconds"] == 30  # still the mapping it always was
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.queue.lease_seconds = 1  # type: ignore[misc]
+
+
+def test_engine_names_come_from_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert configmod.DEFAULTS["pipeline"]["allowed_engines"] == list(engines.NAMES)
+    assert build_parser().parse_args(["demo", "--engine", "command"]).engine == "command"
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["render", "a.wav", "v.mp4", "-o", "o.mp4", "--engine", "magic"])
+    assert info.value.code == 2 and "magic" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

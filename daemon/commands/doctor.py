@@ -12,7 +12,6 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from daemon import config as configmod
 from daemon.config import Config
 
 INOTIFY = Path("/proc/sys/fs/inotify")
@@ -55,8 +54,7 @@ def check_tools(report: Report) -> None:
 
 def check_folders(report: Report, config: Config) -> None:
     devices = {}
-    for name in ("inbox", "outputs", "failed", "spool", "state", "avatars"):
-        folder = config.path(name)
+    for name, folder in config.paths.folders().items():
         if not folder.exists():
             report.fail(f"paths.{name}: {folder} does not exist (lipsyncd run creates it, or run install.sh)")
             continue
@@ -69,7 +67,7 @@ def check_folders(report: Report, config: Config) -> None:
     if "inbox" in devices and "spool" in devices and devices["inbox"] != devices["spool"]:
         report.warn("paths.inbox and paths.spool are on different filesystems: claims copy instead of rename "
                     "(slower, and a crash mid-copy needs the recovery at start-up). Put them on one filesystem.")
-    state = config.path("state")
+    state = config.paths.state
     if state.exists():
         fstype = _fstype(state)
         if fstype in ("nfs", "nfs4", "cifs", "smb3", "fuse.sshfs"):
@@ -91,19 +89,19 @@ def _fstype(path: Path) -> str:
 def check_disk(report: Report, config: Config) -> None:
     from daemon.disk import filesystems
 
-    disk = config["janitor"]["disk"]
-    for fs in filesystems(dict(config["paths"])):
+    disk = config.janitor.disk
+    for fs in filesystems(config.paths.folders()):
         text = f"disk {fs.mount}: {fs.percent:.1f}% used ({', '.join(fs.folders)})"
-        if fs.percent >= disk["critical_percent"]:
-            report.fail(text + f" — at or above janitor.disk.critical_percent ({disk['critical_percent']}%)")
-        elif fs.percent >= disk["warn_percent"]:
-            report.warn(text + f" — at or above janitor.disk.warn_percent ({disk['warn_percent']}%)")
+        if fs.percent >= disk.critical_percent:
+            report.fail(text + f" — at or above janitor.disk.critical_percent ({disk.critical_percent:g}%)")
+        elif fs.percent >= disk.warn_percent:
+            report.warn(text + f" — at or above janitor.disk.warn_percent ({disk.warn_percent:g}%)")
         else:
             report.ok(text)
 
 
 def check_inotify(report: Report, config: Config) -> None:
-    if config["ingest"]["poll"]:
+    if config.ingest.poll:
         report.ok("ingest.poll is true: the inbox is polled (right for NFS/SMB), inotify is not used")
         return
     try:
@@ -112,7 +110,7 @@ def check_inotify(report: Report, config: Config) -> None:
     except (OSError, ValueError):
         report.warn("cannot read inotify limits from /proc/sys/fs/inotify; the watcher falls back to polling if needed")
         return
-    folders = 1 + sum(1 for e in _scandir(config.path("inbox")) if e.is_dir(follow_symlinks=False))
+    folders = 1 + sum(1 for e in _scandir(config.paths.inbox) if e.is_dir(follow_symlinks=False))
     if watches < folders * 4 or watches < 8192:
         report.warn(f"fs.inotify.max_user_watches is {watches}; raise it: sysctl -w fs.inotify.max_user_watches=524288")
     else:
@@ -143,7 +141,7 @@ def check_devices(report: Report, config: Config) -> None:
         report.ok(f"torch {torch.__version__}, no CUDA GPU: jobs run on the CPU")
     from pipeline.devices import resolve
 
-    for device in configmod.devices(config):
+    for device in config.pipeline.devices:
         try:
             report.ok(f"pipeline.device {device} -> {resolve(device)}")
         except ValueError as exc:
@@ -153,10 +151,10 @@ def check_devices(report: Report, config: Config) -> None:
 def check_engines(report: Report, config: Config) -> None:
     from pipeline.engines import EngineUnavailable, get_engine
 
-    default = config["pipeline"]["engine"]
-    for name in dict.fromkeys([default, *config["pipeline"]["allowed_engines"]]):
+    default = config.pipeline.engine
+    for name in dict.fromkeys([default, *config.pipeline.allowed_engines]):
         try:
-            get_engine(name, config["pipeline"]).check()
+            get_engine(name, config.pipeline.settings).check()
         except EngineUnavailable as exc:
             if name == default:
                 report.fail(f"engine {name} (pipeline.engine): {exc}")
@@ -182,7 +180,7 @@ def check_queue(report: Report, config: Config) -> None:
 def check_notify(report: Report, config: Config) -> None:
     from daemon.notify.send import validate
 
-    count = len(config["notify"]["urls"]) + (1 if config["notify"]["apprise_config"] else 0)
+    count = len(config.notify.urls) + (1 if config.notify.apprise_config else 0)
     if count == 0:
         report.warn("notify: no notification targets; disk alerts and job failures are only logged "
                     "(set notify.urls, e.g. dingtalk://SECRET@TOKEN or mailtos://...)")
@@ -201,10 +199,9 @@ def check_logging(report: Report, config: Config) -> None:
         report.ok("journald: logs go to the journal (journalctl -u lipsyncd)")
     else:
         report.warn("journald not available (no /run/systemd/journal/socket or systemd-python): logs go to stderr")
-    path = config["logging"]["file"]
+    path = config.logging.file
     if path:
-        folder = Path(path).parent
-        (report.ok if os.access(folder, os.W_OK) else report.fail)(f"logging.file {path}")
+        (report.ok if os.access(path.parent, os.W_OK) else report.fail)(f"logging.file {path}")
 
 
 CHECKS: list[Callable[[Report, Config], None]] = [

@@ -15,32 +15,31 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from daemon.config import devices
+from daemon.config import Config
 from daemon.names import Exit
 
 OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov")
 
 
-def main(config: Mapping[str, Any], audio: Path, video: Path, output: Path, engine: str | None = None,
+def main(config: Config, audio: Path, video: Path, output: Path, engine: str | None = None,
          device: str | None = None, quiet: bool = False) -> int:
     """Render one job; see the module docstring for the exit status."""
     from pipeline.devices import resolve
     from pipeline.engines import EngineError, EngineUnavailable, JobSpec, get_engine
 
-    name = engine or config["pipeline"]["engine"]
+    name = engine or config.pipeline.engine
     problem = _usage_problem(audio, video, output)
     if problem:
         return _fail(problem, Exit.USAGE)
     try:
-        resolved = resolve(device or devices(config)[0])
+        resolved = resolve(device or config.pipeline.devices[0])
     except ValueError as exc:
         return _fail(f"{exc}", Exit.USAGE)
     try:
-        backend = get_engine(name, config["pipeline"])
+        backend = get_engine(name, config.pipeline.settings)
         backend.check()
     except EngineUnavailable as exc:
         return _fail(f"engine {name!r} cannot run: {exc}", Exit.USAGE)

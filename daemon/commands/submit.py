@@ -26,14 +26,14 @@ def main(config: Config, audio: Path, video: Path, *, user: str | None = None, n
                   file=sys.stderr)
             return 2
     stem = name or names.parse(video.name).stem
-    user = user or config["ingest"]["default_user"]
+    user = user or config.ingest.default_user
     for label, value in (("--name", stem), ("--user", user)):
         why = names.refusal(value)
         if why:
             print(f"lipsyncd submit: {label} {value!r} cannot be used: {why}", file=sys.stderr)
             return 2
-    inbox = config.path("inbox")
-    folder = inbox if user == config["ingest"]["default_user"] and not (inbox / user).is_dir() else inbox / user
+    inbox = config.paths.inbox
+    folder = inbox if user == config.ingest.default_user and not (inbox / user).is_dir() else inbox / user
     folder.mkdir(parents=True, exist_ok=True)
     targets = []
     for src in (video, audio):

@@ -16,10 +16,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from daemon.config import Config
 from daemon.files import write_atomic
 from daemon.notify import messages
 
@@ -41,14 +42,14 @@ class Target:
     config_path: str | None = None
 
 
-def targets(config: Mapping[str, Any]) -> list[Target]:
+def targets(config: Config) -> list[Target]:
     """The configured targets: each notify.urls entry, then notify.apprise_config."""
     out = []
-    for url in config["notify"]["urls"]:
+    for url in config.notify.urls:
         key = _digest(url)
         scheme = url.split("://", 1)[0] if "://" in url else "?"
         out.append(Target(key=key, label=f"{scheme}:// #{key[:8]}", url=url))
-    path = config["notify"]["apprise_config"]
+    path = config.notify.apprise_config
     if path:
         key = _digest(f"config:{path}")
         out.append(Target(key=key, label=f"config {path}", config_path=path))
@@ -130,7 +131,7 @@ def send(send_to: list[Target], title: str, body: str) -> dict[str, bool]:
     return results
 
 
-def validate(config: Mapping[str, Any]) -> list[str]:
+def validate(config: Config) -> list[str]:
     """Problems with the configured targets, in plain words, without sending anything (for doctor)."""
     problems = []
     for target in targets(config):
@@ -141,11 +142,11 @@ def validate(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def language(config: Mapping[str, Any]) -> str:
-    return str(config["notify"].get("language", "en"))
+def language(config: Config) -> str:
+    return config.notify.language
 
 
-def notify_job(config: Mapping[str, Any], event: str, user: str, stem: str, job_id: str, detail: str) -> bool:
+def notify_job(config: Config, event: str, user: str, stem: str, job_id: str, detail: str) -> bool:
     """Announce a finished or failed job when notify.events asks for it. Never raises.
 
     detail: the error (its first line is used) for job_failed, the output path for job_done.
@@ -156,7 +157,7 @@ def notify_job(config: Mapping[str, Any], event: str, user: str, stem: str, job_
         if event not in JOB_EVENTS:
             log.error("notify_job: unknown event %r (known: %s)", event, ", ".join(JOB_EVENTS))
             return False
-        if event not in config["notify"]["events"]:
+        if event not in config.notify.events:
             return True
         send_to = targets(config)
         if not send_to:
@@ -175,11 +176,11 @@ def notify_job(config: Mapping[str, Any], event: str, user: str, stem: str, job_
         return False
 
 
-def _pending_dir(config: Mapping[str, Any]) -> str:
-    return os.path.join(config["paths"]["state"], PENDING_FOLDER)
+def _pending_dir(config: Config) -> Path:
+    return config.paths.state / PENDING_FOLDER
 
 
-def _park(config: Mapping[str, Any], name: str, title: str, body: str, keys: list[str]) -> None:
+def _park(config: Config, name: str, title: str, body: str, keys: list[str]) -> None:
     folder = _pending_dir(config)
     record = {"title": title, "body": body, "targets": keys, "created": time.time()}
     try:
@@ -189,7 +190,7 @@ def _park(config: Mapping[str, Any], name: str, title: str, body: str, keys: lis
         log.error("cannot park the notification %s in %s for a later retry: %s", name, folder, exc)
 
 
-def retry_pending(config: Mapping[str, Any], now: float | None = None) -> dict[str, int]:
+def retry_pending(config: Config, now: float | None = None) -> dict[str, int]:
     """Send parked job notifications again; {"sent", "pending", "dropped"}. Never raises."""
     counts = {"sent": 0, "pending": 0, "dropped": 0}
     folder = _pending_dir(config)

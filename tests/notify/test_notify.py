@@ -56,7 +56,7 @@ def test_job_done_only_when_enabled(tmp_path: Path, smtp_sink: SmtpSink) -> None
     cfg = make_config(tmp_path, notify={"urls": [smtp_sink.url()], "events": ["disk", "job_failed"]})
     assert notify.notify_job(cfg, "job_done", "ann", "intro", "j1", "/outputs/2026-11-27/ann/intro.mp4") is True
     assert smtp_sink.messages == []  # job_done is not in notify.events: nothing sent
-    cfg["notify"]["events"] = ["job_done"]
+    cfg = make_config(tmp_path, notify={"urls": [smtp_sink.url()], "events": ["job_done"]})
     assert notify.notify_job(cfg, "job_done", "ann", "intro", "j1", "/outputs/2026-11-27/ann/intro.mp4") is True
     assert subject(smtp_sink.messages[0]) == "[lipsyncd] Job done: ann/intro"
     assert "/outputs/2026-11-27/ann/intro.mp4" in text_parts(smtp_sink.messages[0])["text/plain"]
@@ -83,7 +83,7 @@ def test_a_failed_job_notification_never_raises_and_is_retried_by_the_janitor(tm
         result = janitor.run_pass(cfg)
         assert result.pending == {"sent": 0, "pending": 1, "dropped": 0}  # the bad URL still fails
         assert late.json_bodies()[0]["title"] == "[lipsyncd] Job failed: cy/talk"
-    cfg["notify"]["urls"] = [f"json://127.0.0.1:{port}/"]  # the person fixed the config
+    cfg = make_config(tmp_path, notify={"urls": [f"json://127.0.0.1:{port}/"]})  # the person fixed the config
     assert janitor.run_pass(cfg).pending == {"sent": 1, "pending": 0, "dropped": 0}
     assert list((Path(cfg["paths"]["state"]) / "notify-pending").glob("*.json")) == []
 
