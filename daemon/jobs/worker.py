@@ -26,7 +26,7 @@ from typing import Any
 from daemon import config as configmod
 from daemon import log as logmod
 from daemon import names
-from daemon.jobs import filing, spool
+from daemon.jobs import filing, lease, spool
 from daemon.jobs.job import Job, load, save
 from daemon.jobs.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
 from daemon.log import fields
@@ -96,7 +96,7 @@ class Worker:
         finally:
             self._notifier.stopping()
             self._stop_heartbeat.set()
-            spool.remove_heartbeat(self.spool, socket.gethostname(), os.getpid())
+            lease.remove_heartbeat(self.spool, socket.gethostname(), os.getpid())
             for engine in self._engines.values():
                 with contextlib.suppress(Exception):
                     engine.close()
@@ -179,7 +179,7 @@ class Worker:
             with contextlib.suppress(OSError):
                 with self._lease_lock:  # never rewrite the lease of a job folder being removed
                     if current is not None and self.current is current and \
-                            not spool.touch_lease(current[1], self._lease_data(current[0])):
+                            not lease.touch_lease(current[1], self._lease_data(current[0])):
                         self.lost_lease = True
                 self._heartbeat(state="busy" if current else ("stopping" if self.stopping else "idle"))
 
@@ -190,7 +190,7 @@ class Worker:
     def _heartbeat(self, **data: Any) -> None:
         current = self.current
         with contextlib.suppress(OSError):
-            spool.write_heartbeat(self.spool, self.name, {
+            lease.write_heartbeat(self.spool, self.name, {
                 "host": socket.gethostname(), "device": self.device, "pid": os.getpid(),
                 "job": current[0].id if current else None, "user": current[0].user if current else None,
                 "stage": self.stage, "progress": round(self.progress, 4),
@@ -227,7 +227,7 @@ class Worker:
     def run_job(self, job_id: str) -> None:
         folder = self.spool / job_id
         lease_seconds = float(self.config["queue"]["lease_seconds"])
-        if not spool.take_lease(folder, {"worker": self.name, "host": socket.gethostname(), "pid": os.getpid(),
+        if not lease.take_lease(folder, {"worker": self.name, "host": socket.gethostname(), "pid": os.getpid(),
                                           "device": self.device, "job": job_id}, stale_after=lease_seconds):
             log.debug("job %s is done or held by another worker; skipping the duplicate", job_id)
             return
@@ -348,7 +348,7 @@ class Worker:
             save(folder, job)
         sidecars: dict[str, Any] = {".jpg": poster} if has_poster else {}
         sidecars[".json"] = record  # last: a record means the output is complete
-        if self.lost_lease or not spool.owns_lease(folder, self.name):
+        if self.lost_lease or not lease.owns_lease(folder, self.name):
             log.error("lost the lease of job %s to another worker while it ran here (this worker was stalled "
                       "longer than queue.lease_seconds); not publishing, the other worker's result counts",
                       job.id, extra=fields(job_id=job.id, user=job.user, stage="publish"))
@@ -384,7 +384,7 @@ class Worker:
         except OSError as exc:
             log.error("job %s failed (%s) and could not be filed under failed/ (%s); it stays in the spool",
                       job.id, reason.splitlines()[0], exc, extra=fields(job_id=job.id, user=job.user))
-            spool.drop_lease(folder)
+            lease.drop_lease(folder)
             return
         log.error("failed %s: %s (inputs and error.txt in %s)", job.stem, reason.splitlines()[0], where,
                   extra=fields(job_id=job.id, user=job.user, stage="failed"))
@@ -417,7 +417,7 @@ class Worker:
             job.attempts = max(0, job.attempts - 1)  # a stop or a full disk is not the job's fault
         with contextlib.suppress(OSError):
             save(folder, job)
-        spool.drop_lease(folder)
+        lease.drop_lease(folder)
         try:
             assert self._queue is not None
             self._queue.put(job.id, priority=REQUEUE_PRIORITY)
