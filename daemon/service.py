@@ -79,15 +79,15 @@ class Service:
         self.ready = False
         self.exit_code = 0
 
-    # --- signals -----------------------------------------------------------------------------------
+    # --- signals: handlers set a flag and wake the main loop (SimpleQueue.put is reentrant) ------------
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.stop_requested = True
-        self.watcher.changes.put_nowait(None)  # type: ignore[arg-type]  # wake the main loop
+        self.watcher.changes.put_nowait(None)
 
     def _on_hup(self, signum: int, frame: object) -> None:
         self.reload_requested = True
-        self.watcher.changes.put_nowait(None)  # type: ignore[arg-type]
+        self.watcher.changes.put_nowait(None)
 
     # --- the loop ----------------------------------------------------------------------------------
 
