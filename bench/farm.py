@@ -5,7 +5,7 @@ video to the output), so the engine costs the same on any machine and what is me
 around it: Redis hand-out, leases and heartbeats, input hashing, the sync score, the poster, publishing.
 Scaling efficiency at N workers = throughput_N / (N x throughput_1); the target is >= 0.9 at 4 workers.
 
-Jobs are claimed into the spool with the calls the daemon's ingest makes (daemon.jobs.spool.claim, then
+Jobs are claimed into the spool with the calls the daemon's ingest makes (daemon.inbox.claim.claim, then
 JobQueue.put) while the workers wait idle; all are queued at once and the clock runs from the first put
 to the last output. The watcher is not part of this measurement.
 
@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from daemon import config as configmod  # noqa: E402
+from daemon.inbox.claim import claim  # noqa: E402
 from daemon.inbox.pairing import Claim  # noqa: E402
-from daemon.jobs import spool  # noqa: E402
 from daemon.jobs.queue import JobQueue  # noqa: E402
 from tests import media  # noqa: E402
 from tests.jobs.test_farm import HOST_NAMES, Farm, RedisServer, sleep_then_copy  # noqa: E402
@@ -79,7 +79,7 @@ def run_once(root: Path, workers: int, jobs: int, job_seconds: float, video: Pat
         for i in range(jobs):
             stem = f"job-{i:03d}"
             farm.drop("bench", stem, video, audio)
-            job = spool.claim(farm.shared / "spool", inbox, "bench", "bench",
+            job = claim(farm.shared / "spool", inbox, "bench", "bench",
                               Claim(stem=stem, audio=f"{stem}.wav", video=f"{stem}.mp4"))
             job_ids.append(job.id)
         pids = [proc.pid for proc in farm.procs.values()]

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from daemon import config as configmod
 from daemon import log as logmod
+from daemon.inbox.claim import recover_claims
 from daemon.inbox.ingest import Ingest
 from daemon.inbox.watcher import Watcher
-from daemon.jobs import spool
+from daemon.jobs import lease
 from daemon.jobs.queue import JobQueue
 from daemon.jobs.reaper import SpoolSummary, reap
 from daemon.log import fields
@@ -78,15 +79,15 @@ class Service:
         self.ready = False
         self.exit_code = 0
 
-    # --- signals -----------------------------------------------------------------------------------
+    # --- signals: handlers set a flag and wake the main loop (SimpleQueue.put is reentrant) ------------
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.stop_requested = True
-        self.watcher.changes.put_nowait(None)  # type: ignore[arg-type]  # wake the main loop
+        self.watcher.changes.put_nowait(None)
 
     def _on_hup(self, signum: int, frame: object) -> None:
         self.reload_requested = True
-        self.watcher.changes.put_nowait(None)  # type: ignore[arg-type]
+        self.watcher.changes.put_nowait(None)
 
     # --- the loop ----------------------------------------------------------------------------------
 
@@ -95,7 +96,7 @@ class Service:
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
         spool_dir = self.config.path("spool")
-        for job_id in spool.recover_claims(spool_dir):
+        for job_id in recover_claims(spool_dir):
             log.info("recovered interrupted claim %s", job_id, extra=fields(job_id=job_id))
         self.summary = reap(self.config, self.queue, grace_seconds=0)
         self.ingest.in_flight = dict(self.summary.per_user)
@@ -209,7 +210,7 @@ class Service:
                     return False
                 worker.failures += 1
                 worker.restart_at = now + worker.backoff
-                spool.remove_heartbeat(self.config.path("spool"), socket.gethostname(), worker.proc.pid)
+                lease.remove_heartbeat(self.config.path("spool"), socket.gethostname(), worker.proc.pid)
                 log.error("worker for %s exited with status %s; restarting in %.0f s (its job, if any, is "
                           "re-queued when its lease expires)", worker.device, code, worker.backoff)
                 worker.backoff = min(worker.backoff * 2, RESTART_BACKOFF_MAX)
@@ -221,7 +222,7 @@ class Service:
         return True
 
     def _workers_ready(self) -> bool:
-        beats = {(b.get("pid")): b for b in spool.heartbeats(self.config.path("spool"))}
+        beats = {(b.get("pid")): b for b in lease.heartbeats(self.config.path("spool"))}
         for worker in self.workers:
             if worker.proc is None:
                 return False
@@ -233,9 +234,9 @@ class Service:
     def _status_text(self) -> str:
         summary = self.summary
         parts = [f"{summary.queued} queued", f"{len(summary.running)} running"]
-        for lease in summary.running[:3]:
-            parts.append(f"{lease.get('user')}/{lease.get('stem')} {lease.get('stage', '?')} "
-                         f"{100 * float(lease.get('progress') or 0):.0f}%")
+        for job in summary.running[:3]:
+            parts.append(f"{job.get('user')}/{job.get('stem')} {job.get('stage', '?')} "
+                         f"{100 * float(job.get('progress') or 0):.0f}%")
         parts.append(f"{self.ingest.claimed} claimed since start")
         return "; ".join(parts)
 

@@ -214,3 +214,31 @@ def test_worker_alone_speaks_sd_notify_as_its_own_unit(notify: NotifySocket, tmp
     pings = [m.at for m in notify.from_pid(proc.pid, "WATCHDOG") if ready.at <= m.at <= stopped_at]
     window = [ready.at, *pings, stopped_at]
     assert pings and max(b - a for a, b in zip(window, window[1:], strict=False)) < WATCHDOG_USEC / 1e6, window
+
+
+@pytest.mark.parametrize("via", ["systemd-python", "own socket"])
+def test_notifier_uses_systemd_python_when_installed_else_its_own_socket(via: str, notify: NotifySocket,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemons above use systemd-python where it is installed (install.sh installs the extra); the plain
+    datagram is the fallback for `pip install lipsyncd` without it. Both reach the same bound socket."""
+    from types import SimpleNamespace
+
+    from daemon import sdnotify
+
+    sent: list[str] = []
+    if via == "systemd-python":
+        real = pytest.importorskip("systemd.daemon")
+        assert sdnotify.systemd_daemon is real, "systemd-python is installed but not used"
+        monkeypatch.setattr(sdnotify, "systemd_daemon",
+                            SimpleNamespace(notify=lambda message: sent.append(message) or real.notify(message)))
+    else:
+        monkeypatch.setattr(sdnotify, "systemd_daemon", None)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    notifier = sdnotify.Notifier()
+    assert notifier.ready("up") and notifier.status("busy") and notifier.stopping()
+    wait_for(lambda: len(notify.from_pid(os.getpid())) >= 3, 10, "three messages")
+    assert [m.fields for m in notify.from_pid(os.getpid())] == [{"READY": "1", "STATUS": "up"}, {"STATUS": "busy"},
+                                                                {"STOPPING": "1"}]
+    assert sent == (["READY=1\nSTATUS=up", "STATUS=busy", "STOPPING=1"] if via == "systemd-python" else [])
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not sdnotify.Notifier().ready(), "without $NOTIFY_SOCKET nothing is sent"

@@ -48,6 +48,18 @@ def running_lease(root: Path) -> dict:
     return {}
 
 
+def processes_in(root: Path) -> list[int]:
+    """Processes whose working folder is under *root* (the command engine runs its tool in the job's work folder)."""
+    found = []
+    for cwd in Path("/proc").glob("[0-9]*/cwd"):
+        try:
+            if cwd.readlink().is_relative_to(root):
+                found.append(int(cwd.parent.name))
+        except OSError:
+            continue
+    return found
+
+
 def no_partial_outputs(root: Path) -> bool:
     return not [p for p in (root / "outputs").rglob(".*") if p.is_file()]
 
@@ -89,8 +101,10 @@ def test_sigterm_requeues_a_job_that_cannot_finish_in_time(tmp_path: Path, pair)
     assert time.monotonic() - started < 15, "the stop waited for the whole job"
     [job_dir] = list((tmp_path / "spool").glob("2*"))
     job = json.loads((job_dir / "job.json").read_text())
-    assert job["state"] == "queued" and not (job_dir / "lease").exists()
+    assert job["state"] == "queued" and job["attempts"] == 0 and not (job_dir / "lease").exists()
     assert not outputs(tmp_path) and no_partial_outputs(tmp_path)
+    assert "the worker was stopped before the job finished; job" in daemon.log()
+    wait_for(lambda: not processes_in(tmp_path), 5, "the engine's command to be gone with its worker")
     # Next start, with a fast command, finishes it exactly once.
     data = yaml.safe_load(config.read_text())
     data["pipeline"]["command"]["argv"] = slow_mux_argv(0)
@@ -99,6 +113,7 @@ def test_sigterm_requeues_a_job_that_cannot_finish_in_time(tmp_path: Path, pair)
         [out] = wait_for(lambda: outputs(tmp_path), 30, "the re-queued job after restart")
     assert out.name == "long.mp4"
     assert json.loads(out.with_suffix(".json").read_text())["job_id"] == job["id"]
+    assert json.loads(out.with_suffix(".json").read_text())["attempts"] == 1, "a stop is not the job's fault"
 
 
 def test_kill_9_of_the_daemon_mid_claim_loses_nothing(tmp_path: Path, pair) -> None:

@@ -1,25 +1,26 @@
 """Ingest: from inbox files to claimed, queued jobs (or plain-words failures).
 
-Reads top to bottom: scan/changes -> settle -> pair (daemon.inbox.pairing) -> claim (daemon.jobs.spool) ->
-enqueue (daemon.queue). Runs in the daemon's main thread; never imports torch or the pipeline.
+Reads top to bottom: scan/changes -> settle -> pair (daemon.inbox.pairing) -> claim (daemon.inbox.claim) ->
+enqueue (daemon.jobs.queue). Runs in the daemon's main thread; never imports torch or the pipeline.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from daemon import names
+from daemon.inbox import claim
+from daemon.inbox.manifest import MAX_BYTES, Manifest, ManifestError
 from daemon.inbox.manifest import parse as parse_manifest
 from daemon.inbox.pairing import Claim, Entry, Fail, decide, find_avatar_in
 from daemon.inbox.settle import SettleTracker
 from daemon.inbox.watcher import Change
-from daemon.jobs import filing, spool
+from daemon.jobs import filing
 from daemon.jobs.queue import JobQueue, QueueUnavailable
 from daemon.log import fields
 
@@ -184,8 +185,8 @@ class Ingest:
 
     def _claim(self, folder: Path, user: str, source: str, decision: Claim) -> int:
         try:
-            job = spool.claim(self.spool, folder, user, source, decision)
-        except spool.UnsafeFile as exc:
+            job = claim.claim(self.spool, folder, user, source, decision)
+        except claim.UnsafeFile as exc:
             self._fail(folder, user, Fail(names.printable(decision.stem), decision.files, str(exc)))
             return 0
         except FileNotFoundError:
@@ -232,27 +233,21 @@ def _problem(name: str, st: os.stat_result, folder_problem: str | None) -> str |
     """Why a file must be refused without being opened, or None."""
     if folder_problem:
         return f"the folder this was dropped in cannot be used as a user name: {folder_problem}. Rename the folder."
-    if stat.S_ISLNK(st.st_mode):
-        return (f"{name!r} is a symbolic link; lipsyncd never follows links (they could point anywhere on the "
-                "server). Copy the real file into the inbox instead.")
-    if not stat.S_ISREG(st.st_mode):
-        return f"{name!r} is not a regular file (a pipe, socket or device); copy a real file into the inbox."
-    if st.st_nlink > 1:
-        return (f"{name!r} is a hard link to a file elsewhere; lipsyncd only takes files of their own. "
-                "Copy the file (cp, not ln) and drop it again.")
+    unsafe = claim.plain_file_problem(name, st)
+    if unsafe:
+        return unsafe
     why = names.refusal(name)
     if why:
         return f"the file name {names.printable(name)!r} cannot be used: {why}. Rename it and drop it again."
     return None
 
 
-def _read_manifest(path: Path, allowed_engines: list[str]):
-    from daemon.inbox.manifest import MAX_BYTES, ManifestError
-
+def _read_manifest(path: Path, allowed_engines: list[str]) -> Manifest:
+    """The manifest *path*, read only if it is a plain file of its own and not over MAX_BYTES."""
     try:
-        spool.check_plain_file(path)
+        claim.check_plain_file(path)
         with open(path, "rb", buffering=0) as handle:
             data = handle.read(MAX_BYTES + 1)
-    except (OSError, spool.UnsafeFile) as exc:
+    except (OSError, claim.UnsafeFile) as exc:
         raise ManifestError(f"it cannot be read ({exc})") from None
     return parse_manifest(data, names.parse(path.name).stem, allowed_engines)

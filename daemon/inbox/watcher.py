@@ -3,6 +3,8 @@
 The watcher only reports which paths changed and how (a Change on a thread-safe queue); the ingest
 loop decides what the change means. When the kernel runs out of inotify watches or instances, the
 watcher says so with the sysctl to raise and falls back to polling, so drops are still seen.
+The queue is a SimpleQueue, whose put() is reentrant: the daemon's signal handlers put None on it to
+wake its main loop, where a queue.Queue (a plain lock) could deadlock.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Change:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, changes: queue.Queue[Change]) -> None:
+    def __init__(self, changes: queue.SimpleQueue[Change | None]) -> None:
         self.changes = changes
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -63,7 +65,7 @@ class Watcher:
 
     def __init__(self, inbox: Path, *, poll: bool) -> None:
         self.inbox = inbox
-        self.changes: queue.Queue[Change] = queue.Queue()
+        self.changes: queue.SimpleQueue[Change | None] = queue.SimpleQueue()  # None: wake up, nothing changed
         self.poll = poll
         self._observer = None
         self.mode = ""

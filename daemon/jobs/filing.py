@@ -71,7 +71,7 @@ def _size(size: int) -> str:
 def file_failure(failed_root: Path, user: str, stem: str, files: Sequence[tuple[Path, str]], reason: str, *,
                  job: Job | None = None, engine: str | None = None, device: str | None = None) -> Path:
     """Move *files* ((current path, original name)) into a new failed/ folder with error.txt and job.json."""
-    from daemon.jobs.spool import move
+    from daemon.inbox.claim import move
 
     folder = unique_folder(failed_root / today() / names.printable(user), names.printable(stem))
     listed: list[tuple[str, int]] = []

@@ -6,11 +6,19 @@ import json
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from daemon.files import write_atomic
 from daemon.names import JOB_FILE
+
+
+class JobState(str, Enum):
+    """Where a job in the spool stands; job.json stores the value ("queued", "running")."""
+
+    QUEUED = "queued"  # on the queue, or waiting to be put back on it
+    RUNNING = "running"  # a worker took it and counted an attempt
 
 
 @dataclass
@@ -32,7 +40,7 @@ class Job:
     engine: str | None = None  # None: pipeline.engine
     options: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # the inbox folder it came from, relative to the inbox
-    state: str = "queued"  # queued | running
+    state: JobState = JobState.QUEUED
     created: float = field(default_factory=time.time)
     attempts: int = 0
     publish_dir: str | None = None  # outputs/YYYY-MM-DD/<user>, fixed on the first publish attempt
@@ -44,7 +52,7 @@ class Job:
         return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "state": self.state.value}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
@@ -52,6 +60,7 @@ class Job:
         data["audio"] = InputFile(**data["audio"])
         data["video"] = InputFile(**data["video"])
         data["extra"] = [InputFile(**item) for item in data.get("extra", [])]
+        data["state"] = JobState(data.get("state", JobState.QUEUED))
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -61,7 +61,7 @@ def reap(config: Mapping[str, Any], queue: JobQueue, *, grace_seconds: float | N
             continue
         if entry.lease is not None:
             # The stale lease stays: the worker that takes the job replaces it only if it is still stale
-            # then (spool.take_lease), so a worker that was merely slow (NFS stall) keeps its job.
+            # then (lease.take_lease), so a worker that was merely slow (NFS stall) keeps its job.
             why = (f"its worker {entry.lease.get('worker', '?')} (pid {entry.lease.get('pid', '?')} on "
                    f"{entry.lease.get('host', '?')}) stopped heartbeating {entry.lease_age:.0f} s ago: the worker "
                    "or its host died")

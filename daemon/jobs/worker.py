@@ -1,36 +1,43 @@
 """A worker: one process per device that takes job ids off the queue and runs them through an engine.
 
-Only workers import the pipeline (and so torch). A job is run under a lease (spool/<id>/lease) that a
-heartbeat thread touches with the current stage and progress; a worker that dies leaves a stale lease
-and the daemon's reaper puts the job back on the queue. SIGTERM: finish the running job within
-queue.stop_timeout_seconds or put it back; SIGHUP: reload the configuration between jobs.
+Only workers import the pipeline (and so torch). A job goes verify -> render -> record -> publish under
+a lease (spool/<id>/lease) that a heartbeat thread touches with the current stage and progress; a worker
+that dies leaves a stale lease and the daemon's reaper puts the job back on the queue.
+
+Signal handlers only set flags: work done inside a handler would interrupt whatever the main thread
+was doing at that moment (huey's consumer says why). SIGTERM/SIGINT: take no new job, let the running
+one finish within queue.stop_timeout_seconds; past that deadline the heartbeat thread puts it back on
+the queue and ends the process (see Worker._abandon). SIGHUP: reload the configuration between jobs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon import config as configmod
 from daemon import log as logmod
 from daemon import names
-from daemon.jobs import filing, spool
-from daemon.jobs.job import Job, load, save
+from daemon.jobs import filing, lease, record
+from daemon.jobs.job import Job, JobState, load, save
 from daemon.jobs.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
+from daemon.jobs.spool import remove_job_folder
 from daemon.log import fields
 from daemon.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from pipeline.engines import RenderResult
 
 log = logging.getLogger("lipsyncd.worker")
 
@@ -39,45 +46,70 @@ QUEUE_RETRY_MAX = 30.0
 HEARTBEAT_MAX_SECONDS = 2.0
 MIN_FREE_BYTES = 16 * 1024 * 1024  # below this on spool/ or outputs/, jobs wait instead of failing
 DISK_FULL_WAIT_MAX = 30.0
+HEARTBEAT_JOIN_SECONDS = 5.0  # at exit, how long to wait for the heartbeat thread's last write
 
 
-class DiskFull(Exception):
-    """No room on the spool's or the outputs' filesystem: the job waits instead of failing."""
+class NoRoom(Exception):
+    """The server's disk is full: the job waits, back on the queue, without counting an attempt."""
 
 
-class Requeue(BaseException):
-    """Raised in the main thread when a stop cannot wait for the running job any longer."""
+@dataclass
+class Run:
+    """One attempt at a job in this worker: what its stages share."""
+
+    job: Job
+    folder: Path
+    engine: str
+    attempts: int  # job.attempts when taken: a re-queue restores it (a stop or a full disk is not the job's fault)
+    started: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    lost_lease: bool = False  # set by the heartbeat thread when another worker took the lease over
+
+    @property
+    def audio(self) -> Path:
+        return self.folder / self.job.audio.file
+
+    @property
+    def video(self) -> Path:
+        return self.folder / self.job.video.file if self.job.video.consumed else Path(self.job.video.file)
 
 
 class Worker:
+    """One device's worker process: the main thread runs jobs, the heartbeat thread reports and keeps time."""
+
     def __init__(self, config: configmod.Config, device: str, config_path: str | os.PathLike[str] | None) -> None:
         self.config = config
         self.config_path = config_path
         self.configured_device = device
         self.device = device
         self.spool = config.path("spool")
-        self.name = f"{socket.gethostname()}-{device.replace(':', '')}-{os.getpid()}"
-        self.stopping = False
-        self.reload_requested = False
-        self.current: tuple[Job, Path] | None = None
+        self.host = socket.gethostname()
+        self.name = f"{self.host}-{device.replace(':', '')}-{os.getpid()}"
+        self.stopping = False  # set by SIGTERM/SIGINT
+        self.reload_requested = False  # set by SIGHUP
+        self.current: Run | None = None
+        self._stop_deadline: float | None = None  # monotonic; set by the heartbeat thread once a stop finds a job
         self.stage, self.progress = "idle", 0.0
         self._engines: dict[str, Any] = {}
         self._queue: JobQueue | None = None
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._stop_heartbeat = threading.Event()
-        self._lease_lock = threading.Lock()
-        self.lost_lease = False
+        self._lease_lock = threading.Lock()  # the heartbeat never rewrites the lease of a folder being removed
+        # Held while the job's files change (job.json, publishing, filing a failure, re-queueing): the stop
+        # deadline re-queues a job only between such changes. Reentrant: _abandon holds it around _requeue.
+        self._commit_lock = threading.RLock()
         self._notifier = Notifier()  # when run as lipsyncd-worker@.service; the daemon's workers have none
 
     # --- process life ------------------------------------------------------------------------------
 
     def main(self) -> int:
+        """Start up (device, default engine, queue, heartbeat thread), run jobs until stopped, sign off."""
         from pipeline.devices import resolve
         from pipeline.engines import EngineUnavailable
 
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        signal.signal(signal.SIGALRM, self._on_alarm)
         try:
             self.device = resolve(self.configured_device)
             self._check_default_engine()  # a bad checkpoint is reported now, not mid-job
@@ -86,7 +118,7 @@ class Worker:
             self._heartbeat(state="error", error=str(exc))
             return names.Exit.USAGE
         self._queue = JobQueue(self.config, blocking_seconds=1.0)
-        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        self._heartbeat_thread.start()
         log.info("worker %s ready on %s (engine %s, queue %s)", self.name, self.device,
                  self.config["pipeline"]["engine"], self._queue.where)
         self._heartbeat(state="idle")
@@ -94,38 +126,35 @@ class Worker:
         try:
             self._loop()
         finally:
-            self._notifier.stopping()
             self._stop_heartbeat.set()
-            spool.remove_heartbeat(self.spool, socket.gethostname(), os.getpid())
+            self._heartbeat_thread.join(HEARTBEAT_JOIN_SECONDS)
+            self._sign_off()
             for engine in self._engines.values():
                 with contextlib.suppress(Exception):
                     engine.close()
-        return 0
+        return names.Exit.OK
 
     def _loop(self) -> None:
+        """Take a job off the queue and run it, until stopped; back off while the queue is empty or down."""
         assert self._queue is not None
-        idle = IDLE_POLL_MIN
-        retry = 1.0
+        idle, retry = IDLE_POLL_MIN, 1.0
         while not self.stopping:
             if self.reload_requested:
                 self._reload()
             try:
                 job_id = self._queue.take()
-                retry = 1.0
             except QueueUnavailable as exc:
                 log.warning("%s; retrying in %.0f s", exc, retry)
                 self._sleep(retry)
                 retry = min(retry * 2, QUEUE_RETRY_MAX)
                 continue
+            retry = 1.0
             if job_id is None:
                 self._sleep(idle)
                 idle = min(idle * 2, IDLE_POLL_MAX)
                 continue
             idle = IDLE_POLL_MIN
-            try:
-                self.run_job(job_id)
-            except Requeue:
-                break
+            self.run_job(job_id)
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -133,18 +162,7 @@ class Worker:
             time.sleep(min(0.05, seconds))
 
     def _on_stop(self, signum: int, frame: object) -> None:
-        if self.stopping:
-            return
-        self.stopping = True
-        if self.current is not None:
-            timeout = float(self.config["queue"]["stop_timeout_seconds"])
-            log.info("stopping: giving job %s up to %g s to finish", self.current[0].id, timeout,
-                     extra=fields(job_id=self.current[0].id, user=self.current[0].user))
-            signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.001))
-
-    def _on_alarm(self, signum: int, frame: object) -> None:
-        if self.current is not None:
-            raise Requeue()
+        self.stopping = True  # the loop takes no new job; the heartbeat thread watches the stop deadline
 
     def _on_hup(self, signum: int, frame: object) -> None:
         self.reload_requested = True
@@ -161,43 +179,96 @@ class Worker:
         logmod.setup(new["logging"], service=True)
         log.info("configuration reloaded from %s", self.config_path)
 
-    # --- heartbeats --------------------------------------------------------------------------------
+    def _sign_off(self) -> None:
+        """Tell systemd and `lipsyncd status` that this worker is gone."""
+        self._notifier.stopping()
+        lease.remove_heartbeat(self.spool, self.host, os.getpid())
+
+    # --- heartbeats and the stop deadline ------------------------------------------------------------
 
     def _heartbeat_interval(self) -> float:
         return min(HEARTBEAT_MAX_SECONDS, float(self.config["queue"]["lease_seconds"]) / 3)
 
     def _heartbeat_loop(self) -> None:
+        """The heartbeat thread: beat every interval, and watch the stop deadline."""
         interval = self._heartbeat_interval()
         if self._notifier.watchdog_interval:
             interval = min(interval, self._notifier.watchdog_interval)
-        while not self._stop_heartbeat.wait(interval):
-            current = self.current
-            self._notifier.watchdog()
-            if current is not None:
-                self._notifier.status(f"job {current[0].id} ({current[0].user}/{current[0].stem}): "
-                                      f"{self.stage} {100 * self.progress:.0f}%")
-            with contextlib.suppress(OSError):
-                with self._lease_lock:  # never rewrite the lease of a job folder being removed
-                    if current is not None and self.current is current and \
-                            not spool.touch_lease(current[1], self._lease_data(current[0])):
-                        self.lost_lease = True
-                self._heartbeat(state="busy" if current else ("stopping" if self.stopping else "idle"))
+        wait = interval
+        while not self._stop_heartbeat.wait(wait):
+            run = self.current
+            self._beat(run)
+            wait = self._watch_stop(run, interval)
 
-    def _lease_data(self, job: Job) -> dict[str, Any]:
-        return {"worker": self.name, "host": socket.gethostname(), "pid": os.getpid(), "device": self.device,
-                "job": job.id, "user": job.user, "stage": self.stage, "progress": round(self.progress, 4)}
-
-    def _heartbeat(self, **data: Any) -> None:
-        current = self.current
+    def _beat(self, run: Run | None) -> None:
+        """Ping systemd's watchdog, and rewrite the job's lease and the heartbeat file with stage and progress."""
+        self._notifier.watchdog()
+        if run is not None:
+            self._notifier.status(f"job {run.job.id} ({run.job.user}/{run.job.stem}): "
+                                  f"{self.stage} {100 * self.progress:.0f}%")
         with contextlib.suppress(OSError):
-            spool.write_heartbeat(self.spool, self.name, {
-                "host": socket.gethostname(), "device": self.device, "pid": os.getpid(),
-                "job": current[0].id if current else None, "user": current[0].user if current else None,
-                "stage": self.stage, "progress": round(self.progress, 4),
-                "interval": self._heartbeat_interval(), **data})
+            with self._lease_lock:  # never rewrite the lease of a job folder being removed
+                if run is not None and self.current is run and \
+                        not lease.touch_lease(run.folder, self._payload(run.job.id, run.job.user)):
+                    run.lost_lease = True
+            self._heartbeat(state="busy" if run else ("stopping" if self.stopping else "idle"))
+
+    def _watch_stop(self, run: Run | None, interval: float) -> float:
+        """Once a stop finds a job running, give it queue.stop_timeout_seconds, then _abandon it.
+        Returns how long the heartbeat thread waits before its next turn."""
+        if not self.stopping or run is None:
+            return interval
+        if self._stop_deadline is None:
+            timeout = float(self.config["queue"]["stop_timeout_seconds"])
+            self._stop_deadline = time.monotonic() + timeout
+            log.info("stopping: giving job %s up to %g s to finish", run.job.id, timeout,
+                     extra=fields(job_id=run.job.id, user=run.job.user))
+        left = self._stop_deadline - time.monotonic()
+        if left <= 0:
+            self._abandon()  # returns only when the job finished meanwhile
+            return interval
+        return min(interval, left)
+
+    def _abandon(self) -> None:
+        """Past the stop deadline (heartbeat thread): put the running job back on the queue and end the process.
+
+        The main thread may be anywhere inside an engine, so it is not interrupted: the job is re-queued
+        from here (lease dropped, state queued, the attempt not counted), the engine's child processes
+        are killed, and the process ends with os._exit. Under the commit lock, so a job half published
+        or half filed as failed is finished first (then there is nothing left to re-queue)."""
+        with self._commit_lock:
+            run = self.current
+            if run is None:
+                return  # it finished meanwhile: the main loop stops by itself
+            self._requeue(run, "the worker was stopped before the job finished")
+            _kill_children()
+            self._sign_off()
+            logging.shutdown()
+            os._exit(names.Exit.OK)
+
+    def _payload(self, job_id: str | None, user: str | None = None) -> dict[str, Any]:
+        """What this worker is doing: the one payload its job's lease and its heartbeat file both carry."""
+        return {"worker": self.name, "host": self.host, "pid": os.getpid(), "device": self.device,
+                "job": job_id, "user": user, "stage": self.stage, "progress": round(self.progress, 4)}
+
+    def _heartbeat(self, **state: Any) -> None:
+        run = self.current
+        payload = self._payload(run.job.id, run.job.user) if run else self._payload(None)
+        with contextlib.suppress(OSError):
+            lease.write_heartbeat(self.spool, self.name,
+                                  {**payload, "interval": self._heartbeat_interval(), **state})
 
     def _progress(self, stage: str, fraction: float) -> None:
+        """The engine's progress callback too: what the lease, the heartbeat and `lipsyncd status` show."""
         self.stage, self.progress = stage, max(0.0, min(1.0, fraction))
+
+    @contextlib.contextmanager
+    def _stage(self, run: Run, name: str, progress: float = 0.0) -> Iterator[None]:
+        """The stage clock: show stage *name* at *progress*, and time it into the record's timings."""
+        self._progress(name, progress)
+        started = time.monotonic()
+        yield
+        run.timings[name] = time.monotonic() - started
 
     # --- one job -----------------------------------------------------------------------------------
 
@@ -225,10 +296,10 @@ class Worker:
                         name, exc)
 
     def run_job(self, job_id: str) -> None:
+        """One job off the queue: take its lease, perform it, and wait for room when the disk is full."""
         folder = self.spool / job_id
         lease_seconds = float(self.config["queue"]["lease_seconds"])
-        if not spool.take_lease(folder, {"worker": self.name, "host": socket.gethostname(), "pid": os.getpid(),
-                                          "device": self.device, "job": job_id}, stale_after=lease_seconds):
+        if not lease.take_lease(folder, self._payload(job_id), stale_after=lease_seconds):
             log.debug("job %s is done or held by another worker; skipping the duplicate", job_id)
             return
         try:
@@ -238,157 +309,168 @@ class Worker:
                       extra=fields(job_id=job_id))
             self._fail_unreadable(folder, job_id, str(exc))
             return
-        self.current = (job, folder)
+        run = Run(job, folder, engine=job.engine or self.config["pipeline"]["engine"], attempts=job.attempts)
+        self.current = run
         self._progress("starting", 0.0)
-        self.lost_lease = False
         self._heartbeat(state="busy")  # status shows the job at once, not at the next heartbeat
-        context = fields(job_id=job.id, user=job.user)
         try:
-            full = self._disk_full()
-            if full:
-                raise DiskFull(full)
-            job.attempts += 1
-            job.state = "running"
-            save(folder, job)
-            if job.attempts > int(self.config["queue"]["max_attempts"]):
-                self._fail(job, folder, f"the worker processing this job stopped unexpectedly {job.attempts - 1} "
-                                        "times (crashed or was killed), so lipsyncd gave up on it. The input may "
-                                        "make the engine crash; check the log of this job.", engine=None)
-                return
-            self._execute(job, folder)
-        except DiskFull as exc:
-            self._requeue(job, folder, f"{exc}; the job waits (it is not failed) until there is room",
-                          undo_attempt=job.state == "running")
-            self._sleep(min(DISK_FULL_WAIT_MAX, 2 * float(self.config["queue"]["lease_seconds"])))
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            self._perform(run)
+        except Exception as exc:
+            why = self._no_room(exc)
+            if why is None:
                 raise
-            self._requeue(job, folder, f"the disk is full ({exc}); the job waits until there is room",
-                          undo_attempt=True)
-            self._sleep(min(DISK_FULL_WAIT_MAX, 2 * float(self.config["queue"]["lease_seconds"])))
-        except Requeue:
-            self._requeue(job, folder, "the worker was stopped before the job finished", undo_attempt=True)
-            raise
+            self._requeue(run, f"{why}; the job waits (it is not failed) until there is room")
+            self._sleep(min(DISK_FULL_WAIT_MAX, 2 * lease_seconds))
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
             self.current = None
             self._progress("idle", 0.0)
-            log.debug("job %s left the worker", job.id, extra=context)
+            log.debug("job %s left the worker", job.id, extra=fields(job_id=job.id, user=job.user))
 
-    def _execute(self, job: Job, folder: Path) -> None:
-        from pipeline.engines import EngineError, JobSpec
-
-        engine_name = job.engine or self.config["pipeline"]["engine"]
-        context = fields(job_id=job.id, user=job.user)
-        if job.published and Path(job.published).exists():
-            log.info("job %s was already published as %s; finishing", job.id, job.published, extra=context)
-            self._finish(job, folder)
+    def _perform(self, run: Run) -> None:
+        """verify -> render -> record -> publish. What stops verify or render fails the job in plain words,
+        unless it is the server's disk (NoRoom, ENOSPC...): that goes up to run_job, and the job waits."""
+        why = self._low_space()
+        if why:
+            raise NoRoom(why)  # before an attempt is counted
+        if not self._begin_attempt(run):
             return
-        started, started_at = time.monotonic(), time.time()
-        timings: dict[str, float] = {"queued": max(0.0, started_at - job.created)}
-        audio = folder / job.audio.file
-        video = Path(job.video.file) if not job.video.consumed else folder / job.video.file
-        log.info("rendering %s with %s on %s (attempt %d)", job.stem, engine_name, self.device, job.attempts,
-                 extra=fields(job_id=job.id, user=job.user, stage="render"))
         try:
-            self._progress("verify", 0.0)
-            t = time.monotonic()
-            hashes = {"audio": _sha256(audio), "video": _sha256(video)}
-            timings["verify"] = time.monotonic() - t
-            engine = self.engine(engine_name)
-            work = folder / names.WORK_DIR / self.name  # per attempt: a dead worker's engine writes elsewhere
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            output = work / "output.mp4"
-            spec = JobSpec(audio=audio, video=video, output=output, device=self.device, workdir=work,
-                           options=job.options)
-            t = time.monotonic()
-            result = engine.render(spec, self._progress)
-            timings["engine"] = time.monotonic() - t
-        except EngineError as exc:
-            full = self._disk_full()
-            if full:  # the engine's own error was most likely "No space left on device"
-                raise DiskFull(full) from exc
-            self._fail(job, folder, str(exc), engine=engine_name)
-            return
-        except FileNotFoundError as exc:
-            self._fail(job, folder, f"an input file disappeared while the job was queued ({exc.filename}). "
-                                    "Drop the pair again.", engine=engine_name)
-            return
+            inputs = self._verify(run)
+            output, result = self._render(run)
         except Exception as exc:
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if self._no_room(exc):
                 raise
-            log.exception("internal error in job %s", job.id, extra=fields(job_id=job.id, user=job.user,
-                                                                             stage=self.stage))
-            self._fail(job, folder, f"lipsyncd hit an internal error while rendering ({type(exc).__name__}: {exc}). "
-                                    "This is a bug, not a problem with your files; the log has the details. "
-                                    "Report it with the job id, then retry the job.", engine=engine_name)
+            self._fail(run, self._failure_reason(run, exc), engine=run.engine)
             return
+        self._publish(run, output, *self._record(run, inputs, output, result))
 
+    def _begin_attempt(self, run: Run) -> bool:
+        """Count the attempt (job.json: running); False when there is nothing to render: lipsyncd gave up
+        on a job that keeps killing its workers, or an earlier attempt already published it."""
+        job = run.job
+        with self._commit_lock:
+            job.attempts += 1
+            job.state = JobState.RUNNING
+            save(run.folder, job)
+        if job.attempts > int(self.config["queue"]["max_attempts"]):
+            self._fail(run, f"the worker processing this job stopped unexpectedly {job.attempts - 1} times "
+                            "(crashed or was killed), so lipsyncd gave up on it. The input may make the engine "
+                            "crash; check the log of this job.", engine=None)
+            return False
+        if job.published and Path(job.published).exists():
+            log.info("job %s was already published as %s; finishing", job.id, job.published,
+                     extra=fields(job_id=job.id, user=job.user))
+            with self._commit_lock:
+                self._remove_job_folder(run.folder)
+            return False
+        run.started = time.time()
+        run.timings["queued"] = max(0.0, run.started - job.created)
+        log.info("rendering %s with %s on %s (attempt %d)", job.stem, run.engine, self.device, job.attempts,
+                 extra=fields(job_id=job.id, user=job.user, stage="render"))
+        return True
+
+    def _verify(self, run: Run) -> dict[str, dict[str, Any]]:
+        """Fingerprint the inputs (name, size, sha256) for the record; a vanished input ends the job here."""
+        with self._stage(run, "verify"):
+            return {"audio": record.fingerprint(run.job.audio.name, run.audio),
+                    "video": record.fingerprint(run.job.video.name, run.video)}
+
+    def _render(self, run: Run) -> tuple[Path, RenderResult]:
+        """The engine writes the video into this attempt's own work folder (a dead worker's engine writes elsewhere)."""
+        from pipeline.engines import JobSpec
+
+        engine = self.engine(run.engine)
+        work = run.folder / names.WORK_DIR / self.name
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        output = work / "output.mp4"
+        spec = JobSpec(audio=run.audio, video=run.video, output=output, device=self.device, workdir=work,
+                       options=run.job.options)
+        with self._stage(run, "engine"):
+            result = engine.render(spec, self._progress)
+        return output, result
+
+    def _record(self, run: Run, inputs: dict[str, dict[str, Any]], output: Path,
+                result: RenderResult) -> tuple[dict[str, Any], Path | None]:
+        """Score the output and take its poster: the record to publish beside it, and the poster if there is one."""
+        with self._stage(run, "score", 1.0):
+            score = record.sync_score(output)
+        poster = output.with_name("poster.jpg")
+        with self._stage(run, "poster", 1.0):
+            has_poster = record.poster(output, poster, result.frames / result.fps if result.fps else 0.0)
+        run.timings.update({f"engine.{k}": v for k, v in result.timings.items()})
+        return record.build(run.job, inputs=inputs, engine=run.engine, device=self.device, worker=self.name,
+                            result=result, score=score, started=run.started, timings=run.timings,
+                            output=output), poster if has_poster else None
+
+    def _publish(self, run: Run, output: Path, job_record: dict[str, Any], poster: Path | None) -> None:
+        """Into outputs/ under a free name, unless the lease was lost (then the other worker's result counts)."""
+        job, folder = run.job, run.folder
+        outputs = Path(self.config["paths"]["outputs"])
         self._progress("publish", 1.0)
-        t = time.monotonic()
-        score = _score(output)
-        timings["score"] = time.monotonic() - t
-        t = time.monotonic()
-        poster = work / "poster.jpg"
-        has_poster = _poster(output, poster, result.frames / result.fps if result.fps else 0.0)
-        timings["poster"] = time.monotonic() - t
-        timings.update({f"engine.{k}": v for k, v in result.timings.items()})
-        record = {
-            "job_id": job.id, "user": job.user, "name": job.stem, "engine": engine_name, "device": self.device,
-            "worker": self.name, "attempts": job.attempts,
-            "inputs": {role: {"name": f.name, "size": _size_of(p), "sha256": hashes[role]}
-                       for role, f, p in (("audio", job.audio, audio), ("video", job.video, video))},
-            "frames": result.frames, "fps": result.fps, "details": result.details,
-            "sync_score": score, "created": job.created, "started": started_at, "finished": time.time(),
-            "timings": {k: round(v, 4) for k, v in timings.items()}, "output_bytes": output.stat().st_size,
-        }
-        if job.publish_dir is None:
-            job.publish_dir = str(Path(self.config["paths"]["outputs"]) / filing.today() / names.printable(job.user))
+        sidecars: dict[str, Path | dict[str, Any]] = {".jpg": poster} if poster else {}
+        sidecars[".json"] = job_record  # last: a record means the output is complete
+        with self._commit_lock:
+            if job.publish_dir is None:
+                job.publish_dir = str(outputs / filing.today() / names.printable(job.user))
+                save(folder, job)
+            if run.lost_lease or not lease.owns_lease(folder, self.name):
+                log.error("lost the lease of job %s to another worker while it ran here (this worker was stalled "
+                          "longer than queue.lease_seconds); not publishing, the other worker's result counts",
+                          job.id, extra=fields(job_id=job.id, user=job.user, stage="publish"))
+                return
+            final = filing.publish(outputs, job, output, sidecars=sidecars, publish_dir=Path(job.publish_dir))
+            job.published = str(final)
             save(folder, job)
-        sidecars: dict[str, Any] = {".jpg": poster} if has_poster else {}
-        sidecars[".json"] = record  # last: a record means the output is complete
-        if self.lost_lease or not spool.owns_lease(folder, self.name):
-            log.error("lost the lease of job %s to another worker while it ran here (this worker was stalled "
-                      "longer than queue.lease_seconds); not publishing, the other worker's result counts",
-                      job.id, extra=fields(job_id=job.id, user=job.user, stage="publish"))
-            return
-        final = filing.publish(Path(self.config["paths"]["outputs"]), job, output, sidecars=sidecars,
-                               publish_dir=Path(job.publish_dir))
-        job.published = str(final)
-        save(folder, job)
-        total = time.monotonic() - started
-        sync = f"{score['correlation']:.2f}" if score and "correlation" in score else "n/a"
-        log.info("done %s -> %s in %.1f s (sync score %s)", job.stem, final, total, sync,
-                 extra=fields(job_id=job.id, user=job.user, stage="done"))
-        self._finish(job, folder)
+            score = job_record["sync_score"]
+            sync = f"{score['correlation']:.2f}" if score and "correlation" in score else "n/a"
+            log.info("done %s -> %s in %.1f s (sync score %s)", job.stem, final, time.time() - run.started, sync,
+                     extra=fields(job_id=job.id, user=job.user, stage="done"))
+            self._remove_job_folder(folder)
         _notify(self.config, "job_done", job.user, job.stem, job.id, str(final))
 
-    def _finish(self, job: Job, folder: Path) -> None:
-        """The output is in place: the consumed inputs and the spool folder go."""
-        self._remove_job_folder(folder)
+    def _failure_reason(self, run: Run, exc: Exception) -> str:
+        """What error.txt tells the person when verify or render stopped with *exc*."""
+        from pipeline.engines import EngineError
 
-    def _remove_job_folder(self, folder: Path) -> None:
-        """Remove a finished or failed job's folder; the heartbeat stops touching its lease first."""
+        if isinstance(exc, EngineError):
+            return str(exc)
+        if isinstance(exc, FileNotFoundError):
+            return f"an input file disappeared while the job was queued ({exc.filename}). Drop the pair again."
+        log.error("internal error in job %s", run.job.id, exc_info=exc,
+                  extra=fields(job_id=run.job.id, user=run.job.user, stage=self.stage))
+        return (f"lipsyncd hit an internal error while rendering ({type(exc).__name__}: {exc}). This is a bug, "
+                "not a problem with your files; the log has the details. Report it with the job id, then retry "
+                "the job.")
+
+    def _release(self) -> None:
+        """The job is no longer this worker's: the heartbeat stops touching its lease (before it goes)."""
         with self._lease_lock:
             self.current = None
-        spool.remove_job_folder(folder)
 
-    def _fail(self, job: Job, folder: Path, reason: str, *, engine: str | None) -> None:
+    def _remove_job_folder(self, folder: Path) -> None:
+        """Remove a finished or failed job's folder, lease and all."""
+        self._release()
+        remove_job_folder(folder)
+
+    def _fail(self, run: Run, reason: str, *, engine: str | None) -> None:
+        """File the job's inputs and error.txt under failed/ and tell its user."""
+        job, folder = run.job, run.folder
         files = [(folder / f.file, f.name) for f in job.inputs() if f.consumed and (folder / f.file).exists()]
         if not job.video.consumed:
             reason += f"\n\n(The avatar video {job.video.file} was used and is unchanged.)"
-        try:
-            where = filing.file_failure(Path(self.config["paths"]["failed"]), job.user, job.stem, files, reason,
-                                        job=job, engine=engine, device=self.device)
-        except OSError as exc:
-            log.error("job %s failed (%s) and could not be filed under failed/ (%s); it stays in the spool",
-                      job.id, reason.splitlines()[0], exc, extra=fields(job_id=job.id, user=job.user))
-            spool.drop_lease(folder)
-            return
-        log.error("failed %s: %s (inputs and error.txt in %s)", job.stem, reason.splitlines()[0], where,
-                  extra=fields(job_id=job.id, user=job.user, stage="failed"))
-        self._remove_job_folder(folder)
+        with self._commit_lock:
+            try:
+                where = filing.file_failure(Path(self.config["paths"]["failed"]), job.user, job.stem, files,
+                                            reason, job=job, engine=engine, device=self.device)
+            except OSError as exc:
+                log.error("job %s failed (%s) and could not be filed under failed/ (%s); it stays in the spool",
+                          job.id, reason.splitlines()[0], exc, extra=fields(job_id=job.id, user=job.user))
+                lease.drop_lease(folder)
+                return
+            log.error("failed %s: %s (inputs and error.txt in %s)", job.stem, reason.splitlines()[0], where,
+                      extra=fields(job_id=job.id, user=job.user, stage="failed"))
+            self._remove_job_folder(folder)
         _notify(self.config, "job_failed", job.user, job.stem, job.id, reason)
 
     def _fail_unreadable(self, folder: Path, job_id: str, why: str) -> None:
@@ -398,7 +480,20 @@ class Worker:
                             f"the job's record (job.json) is damaged: {why}")
         self._remove_job_folder(folder)
 
-    def _disk_full(self) -> str | None:
+    def _no_room(self, exc: Exception) -> str | None:
+        """Why *exc* is the server's full disk rather than the job's fault, or None.
+
+        The one place that decides "the job waits and is re-queued without counting an attempt":
+        NoRoom (checked before the job starts), ENOSPC/EDQUOT from anywhere, or any error while the
+        spool's or the outputs' disk is nearly full (an engine's own error was most likely "No space
+        left on device")."""
+        if isinstance(exc, NoRoom):
+            return str(exc)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"the disk is full ({exc})"
+        return self._low_space()
+
+    def _low_space(self) -> str | None:
         """Why there is no room to run a job (spool or outputs nearly full), or None."""
         for key in ("spool", "outputs"):
             folder = Path(self.config["paths"][key])
@@ -411,65 +506,44 @@ class Worker:
                         f"at least {MIN_FREE_BYTES // (1024 * 1024)} MB needed")
         return None
 
-    def _requeue(self, job: Job, folder: Path, why: str, *, undo_attempt: bool) -> None:
-        job.state = "queued"
-        if undo_attempt:
-            job.attempts = max(0, job.attempts - 1)  # a stop or a full disk is not the job's fault
-        with contextlib.suppress(OSError):
-            save(folder, job)
-        spool.drop_lease(folder)
+    def _requeue(self, run: Run, why: str) -> None:
+        """Back on the queue, at the front, as if this attempt never started (a stop or a full disk is not the
+        job's fault): job.json queued with the attempt count it had when taken, lease dropped."""
+        job = run.job
+        with self._commit_lock:
+            job.state = JobState.QUEUED
+            job.attempts = run.attempts
+            with contextlib.suppress(OSError):
+                save(run.folder, job)
+            self._release()
+            lease.drop_lease(run.folder)
+            try:
+                assert self._queue is not None
+                self._queue.put(job.id, priority=REQUEUE_PRIORITY)
+                log.warning("%s; job %s is back on the queue", why, job.id,
+                            extra=fields(job_id=job.id, user=job.user))
+            except QueueUnavailable as exc:
+                log.warning("%s; %s (the daemon queues it again later)", why, exc,
+                            extra=fields(job_id=job.id, user=job.user))
+
+
+def _kill_children() -> None:
+    """SIGKILL this process's children (ffmpeg pipes, an external command), and the process group of each
+    child that leads one (the command engine runs its tool in a session of its own, helpers included)."""
+    me = os.getpid()
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
-            assert self._queue is not None
-            self._queue.put(job.id, priority=REQUEUE_PRIORITY)
-            log.warning("%s; job %s is back on the queue", why, job.id, extra=fields(job_id=job.id, user=job.user))
-        except QueueUnavailable as exc:
-            log.warning("%s; %s (the daemon queues it again later)", why, exc,
-                        extra=fields(job_id=job.id, user=job.user))
-
-
-def _size_of(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _score(video: Path) -> dict[str, Any] | None:
-    """The engine-independent sync score of an output; {"error": why} when it cannot be computed (no face,
-    no sound): a missing score never fails a finished render."""
-    from pipeline.engines import EngineError
-    from pipeline.syncscore import sync_score
-
-    try:
-        return sync_score(video).to_dict()
-    except EngineError as exc:
-        return {"error": str(exc)}
-    except Exception as exc:  # noqa: BLE001
-        log.warning("no sync score for %s: %s", video.name, exc)
-        return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-def _poster(video: Path, poster: Path, duration: float) -> bool:
-    """A JPEG still from a third of the way in (one ffmpeg run: seek, decode one frame)."""
-    for at in (duration / 3, 0.0) if duration > 0 else (0.0,):
-        try:
-            done = subprocess.run(["ffmpeg", "-v", "error", "-y", "-ss", f"{at:.3f}", "-i", f"file:{video}",
-                                   "-frames:v", "1", "-q:v", "3", f"file:{poster}"], capture_output=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("no poster for %s: %s", video.name, exc)
-            return False
-        if done.returncode == 0 and poster.exists() and poster.stat().st_size > 0:
-            return True
-    log.warning("no poster for %s: %s", video.name, done.stderr.decode("utf-8", "replace").strip()[-200:])
-    return False
+            ppid, pgrp = (int(v) for v in stat_file.read_text().rsplit(")", 1)[1].split()[1:3])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid != me:
+            continue
+        pid = int(stat_file.parent.name)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if pgrp == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
 
 
 def _notify(config: Mapping[str, Any], event: str, user: str, stem: str, job_id: str, detail: str) -> None:

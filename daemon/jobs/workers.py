@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon.jobs import spool
+from daemon.jobs import lease
 
 STALE_AFTER_BEATS = 3  # missed heartbeats before a worker is flagged
 DEFAULT_INTERVAL = 2.0  # seconds, for heartbeat files that do not say
@@ -30,7 +30,7 @@ def worker_table(spool_dir: Path, now: float | None = None, *, include_replaced:
     """
     now = time.time() if now is None else now
     rows = []
-    for beat in spool.heartbeats(spool_dir):
+    for beat in lease.heartbeats(spool_dir):
         interval = _number(beat.get("interval")) or DEFAULT_INTERVAL
         age = max(0.0, now - (_number(beat.get("updated")) or 0.0))  # no time at all: as old as can be
         state = str(beat.get("state") or "unknown")

@@ -155,31 +155,3 @@ def test_media_kinds() -> None:
     assert names.parse("x.job.yaml").kind == "manifest"
     assert names.parse("x.txt").kind == "other"
     assert names.parse("t@anna.wav").avatar == ("t", "anna")
-
-
-def test_claim_interrupted_before_its_plan_was_written_is_cleaned_up(tmp_path: Path) -> None:
-    """kill -9 between mkdir and the plan's rename leaves only a half-written temp file."""
-    from daemon.jobs import spool
-
-    staging = tmp_path / f"{spool.CLAIM_PREFIX}20261127-000000-abcdef"
-    staging.mkdir()
-    (staging / ".claim.json.123.tmp").write_text('{"inbox_dir": "/x", "mo')
-    assert spool.recover_claims(tmp_path) == []
-    assert not staging.exists()
-
-
-def test_claim_interrupted_after_moving_one_file_puts_it_back(tmp_path: Path) -> None:
-    from daemon.jobs import spool
-    from daemon.jobs.job import write_json_atomic
-
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    staging = tmp_path / "spool" / f"{spool.CLAIM_PREFIX}20261127-000000-abcdef"
-    staging.mkdir(parents=True)
-    write_json_atomic(staging / spool.CLAIM_PLAN, {"inbox_dir": str(inbox),
-                                                   "moves": [["a b.wav", "audio.wav"], ["a b.mp4", "video.mp4"]]})
-    (staging / "audio.wav").write_bytes(b"RIFF")
-    (inbox / "a b.mp4").write_bytes(b"video")
-    assert spool.recover_claims(tmp_path / "spool") == []
-    assert (inbox / "a b.wav").read_bytes() == b"RIFF" and (inbox / "a b.mp4").read_bytes() == b"video"
-    assert not staging.exists()

@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon.jobs import spool
+from daemon import names
+from daemon.jobs import lease, spool
 from daemon.jobs.workers import describe, worker_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -368,8 +369,8 @@ def test_worker_table_flags_workers_that_stopped_heartbeating(tmp_path: Path) ->
     now = time.time()
 
     def beat(name: str, age: float, **data: Any) -> None:
-        spool.write_heartbeat(spool_dir, name, {"interval": 2.0, "job": None, **data})
-        path = spool_dir / spool.WORKERS_DIR / f"{name}.json"
+        lease.write_heartbeat(spool_dir, name, {"interval": 2.0, "job": None, **data})
+        path = spool_dir / names.WORKERS_DIR / f"{name}.json"
         written = json.loads(path.read_text())
         written["updated"] = now - age
         path.write_text(json.dumps(written))
@@ -382,7 +383,7 @@ def test_worker_table_flags_workers_that_stopped_heartbeating(tmp_path: Path) ->
          error="pipeline.wav2lip.checkpoint is not set")  # never started: silence is expected
     beat("gpu4-cuda0-40", 300, host="gpu4", device="cuda:0", pid=40, state="busy", job="20261127-4-dddddd")
     beat("gpu4-cuda0-41", 0.5, host="gpu4", device="cuda:0", pid=41, state="idle")  # systemd restarted it
-    (spool_dir / spool.WORKERS_DIR / "broken.json").write_text("{not json")
+    (spool_dir / names.WORKERS_DIR / "broken.json").write_text("{not json")
 
     rows = worker_table(spool_dir, now=now)
     assert [(r["host"], r["pid"]) for r in rows] == [("gpu1", 11), ("gpu2", 22), ("gpu3", 33), ("gpu4", 41)]

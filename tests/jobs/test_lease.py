@@ -1,4 +1,4 @@
-"""Job leases (daemon/jobs/spool.py): of several workers that reach for the same job at once, exactly one gets it,
+"""Job leases (daemon/jobs/lease.py): of several workers that reach for the same job at once, exactly one gets it,
 also when they all find its lease gone stale (a worker died); a live lease is never taken."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import os
 import time
 from pathlib import Path
 
-from daemon.jobs import spool
+from daemon.jobs import lease
 
 WORKERS = 8
 
 
 def _reach(folder: str, name: str, barrier: multiprocessing.synchronize.Barrier, won: multiprocessing.Queue) -> None:
     barrier.wait()
-    if spool.take_lease(Path(folder), {"worker": name}, stale_after=5.0):
+    if lease.take_lease(Path(folder), {"worker": name}, stale_after=5.0):
         won.put(name)
 
 
@@ -68,5 +68,5 @@ def test_a_live_lease_is_not_taken_and_a_gone_job_is_not_recreated(tmp_path: Pat
     _stale_lease(folder, age=1.0)
     assert _race(folder) == []
     assert json.loads((folder / "lease").read_text())["worker"] == "dead"
-    assert not spool.take_lease(tmp_path / "finished-and-removed", {"worker": "w"}, stale_after=5.0)
+    assert not lease.take_lease(tmp_path / "finished-and-removed", {"worker": "w"}, stale_after=5.0)
     assert not (tmp_path / "finished-and-removed").exists()
