@@ -120,7 +120,7 @@ def test_progress_falls_back_to_plain_lines_off_a_terminal() -> None:
 
 
 def test_render_module_imports_no_heavy_libraries() -> None:
-    code = ("import sys, daemon.render; heavy = {'torch', 'cv2', 'librosa', 'numpy'} & set(sys.modules); "
+    code = ("import sys, daemon.commands.render; heavy = {'torch', 'cv2', 'librosa', 'numpy'} & set(sys.modules); "
             "print(sorted(heavy))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"
