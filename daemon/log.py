@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from daemon.config import LoggingConfig
 
 IDENTIFIER = "lipsyncd"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -75,14 +77,13 @@ def journal_available() -> bool:
     return True
 
 
-def setup(settings: Mapping[str, Any] | None = None, *, service: bool = False, identifier: str = IDENTIFIER) -> None:
+def setup(settings: LoggingConfig | None = None, *, service: bool = False, identifier: str = IDENTIFIER) -> None:
     """Configure the root logger.
 
     service: a long-running process (run, worker, janitor) logs to journald when it is there and to
     stderr only when stderr is a terminal or there is no journal; CLI commands log to stderr.
     """
-    settings = settings or {}
-    level = getattr(logging, str(settings.get("level", "INFO")).upper(), logging.INFO)
+    level = getattr(logging, settings.level.upper(), logging.INFO) if settings else logging.INFO
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -99,7 +100,7 @@ def setup(settings: Mapping[str, Any] | None = None, *, service: bool = False, i
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(text if service else _ContextFormatter("%(levelname)s%(context)s: %(message)s"))
         root.addHandler(stream)
-    path = settings.get("file")
+    path = settings.file if settings else None
     if path:
         # WatchedFileHandler reopens the file after logrotate moved it, so no line is lost.
         from logging.handlers import WatchedFileHandler  # only here: it pulls in socket, rarely needed

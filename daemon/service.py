@@ -72,9 +72,9 @@ class Service:
         self.reload_requested = False
         self.queue = JobQueue(config)
         self.ingest = Ingest(config, self.queue, on_failure=self._on_ingest_failure)
-        self.watcher = Watcher(config.path("inbox"), poll=config["ingest"]["poll"])
-        local = config["queue"]["local_workers"]
-        self.workers = [WorkerProcess(d, config_path) for d in configmod.devices(config)] if local else []
+        self.watcher = Watcher(config.paths.inbox, poll=config.ingest.poll)
+        local = config.queue.local_workers
+        self.workers = [WorkerProcess(d, config_path) for d in config.pipeline.devices] if local else []
         self.summary = SpoolSummary()
         self.ready = False
         self.exit_code = 0
@@ -95,7 +95,7 @@ class Service:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
-        spool_dir = self.config.path("spool")
+        spool_dir = self.config.paths.spool
         for job_id in recover_claims(spool_dir):
             log.info("recovered interrupted claim %s", job_id, extra=fields(job_id=job_id))
         self.summary = reap(self.config, self.queue, grace_seconds=0)
@@ -107,11 +107,11 @@ class Service:
         self.ingest.tick(all_folders=True)
         workers = (f"{len(self.workers)} worker(s): {', '.join(w.device for w in self.workers)}" if self.workers
                    else "no local workers (queue.local_workers: false)")
-        log.info("watching %s (%s); %s; queue %s", self.config.path("inbox"), self.watcher.mode, workers,
+        log.info("watching %s (%s); %s; queue %s", self.config.paths.inbox, self.watcher.mode, workers,
                  self.queue.where)
 
         now = time.monotonic()
-        self._next = {"rescan": now + float(self.config["ingest"]["rescan_seconds"]),
+        self._next = {"rescan": now + self.config.ingest.rescan_seconds,
                       "reap": now + self._reap_interval(), "status": now, "watchdog": now,
                       "ready_deadline": now + READY_TIMEOUT_SECONDS}
         self._last_status = ""
@@ -149,7 +149,7 @@ class Service:
         all_folders = now >= nxt["rescan"]
         if all_folders:
             self.ingest.scan()
-            nxt["rescan"] = now + float(self.config["ingest"]["rescan_seconds"])
+            nxt["rescan"] = now + self.config.ingest.rescan_seconds
             if not self.watcher.alive():
                 log.error("the inbox watcher stopped; restarting it")
                 self.watcher.stop()
@@ -195,7 +195,7 @@ class Service:
                 return
 
     def _reap_interval(self) -> float:
-        return max(1.0, min(5.0, float(self.config["queue"]["lease_seconds"]) / 3))
+        return max(1.0, min(5.0, self.config.queue.lease_seconds / 3))
 
     def _supervise(self) -> bool:
         """Restart workers that died; False when a worker cannot start at all (bad engine setup)."""
@@ -210,7 +210,7 @@ class Service:
                     return False
                 worker.failures += 1
                 worker.restart_at = now + worker.backoff
-                lease.remove_heartbeat(self.config.path("spool"), socket.gethostname(), worker.proc.pid)
+                lease.remove_heartbeat(self.config.paths.spool, socket.gethostname(), worker.proc.pid)
                 log.error("worker for %s exited with status %s; restarting in %.0f s (its job, if any, is "
                           "re-queued when its lease expires)", worker.device, code, worker.backoff)
                 worker.backoff = min(worker.backoff * 2, RESTART_BACKOFF_MAX)
@@ -222,7 +222,7 @@ class Service:
         return True
 
     def _workers_ready(self) -> bool:
-        beats = {(b.get("pid")): b for b in lease.heartbeats(self.config.path("spool"))}
+        beats = {(b.get("pid")): b for b in lease.heartbeats(self.config.paths.spool)}
         for worker in self.workers:
             if worker.proc is None:
                 return False
@@ -250,13 +250,13 @@ class Service:
             log.error("configuration not reloaded, keeping the old one: %s", exc)
             self.notifier.ready(self._status_text())
             return
-        if configmod.devices(new) != configmod.devices(self.config) or new["paths"] != self.config["paths"] \
-                or new["queue"]["url"] != self.config["queue"]["url"] \
-                or new["queue"]["local_workers"] != self.config["queue"]["local_workers"]:
+        if new.pipeline.devices != self.config.pipeline.devices or new.paths != self.config.paths \
+                or new.queue.url != self.config.queue.url \
+                or new.queue.local_workers != self.config.queue.local_workers:
             log.warning("pipeline.device, paths, queue.url and queue.local_workers changes take effect after a "
                         "restart (systemctl restart lipsyncd)")
         self.config = new
-        logmod.setup(new["logging"], service=True)
+        logmod.setup(new.logging, service=True)
         self.ingest.apply_config(new)
         for worker in self.workers:
             if worker.alive():
@@ -268,13 +268,13 @@ class Service:
     def _shutdown(self) -> None:
         self.notifier.stopping("stopping: letting running jobs finish")
         log.info("stopping: no new jobs are taken; running jobs get %s s to finish",
-                 self.config["queue"]["stop_timeout_seconds"])
+                 self.config.queue.stop_timeout_seconds)
         self.watcher.stop()
         for worker in self.workers:
             if worker.alive():
                 assert worker.proc is not None
                 worker.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + float(self.config["queue"]["stop_timeout_seconds"]) + 15
+        deadline = time.monotonic() + self.config.queue.stop_timeout_seconds + 15
         for worker in self.workers:
             if worker.proc is None:
                 continue
@@ -295,7 +295,7 @@ class Service:
 
 
 def main(config: configmod.Config, config_path: str | os.PathLike[str] | None) -> int:
-    logmod.setup(config["logging"], service=True)
+    logmod.setup(config.logging, service=True)
     configmod.ensure_folders(config)
     path = str(config_path) if config_path else None
     return Service(config, path).run()

@@ -29,8 +29,10 @@ pytestmark = pytest.mark.skipif(shutil.which("logrotate") is None, reason="logro
 # A real writer: the daemon's logging setup with logging.file, one numbered line every ~0.5 ms.
 WRITER = """
 import logging, sys, time
+from pathlib import Path
 from daemon import log
-log.setup({"level": "INFO", "file": sys.argv[1]}, service=False)
+from daemon.config import LoggingConfig
+log.setup(LoggingConfig(level="INFO", file=Path(sys.argv[1])), service=False)
 logger = logging.getLogger("lipsyncd.test")
 for n in range(int(sys.argv[2])):
     logger.info("line %06d", n, extra=log.fields(job_id="20260101-000000-abcdef", user="alice", stage="render"))

@@ -20,7 +20,7 @@ SKIP = {names.ERROR_FILE, names.JOB_FILE}
 
 def find(config: Config, target: str) -> Path | None:
     path = Path(target)
-    failed = config.path("failed").resolve()
+    failed = config.paths.failed.resolve()
     if path.is_dir():
         resolved = path.resolve()
         return resolved if failed in resolved.parents else None
@@ -36,7 +36,7 @@ def find(config: Config, target: str) -> Path | None:
 def main(config: Config, target: str) -> int:
     folder = find(config, target)
     if folder is None:
-        print(f"lipsyncd retry: {target!r} is neither a job id found under {config.path('failed')} nor a folder "
+        print(f"lipsyncd retry: {target!r} is neither a job id found under {config.paths.failed} nor a folder "
               "inside it", file=sys.stderr)
         return 2
     try:
@@ -44,8 +44,8 @@ def main(config: Config, target: str) -> int:
     except (OSError, ValueError):
         record = {}
     user = record.get("user") or folder.parent.name
-    inbox = config.path("inbox")
-    dest = inbox if user == config["ingest"]["default_user"] and not (inbox / user).is_dir() else inbox / user
+    inbox = config.paths.inbox
+    dest = inbox if user == config.ingest.default_user and not (inbox / user).is_dir() else inbox / user
     dest.mkdir(parents=True, exist_ok=True)
     files = [p for p in sorted(folder.iterdir()) if p.name not in SKIP and p.is_file() and not p.is_symlink()]
     if not files:

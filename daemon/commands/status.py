@@ -24,9 +24,9 @@ RECENT_FAILURES = 10
 
 def collect(config: Config) -> dict[str, Any]:
     now = time.time()
-    lease_seconds = float(config["queue"]["lease_seconds"])
+    lease_seconds = config.queue.lease_seconds
     queued, running = [], []
-    for entry in spool.jobs(config.path("spool")):
+    for entry in spool.jobs(config.paths.spool):
         job = entry.job
         item = {"job": entry.id, "user": job.user if job else None, "name": job.stem if job else None,
                 "attempts": job.attempts if job else None, "age_seconds": round(now - job.created, 1) if job else None}
@@ -45,10 +45,10 @@ def collect(config: Config) -> dict[str, Any]:
         job_queue.close()
     except Exception as exc:  # noqa: BLE001 - status must still show the rest
         queue_info["error"] = str(exc)
-    workers = worker_table(config.path("spool"), now)
+    workers = worker_table(config.paths.spool, now)
     return {"queue": queue_info, "running": running, "queued": queued, "workers": workers,
-            "recent_failures": recent_failures(config.path("failed")),
-            "disk": [fs.to_dict() for fs in filesystems(dict(config["paths"]))], "time": now}
+            "recent_failures": recent_failures(config.paths.failed),
+            "disk": [fs.to_dict() for fs in filesystems(config.paths.folders())], "time": now}
 
 
 def recent_failures(failed: Path, limit: int = RECENT_FAILURES) -> list[dict[str, Any]]:

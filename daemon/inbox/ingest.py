@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from daemon import names
+from daemon.config import Config
 from daemon.inbox import claim
 from daemon.inbox.manifest import MAX_BYTES, Manifest, ManifestError
 from daemon.inbox.manifest import parse as parse_manifest
@@ -30,7 +30,7 @@ OnFailure = Callable[[str, str, str, str], None]  # (user, stem, where, reason)
 
 
 class Ingest:
-    def __init__(self, config: Mapping[str, Any], queue: JobQueue, *, on_failure: OnFailure | None = None) -> None:
+    def __init__(self, config: Config, queue: JobQueue, *, on_failure: OnFailure | None = None) -> None:
         self.queue = queue
         self.on_failure = on_failure
         self.in_flight: dict[str, int] = {}  # user -> jobs in the spool (refreshed by the reaper)
@@ -38,22 +38,18 @@ class Ingest:
         self._last_tick = 0.0
         self.apply_config(config)
 
-    def apply_config(self, config: Mapping[str, Any]) -> None:
+    def apply_config(self, config: Config) -> None:
         self.config = config
-        paths = config["paths"]
-        self.inbox = Path(paths["inbox"])
-        self.spool = Path(paths["spool"])
-        self.failed = Path(paths["failed"])
-        self.avatars = Path(paths["avatars"])
-        ingest = config["ingest"]
+        paths, ingest = config.paths, config.ingest
+        self.inbox, self.spool, self.failed, self.avatars = paths.inbox, paths.spool, paths.failed, paths.avatars
         old = getattr(self, "settle", None)
-        self.settle = SettleTracker(ingest["settle_seconds"])
+        self.settle = SettleTracker(ingest.settle_seconds)
         if old is not None:
             self.settle._seen = old._seen  # keep what we know about files being copied
-        self.pair_timeout = float(ingest["pair_timeout_minutes"]) * 60
-        self.users_from = ingest["users_from"]
-        self.default_user = ingest["default_user"]
-        self.allowed_engines = config["pipeline"]["allowed_engines"]
+        self.pair_timeout = ingest.pair_timeout_minutes * 60
+        self.users_from = ingest.users_from
+        self.default_user = ingest.default_user
+        self.allowed_engines = config.pipeline.allowed_engines
         self._dirty: set[str] = set()
 
     # --- what is in the inbox -------------------------------------------------------------------

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+
+from daemon.config import Config
 
 log = logging.getLogger("lipsyncd.queue")
 
@@ -39,8 +40,8 @@ class QueueUnavailable(Exception):
 
 
 class JobQueue:
-    def __init__(self, config: Mapping[str, Any], *, blocking_seconds: float = 0.0) -> None:
-        url = config["queue"]["url"]
+    def __init__(self, config: Config, *, blocking_seconds: float = 0.0) -> None:
+        url = config.queue.url
         if url:
             from huey import PriorityRedisHuey
             from redis import ConnectionPool
@@ -60,7 +61,7 @@ class JobQueue:
         else:
             from huey import SqliteHuey
 
-            path = Path(config["paths"]["state"]) / DB_NAME
+            path = config.paths.state / DB_NAME
             path.parent.mkdir(parents=True, exist_ok=True)
             self.huey = SqliteHuey(QUEUE_NAME, filename=str(path), results=False, utc=True, timeout=30)
             self.where = str(path)

@@ -13,11 +13,11 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.config import Config
 from daemon.jobs import spool
 from daemon.jobs.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
 from daemon.log import fields
@@ -35,9 +35,9 @@ class SpoolSummary:
     requeued: list[str] = field(default_factory=list)
 
 
-def reap(config: Mapping[str, Any], queue: JobQueue, *, grace_seconds: float | None = None) -> SpoolSummary:
+def reap(config: Config, queue: JobQueue, *, grace_seconds: float | None = None) -> SpoolSummary:
     """One pass over the spool; re-queues what was lost. Returns what the spool holds."""
-    lease_seconds = float(config["queue"]["lease_seconds"])
+    lease_seconds = config.queue.lease_seconds
     grace = lease_seconds if grace_seconds is None else grace_seconds
     summary = SpoolSummary()
     try:
@@ -47,7 +47,7 @@ def reap(config: Mapping[str, Any], queue: JobQueue, *, grace_seconds: float | N
         log.log(logging.DEBUG if queue.redis else logging.WARNING, "%s; lost jobs are re-queued when it is back", exc)
         pending = None
     now = time.time()
-    for entry in spool.jobs(Path(config["paths"]["spool"])):
+    for entry in spool.jobs(config.paths.spool):
         job = entry.job
         if job is None:
             _remove_if_only_a_stale_lease(entry, lease_seconds)

@@ -82,7 +82,7 @@ class Worker:
         self.config_path = config_path
         self.configured_device = device
         self.device = device
-        self.spool = config.path("spool")
+        self.spool = config.paths.spool
         self.host = socket.gethostname()
         self.name = f"{self.host}-{device.replace(':', '')}-{os.getpid()}"
         self.stopping = False  # set by SIGTERM/SIGINT
@@ -120,7 +120,7 @@ class Worker:
         self._queue = JobQueue(self.config, blocking_seconds=1.0)
         self._heartbeat_thread.start()
         log.info("worker %s ready on %s (engine %s, queue %s)", self.name, self.device,
-                 self.config["pipeline"]["engine"], self._queue.where)
+                 self.config.pipeline.engine, self._queue.where)
         self._heartbeat(state="idle")
         self._notifier.ready(f"worker on {self.device}: idle")
         try:
@@ -176,7 +176,7 @@ class Worker:
             return
         self.config = new
         self._engines.clear()
-        logmod.setup(new["logging"], service=True)
+        logmod.setup(new.logging, service=True)
         log.info("configuration reloaded from %s", self.config_path)
 
     def _sign_off(self) -> None:
@@ -187,7 +187,7 @@ class Worker:
     # --- heartbeats and the stop deadline ------------------------------------------------------------
 
     def _heartbeat_interval(self) -> float:
-        return min(HEARTBEAT_MAX_SECONDS, float(self.config["queue"]["lease_seconds"]) / 3)
+        return min(HEARTBEAT_MAX_SECONDS, self.config.queue.lease_seconds / 3)
 
     def _heartbeat_loop(self) -> None:
         """The heartbeat thread: beat every interval, and watch the stop deadline."""
@@ -219,7 +219,7 @@ class Worker:
         if not self.stopping or run is None:
             return interval
         if self._stop_deadline is None:
-            timeout = float(self.config["queue"]["stop_timeout_seconds"])
+            timeout = self.config.queue.stop_timeout_seconds
             self._stop_deadline = time.monotonic() + timeout
             log.info("stopping: giving job %s up to %g s to finish", run.job.id, timeout,
                      extra=fields(job_id=run.job.id, user=run.job.user))
@@ -277,7 +277,7 @@ class Worker:
 
         engine = self._engines.get(name)
         if engine is None:
-            engine = get_engine(name, self.config["pipeline"])
+            engine = get_engine(name, self.config.pipeline.settings)
             engine.check()
             self._engines[name] = engine
         return engine
@@ -286,11 +286,11 @@ class Worker:
         """Fail start-up when the default engine cannot work; a remote one only gets a warning."""
         from pipeline.engines import EngineUnavailable, get_engine
 
-        name = self.config["pipeline"]["engine"]
+        name = self.config.pipeline.engine
         try:
             self.engine(name)
         except EngineUnavailable as exc:
-            if not get_engine(name, self.config["pipeline"]).remote:
+            if not get_engine(name, self.config.pipeline.settings).remote:
                 raise
             log.warning("engine %s is not reachable now (%s); starting anyway, jobs fail until it is back",
                         name, exc)
@@ -298,7 +298,7 @@ class Worker:
     def run_job(self, job_id: str) -> None:
         """One job off the queue: take its lease, perform it, and wait for room when the disk is full."""
         folder = self.spool / job_id
-        lease_seconds = float(self.config["queue"]["lease_seconds"])
+        lease_seconds = self.config.queue.lease_seconds
         if not lease.take_lease(folder, self._payload(job_id), stale_after=lease_seconds):
             log.debug("job %s is done or held by another worker; skipping the duplicate", job_id)
             return
@@ -309,7 +309,7 @@ class Worker:
                       extra=fields(job_id=job_id))
             self._fail_unreadable(folder, job_id, str(exc))
             return
-        run = Run(job, folder, engine=job.engine or self.config["pipeline"]["engine"], attempts=job.attempts)
+        run = Run(job, folder, engine=job.engine or self.config.pipeline.engine, attempts=job.attempts)
         self.current = run
         self._progress("starting", 0.0)
         self._heartbeat(state="busy")  # status shows the job at once, not at the next heartbeat
@@ -352,7 +352,7 @@ class Worker:
             job.attempts += 1
             job.state = JobState.RUNNING
             save(run.folder, job)
-        if job.attempts > int(self.config["queue"]["max_attempts"]):
+        if job.attempts > self.config.queue.max_attempts:
             self._fail(run, f"the worker processing this job stopped unexpectedly {job.attempts - 1} times "
                             "(crashed or was killed), so lipsyncd gave up on it. The input may make the engine "
                             "crash; check the log of this job.", engine=None)
@@ -406,7 +406,7 @@ class Worker:
     def _publish(self, run: Run, output: Path, job_record: dict[str, Any], poster: Path | None) -> None:
         """Into outputs/ under a free name, unless the lease was lost (then the other worker's result counts)."""
         job, folder = run.job, run.folder
-        outputs = Path(self.config["paths"]["outputs"])
+        outputs = self.config.paths.outputs
         self._progress("publish", 1.0)
         sidecars: dict[str, Path | dict[str, Any]] = {".jpg": poster} if poster else {}
         sidecars[".json"] = job_record  # last: a record means the output is complete
@@ -461,7 +461,7 @@ class Worker:
             reason += f"\n\n(The avatar video {job.video.file} was used and is unchanged.)"
         with self._commit_lock:
             try:
-                where = filing.file_failure(Path(self.config["paths"]["failed"]), job.user, job.stem, files,
+                where = filing.file_failure(self.config.paths.failed, job.user, job.stem, files,
                                             reason, job=job, engine=engine, device=self.device)
             except OSError as exc:
                 log.error("job %s failed (%s) and could not be filed under failed/ (%s); it stays in the spool",
@@ -476,7 +476,7 @@ class Worker:
     def _fail_unreadable(self, folder: Path, job_id: str, why: str) -> None:
         files = [(p, p.name) for p in folder.iterdir()
                  if p.is_file() and p.name not in (names.LEASE_FILE, names.JOB_FILE, names.TAKEOVER_LOCK)]
-        filing.file_failure(Path(self.config["paths"]["failed"]), "unknown", job_id, files,
+        filing.file_failure(self.config.paths.failed, "unknown", job_id, files,
                             f"the job's record (job.json) is damaged: {why}")
         self._remove_job_folder(folder)
 
@@ -496,7 +496,7 @@ class Worker:
     def _low_space(self) -> str | None:
         """Why there is no room to run a job (spool or outputs nearly full), or None."""
         for key in ("spool", "outputs"):
-            folder = Path(self.config["paths"][key])
+            folder = self.config.paths.folders()[key]
             try:
                 free = shutil.disk_usage(folder).free
             except OSError:
@@ -554,7 +554,7 @@ def _notify(config: Mapping[str, Any], event: str, user: str, stem: str, job_id:
 
 
 def main(config: configmod.Config, device: str | None, config_path: str | os.PathLike[str] | None) -> int:
-    logmod.setup(config["logging"], service=True)
+    logmod.setup(config.logging, service=True)
     configmod.ensure_folders(config, ("spool", "outputs", "failed", "state"))
-    device = device or configmod.devices(config)[0]
+    device = device or config.pipeline.devices[0]
     return Worker(config, device, config_path).main()
