@@ -188,34 +188,32 @@ def run_pass(config: Mapping[str, Any], *, dry_run: bool = False, now: float | N
             return result
         state = load_state(paths["state"])
         before = disk.filesystems(paths)
-        plan = result.plan = _prune(config, started, before, result)
-        freed = _freed_by_dev(plan, result.outcome)
+        outputs_fs = next((fs for fs in before if "outputs" in fs.folders), None)
+        planner = prune.Planner(dict(config), started, outputs_fs)
+        with _no_cyclic_gc():
+            if dry_run:
+                planner.build()  # every step made and recorded, none carried out: main() prints the plan
+            else:
+                result.outcome = safedelete.carry_out(planner.plan, planner.steps())  # each folder as it is read
+                result.problems += [f"could not delete {error['path']}: {error['error']}"
+                                    for error in result.outcome.errors]
+        result.plan = planner.plan
+        freed = _freed_by_dev(planner.plan, result.outcome)
         after = _estimate_after(before, freed) if dry_run else disk.filesystems(paths)
         result.spool = spoolreport.scan(paths["spool"], started, config["queue"]["lease_seconds"])
         result.log_file = log_file_size(config["logging"]["file"])
         decision = alerts.decide_pass(config, state, before, after, freed, _facts(config, result), started)
         result.filesystems = decision.filesystems
         _announce(decision, after, dry_run)
-        if not dry_run:
-            result.pending = notify.retry_pending(config, started)
-            _save(paths["state"], decision.state, result, time.monotonic() - clock)
+        if dry_run:  # nothing sent, nothing saved
+            result.duration = time.monotonic() - clock
+            return result
+        result.pending = notify.retry_pending(config, started)
+        _save(paths["state"], decision.state, result, time.monotonic() - clock)
         result.duration = time.monotonic() - clock
-        if not dry_run and config["metrics"]["textfile"]:
+        if config["metrics"]["textfile"]:
             _write_metrics(config["metrics"]["textfile"], result, decision.state)
     return result
-
-
-def _prune(config: Mapping[str, Any], now: float, before: list[disk.FsUsage], result: PassResult) -> prune.Plan:
-    """Make the plan folder by folder; a real pass carries out each step as it comes (result.outcome)."""
-    outputs_fs = next((fs for fs in before if "outputs" in fs.folders), None)
-    planner = prune.Planner(dict(config), now, outputs_fs)
-    with _no_cyclic_gc():
-        if result.dry_run:
-            return planner.build()  # printed, not carried out
-        result.outcome = safedelete.carry_out(planner.plan, planner.steps())
-    for error in result.outcome.errors:
-        result.problems.append(f"could not delete {error['path']}: {error['error']}")
-    return planner.plan
 
 
 @contextlib.contextmanager
