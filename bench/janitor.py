@@ -6,8 +6,8 @@ of age, so with default_days 182 about half is expired. Each round copies a pris
 same number of files. Also measured in child processes: peak RSS of the pass (wait4's ru_maxrss) and
 start-up time of `lipsyncd janitor` on an empty tree.
 
-Targets: a pass takes <= 1.5x find's wall time; peak RSS <= 60 MB; start-up <= 0.3 s. CPU time is printed
-too. Outputs live on disks: "disk" (ext4 here) is the place that counts; tmpfs shows the tools' own cost.
+Targets: a pass takes <= 1.5x find's wall time on disk (where outputs live; tmpfs only shows the tools' own
+cost); peak RSS <= 60 MB; start-up <= 0.3 s. CPU time is printed too.
     .venv/bin/python bench/janitor.py [--rounds 3] [--on tmpfs,disk] [--files 100000]
 """
 
@@ -184,8 +184,10 @@ def run(args: argparse.Namespace) -> int:
             j, f = statistics.median(runs["janitor" + kind]), statistics.median(runs["find" + kind])
             ratio = j / f
             best = min(runs["janitor" + kind]) / min(runs["find" + kind])
-            if unit == "wall":  # the target: how long a pass takes
+            if unit == "wall" and place != "tmpfs":  # the target: how long a pass takes where outputs live
                 verdict = f"target <= 1.5x){'' if ratio <= 1.5 else '  OVER TARGET'}"
+            elif unit == "wall":
+                verdict = "the tools' own cost, for information: the target is on disk)"
             else:
                 verdict = "for information: no target)"
             print(f"[{place}] {unit}: janitor pass (lipsyncd janitor, child process) median {j:.3f} s; baseline "
