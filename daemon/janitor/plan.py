@@ -1,7 +1,8 @@
 """The prune plan: which outputs and failed/ entries a janitor pass deletes, and why. Reads, never writes.
 
-The plan is built once and is what --dry-run prints and what a real pass carries out (safedelete.py),
-so the two can never differ. Only the documented layout is managed:
+The plan is made once, folder by folder, as a stream of Steps (Planner.steps): a dry run only lists
+them, a real pass carries each out (delete.py) as it comes, while the planner still holds that folder
+open, so the two can never differ. Only the documented layout is managed:
   outputs/YYYY-MM-DD/<user>/<stem>.mp4 + .json + .jpg   (one output: its files go together)
   failed/YYYY-MM-DD/<user>/<stem>/                       (one failed entry: the folder goes as a whole)
 Anything else under those roots is reported as unmanaged and left alone. Symlinks are never followed,
@@ -22,10 +23,10 @@ import fnmatch
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from daemon.disk import FsUsage
 from daemon.names import CLAIM_PREFIX
@@ -42,8 +43,14 @@ EXPIRED, WATERMARK, FAILED_EXPIRED, ABANDONED_TEMP, EMPTY_FOLDER = (
     "expired", "watermark", "failed-expired", "abandoned-temp", "empty-folder")
 
 
-# One file of a group: (name, size, freed bytes, mtime_ns, inode).
-Member = tuple[str, int, int, int, int]
+class Member(NamedTuple):
+    """One file of a group, as planned: deleted only while it is still this file (inode and mtime)."""
+
+    name: str
+    size: int
+    freed: int  # allocated bytes its delete gives back (0 while another hard link keeps them)
+    mtime_ns: int
+    ino: int
 
 
 @dataclass(slots=True)
@@ -72,6 +79,41 @@ class Group:
 
 
 @dataclass(slots=True)
+class Step:
+    """What the pass does in one folder: delete *groups* there, then remove the folder itself if *remove*.
+
+    A folder's step is handed out while the planner still holds the folder open: *fd* (and *parent_fd*,
+    the folder above, when the step removes the folder) are the planner's own descriptors, opened
+    O_NOFOLLOW and checked to be on the root's filesystem, valid until the next step is asked for (then
+    set to None). None: the folder is opened again from the root, one component at a time."""
+
+    root: str  # "outputs" or "failed"
+    folder: tuple[str, ...]  # (date, user), or (date,) for a date folder
+    groups: list[Group]
+    remove: bool = False
+    stamp: int | None = None  # the folder's mtime_ns while it was read (None: unknown)
+    fd: int | None = None
+    parent_fd: int | None = None
+
+
+class EmptyFolder(NamedTuple):
+    """A folder the pass removes: emptied by it, or empty and older than min_age_hours."""
+
+    root: str
+    parts: tuple[str, ...]  # (date, user) or (date,)
+
+
+class _Measured(NamedTuple):
+    """A failed/ entry as measured before it is judged."""
+
+    size: int
+    freed: int
+    files: int
+    newest: float  # the newest file's mtime: the entry's age
+    pinned: bool  # a keep marker somewhere inside
+
+
+@dataclass(slots=True)
 class _Folder:
     """A date/user folder: how many entries it holds, to know whether the pass empties it."""
 
@@ -91,7 +133,7 @@ class Plan:
     roots: dict[str, str]  # "outputs"/"failed" -> absolute path
     devs: dict[str, int] = field(default_factory=dict)
     deletions: list[Group] = field(default_factory=list)
-    folders: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # (root, rel parts), deepest first
+    folders: list[EmptyFolder] = field(default_factory=list)  # deepest first
     pinned: dict[str, Any] = field(default_factory=lambda: {"files": 0, "bytes": 0, "markers": []})
     young: dict[str, int] = field(default_factory=lambda: {"files": 0, "bytes": 0})
     in_flight: int = 0
@@ -200,16 +242,10 @@ def _freed(st: os.stat_result) -> int:
 
 
 class Planner:
-    """Builds a Plan from the configuration and the current state of the disk."""
+    """Makes a Plan from the configuration and the current state of the disk, one Step at a time."""
 
-    def __init__(self, config: dict[str, Any], now: float, outputs_fs: FsUsage | None,
-                 on_delete: Callable[[Group], None] | None = None) -> None:
+    def __init__(self, config: dict[str, Any], now: float, outputs_fs: FsUsage | None) -> None:
         janitor = config["janitor"]
-        self.on_delete = on_delete
-        # A real pass: (folder fd, root, (date, user), folder mtime_ns seen, groups, the date folder's fd when
-        # the pass empties the folder, else None) for one folder's expired outputs at once, while the planner
-        # still holds the folders open (see safedelete.Executor.submit_folder).
-        self.on_folder: Callable[[int, str, tuple[str, str], int, list[Group], int | None], None] | None = None
         self.config = config
         self.now = now
         self.marker = janitor["keep_marker"]
@@ -228,6 +264,7 @@ class Planner:
         self._young_freed = 0
         self._pinned_freed = 0
         self._deleted_counts: dict[tuple[str, str, str], int] = {}
+        self._removed: set[tuple[str, tuple[str, ...]]] = set()  # folders a step already removes
         self._last_stamp = 0  # st_mtime_ns and st_mtime of the folder _open_dir opened last
         self._last_mtime = 0.0
 
@@ -241,6 +278,15 @@ class Planner:
     # -- outputs ------------------------------------------------------------------------------------------
 
     def build(self) -> Plan:
+        """The whole plan, nothing carried out (a dry run, or a plan to look at first)."""
+        for _step in self.steps():
+            pass
+        return self.plan
+
+    def steps(self) -> Iterator[Step]:
+        """The plan as it is made: each folder's step as soon as the folder is read, then the watermark's
+        outputs (oldest first) and the folders left empty. self.plan records every step (for the report)
+        and is complete once the steps are."""
         for root in ("outputs", "failed"):
             path = self.plan.roots[root]
             try:
@@ -254,13 +300,15 @@ class Planner:
             pinned = os.path.lexists(os.path.join(path, self.marker))
             if pinned:
                 self.plan.pinned["markers"].append(os.path.join(path, self.marker))
-            self._scan_dates(root, path, st.st_dev, pinned)
-        self._apply_watermark()
+            yield from self._scan_dates(root, path, st.st_dev, pinned)
+        yield from self._apply_watermark()
         self._plan_empty_folders()
+        for folder in self.plan.folders:
+            if (folder.root, folder.parts) not in self._removed:
+                yield Step(folder.root, folder.parts, [], remove=True)
         self.plan.deletions.sort(key=attrgetter("root", "folder", "name"))
-        return self.plan
 
-    def _scan_dates(self, root_name: str, root: str, dev: int, pinned: bool) -> None:
+    def _scan_dates(self, root_name: str, root: str, dev: int, pinned: bool) -> Iterator[Step]:
         """Walk <root>/<date>/<user>/ through directory file descriptors (O_NOFOLLOW at every level)."""
         scan_folder = self._scan_output_folder if root_name == "outputs" else self._scan_failed_folder
         marker = self.marker
@@ -290,7 +338,7 @@ class Planner:
                             continue
                         user_path = f"{path}/{user.name}"  # = os.path.join(path, user.name): path has no trailing /
                         if self._managed_dir(user, user_path, dev, not user.name.startswith(".")):
-                            scan_folder(date_fd, name, user, user_path, dev, date_pinned)
+                            yield from scan_folder(date_fd, name, user, user_path, dev, date_pinned)
                 finally:
                     os.close(date_fd)
                 self._folders.append(_Folder(root_name, name, "", len(users), date_mtime))
@@ -334,11 +382,11 @@ class Planner:
         return True  # its st_dev is checked on the fd itself when it is opened (_open_dir): no lstat needed
 
     def _scan_output_folder(self, date_fd: int, date: str, user_entry: os.DirEntry[str], user_path: str, dev: int,
-                            pinned_above: bool) -> None:
+                            pinned_above: bool) -> Iterator[Step]:
         """One outputs/<date>/<user>/ folder: the hot loop of a pass, one fstatat per file relative to the folder.
 
         Kept lean on purpose (locals, no per-file objects beyond one (name, stat) pair): it runs once per file.
-        The folder's expired outputs are handed to on_folder together, while its fd is still open."""
+        The folder's abandoned temps and expired outputs make one step, handed out while its fd is still open."""
         user = user_entry.name
         marker = self.marker
         plan = self.plan
@@ -392,21 +440,27 @@ class Planner:
             if folder_marker and not pinned_above:
                 plan.pinned["markers"].append(os.path.join(user_path, marker))
             self._folders.append(_Folder("outputs", date, user, entries, folder_mtime))
-            if temps:
-                for name, st in temps:
-                    self._temp(date, user, name, st)
-            expired = self._judge_outputs(date, user, user_path, groups, videos, pins, folder_pinned)
-            if expired:
-                plan.deletions.extend(expired)
-                if self.on_folder is not None:
-                    # Emptied by this pass (the watermark only ever adds): removed with its outputs, through date_fd.
-                    emptied = entries == self._deleted_counts.get(("outputs", date, user), 0)
-                    self.on_folder(user_fd, "outputs", (date, user), stamp, expired, date_fd if emptied else None)
-                elif self.on_delete is not None:
-                    for group in expired:
-                        self.on_delete(group)
+            gone: list[Group] = []
+            for name, st in temps or ():
+                temp = self._temp(date, user, name, st)
+                if temp is not None:
+                    gone.append(temp)
+            gone += self._judge_outputs(date, user, user_path, groups, videos, pins, folder_pinned)
+            if gone:
+                plan.deletions.extend(gone)
+                yield from self._step("outputs", date, user, entries, gone, stamp, user_fd, date_fd)
         finally:
             os.close(user_fd)
+
+    def _step(self, root: str, date: str, user: str, entries: int, gone: list[Group], stamp: int | None,
+              fd: int | None, date_fd: int) -> Iterator[Step]:
+        """Hand out one folder's step; a folder this pass empties (the watermark only ever adds) goes with it."""
+        remove = entries == self._deleted_counts.get((root, date, user), 0)
+        if remove:
+            self._removed.add((root, (date, user)))
+        step = Step(root, (date, user), gone, remove, stamp, fd, date_fd if remove else None)
+        yield step
+        step.fd = step.parent_fd = None  # closed after this: a step kept for later opens its folder again
 
     def _judge_outputs(self, date: str, user: str, user_path: str, groups: dict[str, list[tuple[str, os.stat_result]]],
                        videos: int, pins: set[str] | None, folder_pinned: bool) -> list[Group]:
@@ -456,9 +510,9 @@ class Planner:
                 days, rule = rules.days(folder_hits, [f"{date}/{user}/{n}" for n, _ in found])
                 cutoff = self.now - days * DAY
             if mtime < cutoff or watermark:
-                members = [(name, st.st_size, st.st_blocks * 512 if st.st_nlink <= 1 else 0, st.st_mtime_ns, st.st_ino)
-                           for name, st in found]
-                freed = sum([m[2] for m in members])
+                members = [Member(name, st.st_size, st.st_blocks * 512 if st.st_nlink <= 1 else 0, st.st_mtime_ns,
+                                  st.st_ino) for name, st in found]
+                freed = sum([m.freed for m in members])
                 has_video = f"{stem}.mp4" in [name for name, _ in found]
                 if mtime < cutoff:
                     expired.append(Group("outputs", folder, stem, members, mtime, size, freed, has_video, "output",
@@ -500,33 +554,28 @@ class Planner:
         else:
             self.plan.refused.append({"path": path, "why": "not a regular file"})
 
-    def _temp(self, date: str, user: str, name: str, st: os.stat_result) -> None:
+    def _temp(self, date: str, user: str, name: str, st: os.stat_result) -> Group | None:
+        """An abandoned temp file to delete, or None while it is in flight."""
         age = self.now - st.st_mtime
         if age < self.min_age or _temp_job_id(name) in self.spool_jobs:
             self.plan.in_flight += 1
-            return
+            return None
         freed = _freed(st)
-        group = Group("outputs", (date, user), name, [(name, st.st_size, freed, st.st_mtime_ns, st.st_ino)],
-                      st.st_mtime, st.st_size, freed, kind="temp", reason=ABANDONED_TEMP,
-                      detail=f"temp file {age / 3600:.0f} h old and its job is not in the spool")
-        self.plan.deletions.append(group)
-        if self.on_delete is not None:
-            self.on_delete(group)
         self._count_deleted("outputs", date, user, 1)
+        return Group("outputs", (date, user), name, [Member(name, st.st_size, freed, st.st_mtime_ns, st.st_ino)],
+                     st.st_mtime, st.st_size, freed, kind="temp", reason=ABANDONED_TEMP,
+                     detail=f"temp file {age / 3600:.0f} h old and its job is not in the spool")
 
-    def _delete(self, group: Group, count_usage: bool = True) -> None:
-        """Plan *group*'s deletion; count_usage: take it off the per-user/date totals already counted."""
+    def _delete(self, group: Group) -> None:
+        """Plan *group*'s deletion (a failed/ entry, or a watermark output already counted in the totals)."""
         self.plan.deletions.append(group)
-        if self.on_delete is not None:
-            self.on_delete(group)
         date, user = group.folder
         if group.root == "outputs":
-            if count_usage:
-                usage = self.plan.users[user]
-                usage[0] -= group.size
-                usage[1] -= len(group.members)
-                self.plan.dates[date] -= group.size
-                self.plan.outputs_left -= group.has_video
+            usage = self.plan.users[user]
+            usage[0] -= group.size
+            usage[1] -= len(group.members)
+            self.plan.dates[date] -= group.size
+            self.plan.outputs_left -= group.has_video
             self._count_deleted("outputs", date, user, len(group.members))
         else:
             self.plan.failed_entries -= 1
@@ -539,7 +588,8 @@ class Planner:
     # -- failed/ ------------------------------------------------------------------------------------------
 
     def _scan_failed_folder(self, date_fd: int, date: str, user_entry: os.DirEntry[str], user_path: str, dev: int,
-                            pinned_above: bool) -> None:
+                            pinned_above: bool) -> Iterator[Step]:
+        """One failed/<date>/<user>/ folder: each entry is deleted whole once it is older than failed_days."""
         user = user_entry.name
         marker = self.marker
         folder_st = user_entry.stat(follow_symlinks=False)
@@ -553,6 +603,7 @@ class Planner:
         if marker in names and not pinned_above:
             self.plan.pinned["markers"].append(os.path.join(user_path, marker))
         self._folders.append(_Folder("failed", date, user, len(entries), folder_st.st_mtime))
+        gone: list[Group] = []
         for entry in entries:
             if entry.name == marker or entry.name.endswith(marker):
                 continue
@@ -565,8 +616,9 @@ class Planner:
             size, freed, files, newest, entry_pinned = measured
             st = entry.stat(follow_symlinks=False)
             self.plan.failed_entries += 1
-            group = Group("failed", (date, user), entry.name, [(entry.name, size, freed, st.st_mtime_ns, st.st_ino)],
-                          newest, size, freed, kind="failed", files=files)
+            group = Group("failed", (date, user), entry.name,
+                          [Member(entry.name, size, freed, st.st_mtime_ns, st.st_ino)], newest, size, freed,
+                          kind="failed", files=files)
             if folder_pinned or entry_pinned or (entry.name + marker) in names:
                 self.plan.pinned["files"] += files
                 self.plan.pinned["bytes"] += size
@@ -580,15 +632,18 @@ class Planner:
                 days = self.config["janitor"]["failed_days"]
                 group.detail = f"{age / DAY:.1f} days old; failed/ entries are kept {days:g} days"
                 self._delete(group)
+                gone.append(group)
+        if gone:  # opened again from the root when carried out (fd None): the entries were read by path
+            yield from self._step("failed", date, user, len(entries), gone, None, None, date_fd)
 
-    def _measure_entry(self, entry: os.DirEntry[str], dev: int) -> tuple[int, int, int, float, bool] | None:
-        """(size, freed, files, newest mtime, has a keep marker inside) of a failed entry; None if refused."""
+    def _measure_entry(self, entry: os.DirEntry[str], dev: int) -> _Measured | None:
+        """A failed entry's size, files, age and keep marker; None if refused."""
         st = entry.stat(follow_symlinks=False)
         if not entry.is_dir(follow_symlinks=False):
             if not stat.S_ISREG(st.st_mode):
                 self.plan.refused.append({"path": entry.path, "why": "not a regular file"})
                 return None
-            return st.st_size, _freed(st), 1, st.st_mtime, False
+            return _Measured(st.st_size, _freed(st), 1, st.st_mtime, False)
         size = freed = files = 0
         newest = 0.0  # the newest file's mtime: folder mtimes change when anything is added or removed
         pinned = False
@@ -610,11 +665,12 @@ class Planner:
                         files += 1
                         size += cst.st_size
                         freed += _freed(cst)
-        return size, freed, files, newest or st.st_mtime, pinned
+        return _Measured(size, freed, files, newest or st.st_mtime, pinned)
 
     # -- watermark and folders ----------------------------------------------------------------------------
 
-    def _apply_watermark(self) -> None:
+    def _apply_watermark(self) -> Iterator[Step]:
+        """On a critical disk: the oldest remaining outputs, one step each, until the free-space target is met."""
         fs = self.outputs_fs
         if fs is None or "outputs" not in self.plan.devs or fs.percent < self.disk["critical_percent"]:
             return
@@ -631,6 +687,7 @@ class Planner:
                 group.detail = (f"disk {fs.percent:.1f}% used >= critical {self.disk['critical_percent']}%: "
                                 f"oldest first until {self.disk['target_free_percent']}% is free")
                 self._delete(group)
+                yield Step("outputs", group.folder, [group], stamp=self.plan.stamps.get(("outputs", *group.folder)))
                 avail += group.freed
                 taken += 1
         self.plan.watermark = {"percent": round(fs.percent, 2), "target_free_percent": self.disk["target_free_percent"],
@@ -649,22 +706,13 @@ class Planner:
                 continue
             deleted = counts.get((f.root, f.date, f.user), 0)
             if f.entries - deleted == 0 and (deleted or f.mtime < recent):
-                self.plan.folders.append((f.root, (f.date, f.user)))
+                self.plan.folders.append(EmptyFolder(f.root, (f.date, f.user)))
                 removed_users[(f.root, f.date)] = removed_users.get((f.root, f.date), 0) + 1
         for f in self._folders:
             if f.user:
                 continue
             gone = removed_users.get((f.root, f.date), 0)
             if f.entries - gone == 0 and (gone or f.mtime < recent):
-                self.plan.folders.append((f.root, (f.date,)))
+                self.plan.folders.append(EmptyFolder(f.root, (f.date,)))
         self.plan.folders.sort(key=lambda item: (-len(item[1]), item))
 
-
-def make_plan(config: dict[str, Any], now: float, outputs_fs: FsUsage | None,
-              on_delete: Callable[[Group], None] | None = None) -> Plan:
-    """The plan of one pass. outputs_fs: usage of the filesystem holding outputs/ (for the watermark).
-
-    on_delete is called with each group as soon as its deletion is decided (a real pass starts deleting
-    while the rest is still being read); the returned plan lists them all, sorted.
-    """
-    return Planner(config, now, outputs_fs, on_delete).build()

@@ -1,11 +1,11 @@
 """`lipsyncd janitor`: one pass that keeps the disk from filling, run by lipsyncd-janitor.timer.
 
-The pass, top to bottom: measure the filesystems, make the prune plan (prune.py), carry it out
-(safedelete.py) unless --dry-run, measure again, decide and send disk alerts (alerts.py, messages.py,
-notify.py), retry parked job notifications, save the state (paths.state/janitor.json) and write the
-metrics textfile. It is safe at any moment: while the daemon works (files in flight are left alone),
-while the disk is full (deleting needs no space; state is written last), and beside another pass
-(a lock makes the second one stop politely).
+The pass, top to bottom (run_pass): measure the filesystems, make the prune plan folder by folder
+(plan.py) and carry out each folder's step as it comes (delete.py) unless --dry-run, measure again,
+decide the disk alerts (alerts.py) and send them (notify/), retry parked job notifications, save the
+state (paths.state/janitor.json) and write the metrics textfile. It is safe at any moment: while the
+daemon works (files in flight are left alone), while the disk is full (deleting needs no space; state
+is written last), and beside another pass (a lock makes the second one stop politely).
 
 Imports only the standard library and lipsyncd's own light modules: never torch, cv2, librosa or
 numpy, and Apprise only when a message is actually sent.
@@ -35,7 +35,6 @@ from daemon.janitor import delete as safedelete
 from daemon.janitor import plan as prune
 from daemon.janitor.report import render_text
 from daemon.names import Exit
-from daemon.notify import messages
 from daemon.notify import send as notify
 
 log = logging.getLogger("lipsyncd.janitor")
@@ -174,49 +173,46 @@ def _pass_lock(state_dir: str, dry_run: bool) -> Iterator[bool]:
 
 
 def run_pass(config: Mapping[str, Any], *, dry_run: bool = False, now: float | None = None) -> PassResult:
-    """The pass itself (no printing). *now* is for tests that need a fixed clock."""
+    """The pass itself (no printing): measure, plan, carry out (unless a dry run), measure, alerts, state.
+
+    *now* is for tests that need a fixed clock."""
     started = time.time() if now is None else now
     clock = time.monotonic()
     result = PassResult(dry_run=dry_run, started=started)
-    state_dir = config["paths"]["state"]
-    with _pass_lock(state_dir, dry_run) as acquired:
+    paths = config["paths"]
+    with _pass_lock(paths["state"], dry_run) as acquired:
         if not acquired:
             log.warning("another janitor pass is running (lock %s); this one does nothing",
-                        os.path.join(state_dir, LOCK_FILE))
+                        os.path.join(paths["state"], LOCK_FILE))
             result.skipped_busy = True
             return result
-        state = load_state(state_dir)
-        before = disk.filesystems(config["paths"])
+        state = load_state(paths["state"])
+        before = disk.filesystems(paths)
         outputs_fs = next((fs for fs in before if "outputs" in fs.folders), None)
+        planner = prune.Planner(dict(config), started, outputs_fs)
         with _no_cyclic_gc():
             if dry_run:
-                plan = result.plan = prune.make_plan(dict(config), started, outputs_fs)
+                planner.build()  # every step made and recorded, none carried out: main() prints the plan
             else:
-                plan, result.outcome = _prune(config, started, outputs_fs)
-                result.plan = plan
-        if dry_run:
-            freed_by_root = _planned_freed(plan)
-            after = _estimate_after(before, plan, freed_by_root)
-        else:
-            for error in result.outcome.errors:
-                result.problems.append(f"could not delete {error['path']}: {error['error']}")
-            after = disk.filesystems(config["paths"])
-            freed_by_root = result.outcome.freed_by_root
-        result.spool = spoolreport.scan(config["paths"]["spool"], started, config["queue"]["lease_seconds"])
+                result.outcome = safedelete.carry_out(planner.plan, planner.steps())  # each folder as it is read
+                result.problems += [f"could not delete {error['path']}: {error['error']}"
+                                    for error in result.outcome.errors]
+        result.plan = planner.plan
+        freed = _freed_by_dev(planner.plan, result.outcome)
+        after = _estimate_after(before, freed) if dry_run else disk.filesystems(paths)
+        result.spool = spoolreport.scan(paths["spool"], started, config["queue"]["lease_seconds"])
         result.log_file = log_file_size(config["logging"]["file"])
-        _alerts(config, state, result, before, after, plan, freed_by_root, started, dry_run)
-        if not dry_run:
-            result.pending = notify.retry_pending(config, started)
-            state["last_run"] = {"started": started, "duration": time.monotonic() - clock,
-                                 "freed": result.outcome.freed if result.outcome else 0}
-            try:
-                save_state(state_dir, state)
-            except OSError as exc:
-                result.problems.append(f"cannot save the janitor state in {state_dir}: {exc.strerror or exc}")
-                log.error("cannot save the janitor state in %s: %s", state_dir, exc)
+        decision = alerts.decide_pass(config, state, before, after, freed, _facts(config, result), started)
+        result.filesystems = decision.filesystems
+        _announce(decision, after, dry_run)
+        if dry_run:  # nothing sent, nothing saved
+            result.duration = time.monotonic() - clock
+            return result
+        result.pending = notify.retry_pending(config, started)
+        _save(paths["state"], decision.state, result, time.monotonic() - clock)
         result.duration = time.monotonic() - clock
-        if not dry_run and config["metrics"]["textfile"]:
-            _write_metrics(config["metrics"]["textfile"], result, state)
+        if config["metrics"]["textfile"]:
+            _write_metrics(config["metrics"]["textfile"], result, decision.state)
     return result
 
 
@@ -237,101 +233,27 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.unfreeze()
 
 
-def _prune(config: Mapping[str, Any], now: float, outputs_fs: disk.FsUsage | None
-           ) -> tuple[prune.Plan, safedelete.Outcome]:
-    """Plan and delete at once: each group is deleted as soon as it is decided."""
-    planner = prune.Planner(dict(config), now, outputs_fs)
-    executor = safedelete.Executor(planner.plan)
-    planner.on_delete = executor.submit
-    planner.on_folder = executor.submit_folder
-    try:
-        plan = planner.build()
-    except BaseException:
-        executor.close()
-        raise
-    return plan, executor.finish()
-
-
-def _planned_freed(plan: prune.Plan) -> dict[str, int]:
-    freed: dict[str, int] = {}
-    for group in plan.deletions:
-        freed[group.root] = freed.get(group.root, 0) + group.freed
+def _freed_by_dev(plan: prune.Plan, outcome: safedelete.Outcome | None) -> dict[int, int]:
+    """Bytes given back per filesystem (st_dev): what the pass freed, or (dry run) what it would."""
+    freed: dict[int, int] = {}
+    if outcome is not None:
+        by_root = outcome.freed_by_root.items()
+    else:
+        by_root = ((group.root, group.freed) for group in plan.deletions)
+    for root, size in by_root:
+        freed[plan.devs[root]] = freed.get(plan.devs[root], 0) + size
     return freed
 
 
-def _estimate_after(before: list[disk.FsUsage], plan: prune.Plan, freed_by_root: dict[str, int]) -> list[disk.FsUsage]:
+def _estimate_after(before: list[disk.FsUsage], freed: dict[int, int]) -> list[disk.FsUsage]:
     """What a real pass would leave (dry run): the planned bytes moved from used to available."""
-    out = []
-    for fs in before:
-        freed = sum(b for root, b in freed_by_root.items() if plan.devs.get(root) == fs.dev)
-        out.append(disk.FsUsage(fs.mount, fs.dev, list(fs.folders), max(0, fs.used - freed), fs.avail + freed))
-    return out
+    return [disk.FsUsage(fs.mount, fs.dev, list(fs.folders), max(0, fs.used - freed.get(fs.dev, 0)),
+                         fs.avail + freed.get(fs.dev, 0)) for fs in before]
 
 
-def _alerts(config: Mapping[str, Any], state: dict[str, Any], result: PassResult, before: list[disk.FsUsage],
-            after: list[disk.FsUsage], plan: prune.Plan, freed_by_root: dict[str, int], now: float,
-            dry_run: bool) -> None:
-    """Decide, per filesystem and per target, what to announce; send it (not in a dry run); update state.
-
-    The level comes from the higher of the usage before and after this pass: a disk that reached critical
-    and was saved by early pruning is still announced (results were deleted before their time), and the
-    recovery message follows on the next pass.
-    """
-    disk_cfg = config["janitor"]["disk"]
-    send_to = notify.targets(config) if "disk" in config["notify"]["events"] else []
-    lang = notify.language(config)
-    repeat = float(config["notify"]["repeat_hours"])
-    host = os.uname().nodename  # = socket.gethostname(), without importing socket at start-up
-    freed_total = int(state.get("freed_total", 0))
-    freed_now = sum(freed_by_root.values())
-    state["freed_total"] = freed_total + (0 if dry_run else freed_now)
-    known = state.setdefault("filesystems", {})
-    percent_before = {fs.dev: fs.percent for fs in before}
-    for fs in after:
-        fst = known.setdefault(fs.mount, {})
-        previous = fst.get("level", alerts.OK)
-        peak = max(fs.percent, percent_before.get(fs.dev, 0.0))
-        level = alerts.level_for(peak, previous, disk_cfg)
-        on_fs = sum(b for root, b in freed_by_root.items() if plan.devs.get(root) == fs.dev)
-        fs_freed_total = int(fst.get("freed_total", 0)) + on_fs
-        growth = disk.growth(fst.get("samples", []), now, fs.used, fs_freed_total)
-        facts = _facts(config, result, plan, fs, growth, host)
-        facts["percent_before"] = percent_before.get(fs.dev)
-        record: dict[str, Any] = {**fs.to_dict(), "percent_before": round(percent_before.get(fs.dev, 0.0), 2),
-                                  "level": level, "previous_level": previous,
-                                  "level_number": alerts.RANK[level],
-                                  "growth": growth.to_dict(fs.avail) if growth else None, "notifications": []}
-        told = fst.setdefault("told", {})
-        wanted: dict[str, list[notify.Target]] = {}
-        for target in send_to:
-            kind = alerts.decide(level, told.get(target.key), now, repeat)
-            if kind:
-                wanted.setdefault(kind, []).append(target)
-        for kind, group in wanted.items():
-            title, body = messages.disk_message(lang, kind, level, fs, facts)
-            sent = {} if dry_run else notify.send(group, title, body)
-            for target in group:
-                ok = sent.get(target.key, False)
-                record["notifications"].append({"target": target.label, "kind": kind, "title": title,
-                                                 "sent": ok, "would_send": dry_run})
-                if ok:
-                    told[target.key] = alerts.told(alerts.OK if kind == alerts.CLEAR else level, now)
-                elif not dry_run:
-                    log.warning("disk %s message for %s could not be sent to %s; it is retried next pass",
-                                kind, fs.mount, target.label)
-        if not dry_run:
-            if level != previous:
-                fst["since"] = now
-                log.warning("disk %s: %s -> %s (%.1f%% used)", fs.mount, previous, level, fs.percent)
-            fst["level"] = level
-            fst["freed_total"] = fs_freed_total
-            fst["samples"] = disk.record_sample(fst.get("samples", []), now, fs.used, fs_freed_total)
-        result.filesystems.append(record)
-
-
-def _facts(config: Mapping[str, Any], result: PassResult, plan: prune.Plan, fs: disk.FsUsage,
-           growth: disk.Growth | None, host: str) -> dict[str, Any]:
-    """What a disk message tells about this pass."""
+def _facts(config: Mapping[str, Any], result: PassResult) -> dict[str, Any]:
+    """What a disk message tells about this pass (alerts.decide_pass adds each filesystem's own)."""
+    plan = result.plan
     if result.outcome is not None:
         freed = {"bytes": result.outcome.bytes, "files": result.outcome.files, "by_reason": result.outcome.by_reason}
     else:
@@ -340,11 +262,42 @@ def _facts(config: Mapping[str, Any], result: PassResult, plan: prune.Plan, fs: 
                  "by_reason": {r: v["bytes"] for r, v in totals["by_reason"].items()}}
     users = sorted(((u, v[0]) for u, v in plan.users.items() if v[0] > 0), key=lambda x: -x[1])[:TOP_N]
     dates = sorted(((d, b) for d, b in plan.dates.items() if b > 0), key=lambda x: -x[1])[:TOP_N]
-    return {"host": host, "disk": config["janitor"]["disk"], "growth": growth, "freed": freed,
-            "shortfall": plan.shortfall if "outputs" in fs.folders else None,
+    return {"host": os.uname().nodename,  # = socket.gethostname(), without importing socket at start-up
+            "disk": config["janitor"]["disk"], "freed": freed, "shortfall": plan.shortfall,
             "top_users": users, "top_dates": dates, "pinned": plan.pinned,
             "keep_marker": config["janitor"]["keep_marker"], "min_age_hours": config["janitor"]["min_age_hours"],
             "stale_spool": len(result.spool.stale) if result.spool else 0, "log_file": result.log_file}
+
+
+def _announce(decision: alerts.Decision, after: list[disk.FsUsage], dry_run: bool) -> None:
+    """Send the decided messages (a dry run only lists them), mark who accepted, log what changed."""
+    for fs, record in zip(after, decision.filesystems, strict=True):
+        for message in decision.messages:
+            if message.mount != fs.mount:
+                continue
+            sent = {} if dry_run else notify.send(message.targets, message.title, message.body)
+            for target in message.targets:
+                ok = sent.get(target.key, False)
+                record["notifications"].append({"target": target.label, "kind": message.kind,
+                                                "title": message.title, "sent": ok, "would_send": dry_run})
+                if ok:
+                    alerts.delivered(decision.state, message, target)
+                elif not dry_run:
+                    log.warning("disk %s message for %s could not be sent to %s; it is retried next pass",
+                                message.kind, fs.mount, target.label)
+        if not dry_run and record["level"] != record["previous_level"]:
+            log.warning("disk %s: %s -> %s (%.1f%% used)", fs.mount, record["previous_level"], record["level"],
+                        fs.percent)
+
+
+def _save(state_dir: str, state: dict[str, Any], result: PassResult, duration: float) -> None:
+    state["last_run"] = {"started": result.started, "duration": duration,
+                         "freed": result.outcome.freed if result.outcome else 0}
+    try:
+        save_state(state_dir, state)
+    except OSError as exc:
+        result.problems.append(f"cannot save the janitor state in {state_dir}: {exc.strerror or exc}")
+        log.error("cannot save the janitor state in %s: %s", state_dir, exc)
 
 
 def log_file_size(path: str | None) -> dict[str, Any] | None:

@@ -300,15 +300,17 @@ def test_files_changed_after_planning_are_not_deleted(tmp_path: Path) -> None:
     out = Path(cfg["paths"]["outputs"])
     replaced = output(out, DATE_OLD, "uli", "talk", 30)
     swapped = output(out, DATE_OLD, "vera", "talk", 30)
-    plan = prune.make_plan(cfg, time.time(), None)
-    assert len(plan.deletions) == 2
+    planner = prune.Planner(cfg, time.time(), None)
+    steps = list(planner.steps())  # the whole plan first: each step then opens its folder again from the root
+    plan = planner.plan
+    assert len(plan.deletions) == 2 and all(step.fd is None for step in steps)
     # After the plan: a new record renamed over talk.json, and vera's folder swapped for a symlink.
     put(tmp_path / "new.json", 0)
     os.replace(tmp_path / "new.json", replaced[1])
     elsewhere = tmp_path / "elsewhere"
     os.rename(out / DATE_OLD / "vera", elsewhere)
     os.symlink(elsewhere, out / DATE_OLD / "vera")
-    outcome = safedelete.carry_out(plan)
+    outcome = safedelete.carry_out(plan, steps)
     assert outcome.files == 0 and outcome.errors == []
     whys = {item["path"]: item["why"] for item in outcome.skipped}
     assert "changed since the plan was made" in whys[str(out / DATE_OLD / "uli" / "talk")]
