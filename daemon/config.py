@@ -271,17 +271,13 @@ class Config(dict):
         self.paths = _typed(PathsConfig, self["paths"])
         self.ingest = _typed(IngestConfig, self["ingest"])
         pipeline = self["pipeline"]
-        self.pipeline = PipelineConfig(engine=pipeline["engine"], devices=tuple(devices(self)),
+        self.pipeline = PipelineConfig(engine=pipeline["engine"], devices=_as_tuple(pipeline["device"]),
                                        allowed_engines=tuple(pipeline["allowed_engines"]), settings=pipeline)
         self.queue = _typed(QueueConfig, self["queue"])
         self.janitor = _typed(JanitorConfig, self["janitor"])
         self.notify = _typed(NotifyConfig, self["notify"])
         self.logging = _typed(LoggingConfig, self["logging"])
         self.metrics = _typed(MetricsConfig, self["metrics"])
-
-    def path(self, name: str) -> Path:
-        """One of paths.* by name (where the name is fixed, config.paths.<name> says it better)."""
-        return self.paths.folders()[name]
 
     def error(self, key: str, message: str) -> ConfigError:
         """A ConfigError pointing at the line that set *key* (or the file, for a default)."""
@@ -557,7 +553,6 @@ def ensure_folders(config: Config, names: tuple[str, ...] | None = None) -> None
             raise config.error(f"paths.{name}", f"folder {folder} is not writable by this user")
 
 
-def devices(config: Mapping[str, Any]) -> list[str]:
-    """pipeline.device as a list: one worker per entry (config.pipeline.devices holds it, built by this)."""
-    value = config["pipeline"]["device"]
-    return list(value) if isinstance(value, list) else [value]
+def _as_tuple(value: str | list[str]) -> tuple[str, ...]:
+    """pipeline.device as a tuple: one worker per entry."""
+    return tuple(value) if isinstance(value, list) else (value,)

@@ -8,6 +8,7 @@ Percentages are computed the way df(1) does: used / (used + available to unprivi
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +77,7 @@ def measure(path: str) -> tuple[int, int]:
     return used, st.f_bavail * st.f_frsize
 
 
-def filesystems(paths: dict[str, str], keys: tuple[str, ...] = FOLDER_KEYS) -> list[FsUsage]:
+def filesystems(paths: Mapping[str, str | os.PathLike[str]], keys: tuple[str, ...] = FOLDER_KEYS) -> list[FsUsage]:
     """The filesystems holding paths[key] for each key, deduplicated by st_dev, in the order of *keys*."""
     found: dict[int, FsUsage] = {}
     for key in keys:

@@ -36,7 +36,7 @@ def test_user_values_merge_over_defaults(tmp_path: Path) -> None:
     cfg = configmod.load(path)
     assert cfg["ingest"]["settle_seconds"] == 1.5
     assert cfg["ingest"]["rescan_seconds"] == 60
-    assert configmod.devices(cfg) == ["cpu", "cuda:1"]
+    assert cfg.pipeline.devices == ("cpu", "cuda:1")
     assert cfg.ingest.settle_seconds == 1.5 and cfg.pipeline.devices == ("cpu", "cuda:1")
 
 
@@ -48,7 +48,7 @@ def test_sections_are_read_once_into_typed_values(tmp_path: Path) -> None:
     })
     assert cfg.queue.lease_seconds == 30.0 and isinstance(cfg.queue.lease_seconds, float)
     assert cfg.queue.max_attempts == 3 and cfg.queue.url is None and cfg.queue.local_workers is True
-    assert cfg.paths.outputs == tmp_path / "out" == cfg.path("outputs")
+    assert cfg.paths.outputs == tmp_path / "out" == cfg.paths.folders()["outputs"]
     assert list(cfg.paths.folders()) == list(configmod.DEFAULTS["paths"])
     assert cfg.janitor.retention.rules == (configmod.RetentionRule(match="ann/*", days=2.0),)
     assert cfg.janitor.disk.critical_percent == 90.0 and cfg.notify.events == ("disk", "job_failed")

@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from daemon import disk
+from daemon.config import Config, DiskConfig
 from daemon.disk import FsUsage
 from daemon.notify.messages import disk_message
-from daemon.notify.send import Target, language, targets
+from daemon.notify.send import Target, targets
 
 OK, WARN, CRITICAL = "ok", "warn", "critical"
 RANK = {OK: 0, WARN: 1, CRITICAL: 2}
@@ -25,17 +26,17 @@ RANK = {OK: 0, WARN: 1, CRITICAL: 2}
 ENTER, REPEAT, CLEAR = "enter", "repeat", "clear"
 
 
-def level_for(percent: float, previous: str, disk: dict[str, Any]) -> str:
+def level_for(percent: float, previous: str, disk: DiskConfig) -> str:
     """The alert level for *percent* used, given the level of the previous pass.
 
     At or above critical_percent: critical; at or above warn_percent: warn. Below warn_percent an
     alert that was raised stays (as warn) until usage is below clear_percent.
     """
-    if percent >= disk["critical_percent"]:
+    if percent >= disk.critical_percent:
         return CRITICAL
-    if percent >= disk["warn_percent"]:
+    if percent >= disk.warn_percent:
         return WARN
-    if previous in (WARN, CRITICAL) and percent >= disk["clear_percent"]:
+    if previous in (WARN, CRITICAL) and percent >= disk.clear_percent:
         return WARN
     return OK
 
@@ -78,7 +79,7 @@ class Decision(NamedTuple):
     filesystems: list[dict[str, Any]]
 
 
-def decide_pass(config: Mapping[str, Any], state: Mapping[str, Any], before: list[FsUsage], after: list[FsUsage],
+def decide_pass(config: Config, state: Mapping[str, Any], before: list[FsUsage], after: list[FsUsage],
                 freed: Mapping[int, int], facts: Mapping[str, Any], now: float) -> Decision:
     """Decide, per filesystem and per target, what to announce after a pass; sends nothing, changes nothing.
 
@@ -88,10 +89,10 @@ def decide_pass(config: Mapping[str, Any], state: Mapping[str, Any], before: lis
     early pruning is still announced (results were deleted before their time), and the recovery message
     follows on the next pass.
     """
-    disk_cfg = config["janitor"]["disk"]
-    send_to = targets(config) if "disk" in config["notify"]["events"] else []
-    lang = language(config)
-    repeat = float(config["notify"]["repeat_hours"])
+    disk_cfg = config.janitor.disk
+    send_to = targets(config) if "disk" in config.notify.events else []
+    lang = config.notify.language
+    repeat = config.notify.repeat_hours
     known = {mount: dict(fst) for mount, fst in state.get("filesystems", {}).items()}
     new_state = {**state, "freed_total": int(state.get("freed_total", 0)) + sum(freed.values()),
                  "filesystems": known}

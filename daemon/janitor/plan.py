@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NamedTuple
 
+from daemon.config import Config, RetentionRule
 from daemon.disk import FsUsage
 from daemon.names import CLAIM_PREFIX
 
@@ -207,10 +208,9 @@ class Plan:
 class _Rules:
     """Retention rules: the first glob (relative to outputs/) that matches the file or its folders wins."""
 
-    def __init__(self, rules: Iterable[dict[str, Any]], default_days: float) -> None:
-        self.rules = [(re.compile(fnmatch.translate(r["match"])).match, float(r["days"]), r["match"])
-                      for r in rules]
-        self.default_days = float(default_days)
+    def __init__(self, rules: Iterable[RetentionRule], default_days: float) -> None:
+        self.rules = [(re.compile(fnmatch.translate(r.match)).match, r.days, r.match) for r in rules]
+        self.default_days = default_days
 
     def for_folder(self, date: str, user: str) -> list[bool]:
         folder = f"{date}/{user}"
@@ -244,21 +244,21 @@ def _freed(st: os.stat_result) -> int:
 class Planner:
     """Makes a Plan from the configuration and the current state of the disk, one Step at a time."""
 
-    def __init__(self, config: dict[str, Any], now: float, outputs_fs: FsUsage | None) -> None:
-        janitor = config["janitor"]
-        self.config = config
+    def __init__(self, config: Config, now: float, outputs_fs: FsUsage | None) -> None:
+        janitor = config.janitor
         self.now = now
-        self.marker = janitor["keep_marker"]
-        self.min_age = float(janitor["min_age_hours"]) * 3600
-        self.failed_age = max(float(janitor["failed_days"]) * DAY, self.min_age)
-        self.rules = _Rules(janitor["retention"]["rules"], janitor["retention"]["default_days"])
-        self.disk = janitor["disk"]
+        self.marker = janitor.keep_marker
+        self.min_age = janitor.min_age_hours * 3600
+        self.failed_days = janitor.failed_days
+        self.failed_age = max(janitor.failed_days * DAY, self.min_age)
+        self.rules = _Rules(janitor.retention.rules, janitor.retention.default_days)
+        self.disk = janitor.disk
         self.outputs_fs = outputs_fs
         # Outputs that could go early are only collected when the watermark can apply (saves memory).
-        self.collect_candidates = outputs_fs is not None and outputs_fs.percent >= self.disk["critical_percent"]
-        self.plan = Plan(now=now, roots={"outputs": os.path.abspath(config["paths"]["outputs"]),
-                                         "failed": os.path.abspath(config["paths"]["failed"])})
-        self.spool_jobs = self._spool_job_ids(config["paths"]["spool"])
+        self.collect_candidates = outputs_fs is not None and outputs_fs.percent >= self.disk.critical_percent
+        self.plan = Plan(now=now, roots={"outputs": os.path.abspath(config.paths.outputs),
+                                         "failed": os.path.abspath(config.paths.failed)})
+        self.spool_jobs = self._spool_job_ids(config.paths.spool)
         self._folders: list[_Folder] = []
         self._candidates: list[Group] = []  # outputs that may go early when the disk is critical
         self._young_freed = 0
@@ -629,8 +629,7 @@ class Planner:
             age = self.now - newest
             if age > self.failed_age:
                 group.reason = FAILED_EXPIRED
-                days = self.config["janitor"]["failed_days"]
-                group.detail = f"{age / DAY:.1f} days old; failed/ entries are kept {days:g} days"
+                group.detail = f"{age / DAY:.1f} days old; failed/ entries are kept {self.failed_days:g} days"
                 self._delete(group)
                 gone.append(group)
         if gone:  # opened again from the root when carried out (fd None): the entries were read by path
@@ -672,11 +671,11 @@ class Planner:
     def _apply_watermark(self) -> Iterator[Step]:
         """On a critical disk: the oldest remaining outputs, one step each, until the free-space target is met."""
         fs = self.outputs_fs
-        if fs is None or "outputs" not in self.plan.devs or fs.percent < self.disk["critical_percent"]:
+        if fs is None or "outputs" not in self.plan.devs or fs.percent < self.disk.critical_percent:
             return
         on_fs = {root for root, dev in self.plan.devs.items() if dev == fs.dev}
         avail = fs.avail + sum(g.freed for g in self.plan.deletions if g.root in on_fs)
-        target = fs.size * self.disk["target_free_percent"] / 100.0
+        target = fs.size * self.disk.target_free_percent / 100.0
         taken = 0
         if avail < target:
             self._candidates.sort(key=lambda g: g.mtime)
@@ -684,13 +683,13 @@ class Planner:
                 if avail >= target:
                     break
                 group.reason = WATERMARK
-                group.detail = (f"disk {fs.percent:.1f}% used >= critical {self.disk['critical_percent']}%: "
-                                f"oldest first until {self.disk['target_free_percent']}% is free")
+                group.detail = (f"disk {fs.percent:.1f}% used >= critical {self.disk.critical_percent:g}%: "
+                                f"oldest first until {self.disk.target_free_percent:g}% is free")
                 self._delete(group)
                 yield Step("outputs", group.folder, [group], stamp=self.plan.stamps.get(("outputs", *group.folder)))
                 avail += group.freed
                 taken += 1
-        self.plan.watermark = {"percent": round(fs.percent, 2), "target_free_percent": self.disk["target_free_percent"],
+        self.plan.watermark = {"percent": round(fs.percent, 2), "target_free_percent": self.disk.target_free_percent,
                                "outputs": taken, "avail_after_estimate": int(avail)}
         if avail < target:
             self.plan.shortfall = {"needed": int(target - avail), "pinned": self._pinned_freed,

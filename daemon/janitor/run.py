@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +104,7 @@ class PassResult:
 
 def main(config: Config, dry_run: bool = False, as_json: bool = False) -> int:
     """One janitor pass. Exit status: 0 ok (alerts included), 1 the pass failed, 2 configuration error."""
-    logsetup.setup(config["logging"], service=True)
+    logsetup.setup(config.logging, service=True)
     try:
         check_roots(config)
     except ConfigError as exc:
@@ -129,18 +129,18 @@ def main(config: Config, dry_run: bool = False, as_json: bool = False) -> int:
 
 def check_roots(config: Config) -> None:
     """Refuse (as configuration errors) roots that are symlinks or overlap the folders never to be pruned."""
-    paths = config["paths"]
+    paths = config.paths.folders()
     for key in ("outputs", "failed"):
         path = os.path.abspath(paths[key])
         if os.path.islink(path):
-            raise _error(config, f"paths.{key}",
+            raise config.error(f"paths.{key}",
                          f"{path} is a symlink; the janitor never works through symlinks: "
                          f"set paths.{key} to the real folder ({os.path.realpath(path)})")
         real = os.path.realpath(path)
         for other in (*PROTECTED, "failed" if key == "outputs" else "outputs"):
             theirs = os.path.realpath(paths[other])
             if real == theirs or _inside(real, theirs) or _inside(theirs, real):
-                raise _error(config, f"paths.{key}",
+                raise config.error(f"paths.{key}",
                              f"{path} overlaps paths.{other} ({theirs}); the janitor would prune it: "
                              "give each folder its own place")
 
@@ -149,12 +149,10 @@ def _inside(path: str, folder: str) -> bool:
     return path.startswith(folder.rstrip("/") + "/")
 
 
-def _error(config: Config, key: str, message: str) -> ConfigError:
-    return config.error(key, message) if hasattr(config, "error") else ConfigError(message, key=key)
 
 
 @contextlib.contextmanager
-def _pass_lock(state_dir: str, dry_run: bool) -> Iterator[bool]:
+def _pass_lock(state_dir: str | os.PathLike[str], dry_run: bool) -> Iterator[bool]:
     """An exclusive lock per state folder; yields False when another pass holds it. Dry runs take none."""
     if dry_run:
         yield True
@@ -172,24 +170,24 @@ def _pass_lock(state_dir: str, dry_run: bool) -> Iterator[bool]:
         os.close(fd)
 
 
-def run_pass(config: Mapping[str, Any], *, dry_run: bool = False, now: float | None = None) -> PassResult:
+def run_pass(config: Config, *, dry_run: bool = False, now: float | None = None) -> PassResult:
     """The pass itself (no printing): measure, plan, carry out (unless a dry run), measure, alerts, state.
 
     *now* is for tests that need a fixed clock."""
     started = time.time() if now is None else now
     clock = time.monotonic()
     result = PassResult(dry_run=dry_run, started=started)
-    paths = config["paths"]
-    with _pass_lock(paths["state"], dry_run) as acquired:
+    paths = config.paths
+    with _pass_lock(paths.state, dry_run) as acquired:
         if not acquired:
             log.warning("another janitor pass is running (lock %s); this one does nothing",
-                        os.path.join(paths["state"], LOCK_FILE))
+                        os.path.join(paths.state, LOCK_FILE))
             result.skipped_busy = True
             return result
-        state = load_state(paths["state"])
-        before = disk.filesystems(paths)
+        state = load_state(paths.state)
+        before = disk.filesystems(paths.folders())
         outputs_fs = next((fs for fs in before if "outputs" in fs.folders), None)
-        planner = prune.Planner(dict(config), started, outputs_fs)
+        planner = prune.Planner(config, started, outputs_fs)
         with _no_cyclic_gc():
             if dry_run:
                 planner.build()  # every step made and recorded, none carried out: main() prints the plan
@@ -199,9 +197,9 @@ def run_pass(config: Mapping[str, Any], *, dry_run: bool = False, now: float | N
                                     for error in result.outcome.errors]
         result.plan = planner.plan
         freed = _freed_by_dev(planner.plan, result.outcome)
-        after = _estimate_after(before, freed) if dry_run else disk.filesystems(paths)
-        result.spool = spoolreport.scan(paths["spool"], started, config["queue"]["lease_seconds"])
-        result.log_file = log_file_size(config["logging"]["file"])
+        after = _estimate_after(before, freed) if dry_run else disk.filesystems(paths.folders())
+        result.spool = spoolreport.scan(paths.spool, started, config.queue.lease_seconds)
+        result.log_file = log_file_size(config.logging.file)
         decision = alerts.decide_pass(config, state, before, after, freed, _facts(config, result), started)
         result.filesystems = decision.filesystems
         _announce(decision, after, dry_run)
@@ -209,10 +207,10 @@ def run_pass(config: Mapping[str, Any], *, dry_run: bool = False, now: float | N
             result.duration = time.monotonic() - clock
             return result
         result.pending = notify.retry_pending(config, started)
-        _save(paths["state"], decision.state, result, time.monotonic() - clock)
+        _save(paths.state, decision.state, result, time.monotonic() - clock)
         result.duration = time.monotonic() - clock
-        if config["metrics"]["textfile"]:
-            _write_metrics(config["metrics"]["textfile"], result, decision.state)
+        if config.metrics.textfile:
+            _write_metrics(config.metrics.textfile, result, decision.state)
     return result
 
 
@@ -251,7 +249,7 @@ def _estimate_after(before: list[disk.FsUsage], freed: dict[int, int]) -> list[d
                          fs.avail + freed.get(fs.dev, 0)) for fs in before]
 
 
-def _facts(config: Mapping[str, Any], result: PassResult) -> dict[str, Any]:
+def _facts(config: Config, result: PassResult) -> dict[str, Any]:
     """What a disk message tells about this pass (alerts.decide_pass adds each filesystem's own)."""
     plan = result.plan
     if result.outcome is not None:
@@ -263,9 +261,9 @@ def _facts(config: Mapping[str, Any], result: PassResult) -> dict[str, Any]:
     users = sorted(((u, v[0]) for u, v in plan.users.items() if v[0] > 0), key=lambda x: -x[1])[:TOP_N]
     dates = sorted(((d, b) for d, b in plan.dates.items() if b > 0), key=lambda x: -x[1])[:TOP_N]
     return {"host": os.uname().nodename,  # = socket.gethostname(), without importing socket at start-up
-            "disk": config["janitor"]["disk"], "freed": freed, "shortfall": plan.shortfall,
+            "disk": config.janitor.disk, "freed": freed, "shortfall": plan.shortfall,
             "top_users": users, "top_dates": dates, "pinned": plan.pinned,
-            "keep_marker": config["janitor"]["keep_marker"], "min_age_hours": config["janitor"]["min_age_hours"],
+            "keep_marker": config.janitor.keep_marker, "min_age_hours": config.janitor.min_age_hours,
             "stale_spool": len(result.spool.stale) if result.spool else 0, "log_file": result.log_file}
 
 
@@ -290,7 +288,7 @@ def _announce(decision: alerts.Decision, after: list[disk.FsUsage], dry_run: boo
                         fs.percent)
 
 
-def _save(state_dir: str, state: dict[str, Any], result: PassResult, duration: float) -> None:
+def _save(state_dir: str | os.PathLike[str], state: dict[str, Any], result: PassResult, duration: float) -> None:
     state["last_run"] = {"started": result.started, "duration": duration,
                          "freed": result.outcome.freed if result.outcome else 0}
     try:
@@ -300,7 +298,7 @@ def _save(state_dir: str, state: dict[str, Any], result: PassResult, duration: f
         log.error("cannot save the janitor state in %s: %s", state_dir, exc)
 
 
-def log_file_size(path: str | None) -> dict[str, Any] | None:
+def log_file_size(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
     """logging.file's size, plus its rotated copies (name.1, name.2.gz, name-20261127...) beside it."""
     if not path:
         return None
@@ -318,12 +316,12 @@ def log_file_size(path: str | None) -> dict[str, Any] | None:
                     rotated += entry.stat(follow_symlinks=False).st_size
                     copies += 1
     except OSError as exc:
-        return {"path": path, "bytes": None, "error": exc.strerror or str(exc)}
-    return {"path": path, "bytes": current + rotated, "current_bytes": current, "rotated_bytes": rotated,
+        return {"path": str(path), "bytes": None, "error": exc.strerror or str(exc)}
+    return {"path": str(path), "bytes": current + rotated, "current_bytes": current, "rotated_bytes": rotated,
             "rotated_files": copies}
 
 
-def load_state(state_dir: str) -> dict[str, Any]:
+def load_state(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = os.path.join(state_dir, STATE_FILE)
     try:
         with open(path, encoding="utf-8") as handle:
@@ -338,12 +336,12 @@ def load_state(state_dir: str) -> dict[str, Any]:
     return {"version": STATE_VERSION}
 
 
-def save_state(state_dir: str, state: dict[str, Any]) -> None:
+def save_state(state_dir: str | os.PathLike[str], state: dict[str, Any]) -> None:
     os.makedirs(state_dir, exist_ok=True)
     write_atomic(os.path.join(state_dir, STATE_FILE), json.dumps(state, ensure_ascii=False, indent=1))
 
 
-def _write_metrics(path: str, result: PassResult, state: dict[str, Any]) -> None:
+def _write_metrics(path: str | os.PathLike[str], result: PassResult, state: dict[str, Any]) -> None:
     from daemon.janitor import metrics
 
     plan = result.plan

@@ -21,7 +21,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -546,7 +546,7 @@ def _kill_children() -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def _notify(config: Mapping[str, Any], event: str, user: str, stem: str, job_id: str, detail: str) -> None:
+def _notify(config: configmod.Config, event: str, user: str, stem: str, job_id: str, detail: str) -> None:
     """Job events go out through daemon.notify.send, which honours notify.events and never raises."""
     from daemon.notify.send import notify_job
 

@@ -125,9 +125,9 @@ def disk_message(lang: str, kind: str, level: str, fs: FsUsage, facts: dict[str,
     if pruned_down:
         items.append(t["before"].format(percent=f"{before:.1f}%"))
     if kind == "clear":
-        items.append(t["clear_body"].format(clear=disk["clear_percent"]))
-    items.append(t["levels"].format(warn=disk["warn_percent"], critical=disk["critical_percent"],
-                                    clear=disk["clear_percent"]))
+        items.append(t["clear_body"].format(clear=f"{disk.clear_percent:g}"))
+    items.append(t["levels"].format(warn=f"{disk.warn_percent:g}", critical=f"{disk.critical_percent:g}",
+                                    clear=f"{disk.clear_percent:g}"))
     items += _growth_lines(t, facts.get("growth"), fs.avail)
     if "outputs" in fs.folders or "failed" in fs.folders:
         items += _pass_lines(t, facts, disk)
@@ -161,7 +161,7 @@ def _pass_lines(t: dict[str, str], facts: dict[str, Any], disk: dict[str, Any]) 
         out.append(t["freed_none"])
     short = facts.get("shortfall")
     if short:
-        out.append(t["short"].format(needed=human(short["needed"]), target=disk["target_free_percent"],
+        out.append(t["short"].format(needed=human(short["needed"]), target=f"{disk.target_free_percent:g}",
                                      pinned=human(short["pinned"]), marker=facts.get("keep_marker", ".keep"),
                                      young=human(short["young"]), hours=facts.get("min_age_hours", 24)))
     if facts.get("top_users"):

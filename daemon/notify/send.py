@@ -142,10 +142,6 @@ def validate(config: Config) -> list[str]:
     return problems
 
 
-def language(config: Config) -> str:
-    return config.notify.language
-
-
 def notify_job(config: Config, event: str, user: str, stem: str, job_id: str, detail: str) -> bool:
     """Announce a finished or failed job when notify.events asks for it. Never raises.
 
@@ -162,7 +158,7 @@ def notify_job(config: Config, event: str, user: str, stem: str, job_id: str, de
         send_to = targets(config)
         if not send_to:
             return True
-        title, body = messages.job_message(language(config), event, user, stem, job_id, detail,
+        title, body = messages.job_message(config.notify.language, event, user, stem, job_id, detail,
                                            os.uname().nodename)
         results = send(send_to, title, body)
         failed = [key for key, ok in results.items() if not ok]
