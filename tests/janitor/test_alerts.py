@@ -20,7 +20,7 @@ def usage(percent: float, dev: int = 7) -> FsUsage:
 
 def test_the_decision_returns_messages_and_state_and_changes_nothing(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, notify={"urls": ["json://127.0.0.1:9/", "json://127.0.0.1:10/"]})
-    facts = {"host": "h", "disk": cfg["janitor"]["disk"], "shortfall": {"needed": 1, "pinned": 0, "young": 0}}
+    facts = {"host": "h", "disk": cfg.janitor.disk, "shortfall": {"needed": 1, "pinned": 0, "young": 0}}
     previous = {"version": 1, "freed_total": 5}
     kept = copy.deepcopy(previous)
     before, after = [usage(96)], [usage(93)]  # saved by early pruning: still announced as critical

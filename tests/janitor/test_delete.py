@@ -25,13 +25,13 @@ DATE = "2026-09-01"
 
 
 def _steps(cfg) -> tuple[prune.Planner, Generator[prune.Step, None, None]]:
-    planner = prune.Planner(dict(cfg), time.time(), None)
+    planner = prune.Planner(cfg, time.time(), None)
     return planner, planner.steps()
 
 
 def test_a_step_deletes_through_the_planners_descriptor_not_the_path(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     output(out, DATE, "ann", "talk", 30)
     planner, steps = _steps(cfg)
     step = next(steps)
@@ -55,7 +55,7 @@ def test_a_step_deletes_through_the_planners_descriptor_not_the_path(tmp_path: P
 
 def test_a_folder_changed_since_planning_is_checked_file_by_file(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     folder = out / DATE / "bo"
     kept = output(out, DATE, "bo", "kept", 30)
     gone = output(out, DATE, "bo", "gone", 30)
@@ -82,7 +82,7 @@ def test_a_folder_changed_since_planning_is_checked_file_by_file(tmp_path: Path)
 
 def test_an_emptied_folder_is_removed_through_its_parent_descriptor(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     output(out, DATE, "cy", "talk", 30)
     output(out, DATE, "di", "talk", 30)
     planner, steps = _steps(cfg)
@@ -108,7 +108,7 @@ def test_an_emptied_folder_is_removed_through_its_parent_descriptor(tmp_path: Pa
 def test_a_pass_killed_mid_way_is_finished_by_the_next_pass(tmp_path: Path) -> None:
     """kill -9 of the janitor mid-pass (a timer-started pass cut short): the next pass does the rest."""
     cfg = make_config(tmp_path)
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     old = time.time() - 30 * 86400
     for day in range(1, 29):
         for u in range(60):

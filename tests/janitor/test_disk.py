@@ -58,7 +58,7 @@ def test_watermark_deletes_oldest_first_until_target_free(fs: Path, sink: HttpSi
     cfg = make_config(fs, janitor={"retention": {"default_days": 365},
                                    "disk": {"target_free_percent": 30}},
                       notify={"urls": [f"json://127.0.0.1:{sink.port}/"]})
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     old = [output(out, "2026-11-01", "uma", f"clip{age:02d}", age, MIB) for age in range(2, 18)]
     pinned = output(out, "2026-10-01", "uma", "oldest", 40, MIB)
     put(out / "2026-10-01" / "uma" / "oldest.keep", 40, 0)
@@ -100,7 +100,7 @@ def test_watermark_deletes_oldest_first_until_target_free(fs: Path, sink: HttpSi
 
 def test_a_full_disk_real_enospc_is_pruned_and_state_saved(fs: Path) -> None:
     cfg = make_config(fs)
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     n = 0
     with pytest.raises(OSError) as info:
         while True:
@@ -114,7 +114,7 @@ def test_a_full_disk_real_enospc_is_pruned_and_state_saved(fs: Path) -> None:
     result = janitor.run_pass(cfg)
     assert result.ok, result.problems
     assert result.outcome is not None and result.outcome.files >= 3 * (n - 1)
-    state = json.loads((Path(cfg["paths"]["state"]) / "janitor.json").read_text())
+    state = json.loads((cfg.paths.state / "janitor.json").read_text())
     assert state["freed_total"] > 10 * MIB
     assert used_percent(fs) < 10
 
@@ -122,7 +122,7 @@ def test_a_full_disk_real_enospc_is_pruned_and_state_saved(fs: Path) -> None:
 def test_a_full_disk_that_cannot_be_helped_says_so_plainly(fs: Path, sink: HttpSink,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     cfg = make_config(fs, notify={"urls": [f"json://127.0.0.1:{sink.port}/"], "language": "en"})
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     put(out / ".keep", 0, 0)
     n = 0
     with pytest.raises(OSError):
@@ -143,7 +143,7 @@ def test_a_full_disk_that_cannot_be_helped_says_so_plainly(fs: Path, sink: HttpS
 
 def test_levels_hysteresis_repeat_and_recovery(fs: Path, sink: HttpSink) -> None:
     cfg = make_config(fs, notify={"urls": [f"json://127.0.0.1:{sink.port}/"], "repeat_hours": 6})
-    put(Path(cfg["paths"]["outputs"]) / ".keep", 0, 0)
+    put(cfg.paths.outputs / ".keep", 0, 0)
     t0 = time.time()
     steps = [  # (minutes after t0, percent used, titles expected from this pass)
         (0, 50, []),
@@ -168,7 +168,7 @@ def test_levels_hysteresis_repeat_and_recovery(fs: Path, sink: HttpSink) -> None
             assert words in title, (minutes, title)
         levels.append(result.filesystems[0]["level"])
     assert levels == ["ok", "warn", "warn", "warn", "critical", "warn", "warn", "ok", "ok", "warn"]
-    state = json.loads((Path(cfg["paths"]["state"]) / "janitor.json").read_text())
+    state = json.loads((cfg.paths.state / "janitor.json").read_text())
     assert state["filesystems"][str(fs)]["level"] == "warn"
 
 
@@ -230,5 +230,5 @@ def test_dry_run_sends_nothing_and_saves_nothing(fs: Path, sink: HttpSink) -> No
     result = janitor.run_pass(cfg, dry_run=True)
     assert [n["would_send"] for n in result.filesystems[0]["notifications"]] == [True]
     assert sink.requests == []
-    assert not (Path(cfg["paths"]["state"]) / "janitor.json").exists()
+    assert not (cfg.paths.state / "janitor.json").exists()
     assert not (fs / "lipsyncd.prom").exists()

@@ -25,13 +25,13 @@ def test_janitor_writes_the_textfile(tmp_path: Path) -> None:
     prom = tmp_path / "textfile" / "lipsyncd.prom"
     prom.parent.mkdir()
     cfg = make_config(tmp_path, metrics={"textfile": str(prom)})
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     output(out, "2026-09-01", "ann", "old", 30, 4000)      # expired: 4000 + 200 + 300 bytes
     output(out, "2026-11-26", "ann", "new", 2, 1000)
     output(out, "2026-11-26", "张三", "新", 2, 2000)
     output(out, "2026-11-26", 'we"ird\\name', "x", 2, 10)
-    put(Path(cfg["paths"]["failed"]) / "2026-11-26" / "ann" / "talk" / "error.txt", 1)
-    spool = Path(cfg["paths"]["spool"])
+    put(cfg.paths.failed / "2026-11-26" / "ann" / "talk" / "error.txt", 1)
+    spool = cfg.paths.spool
     for job_id, state in (("j1", "queued"), ("j2", "queued"), ("j3", "running")):
         (spool / job_id).mkdir()
         (spool / job_id / "job.json").write_text(f'{{"id": "{job_id}", "state": "{state}"}}')

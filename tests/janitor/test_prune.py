@@ -35,7 +35,7 @@ def test_retention_first_matching_rule_wins_and_outputs_go_together(tmp_path: Pa
         {"match": "*/*/draft-*", "days": 2},      # ...even her drafts: the first rule wins
         {"match": "*/bob", "days": 60},           # a user's folder
     ]}})
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     alice_20 = output(out, DATE_MID, "alice", "talk", 20)
     alice_draft = output(out, DATE_MID, "alice", "draft-1", 20)
     alice_40 = output(out, DATE_OLD, "alice", "talk", 40)
@@ -59,7 +59,7 @@ def test_retention_first_matching_rule_wins_and_outputs_go_together(tmp_path: Pa
 
 def test_an_output_is_as_old_as_its_newest_file(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     files = output(out, DATE_MID, "dan", "talk", 20)
     put(files[1], age_days=1)  # the record was rewritten yesterday: the output is kept, all three files
     _run(cfg)
@@ -68,7 +68,7 @@ def test_an_output_is_as_old_as_its_newest_file(tmp_path: Path) -> None:
 
 def test_never_younger_than_min_age_hours(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, janitor={"retention": {"default_days": 0}, "min_age_hours": 24})
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     young = output(out, DATE_NEW, "erin", "fresh", 0.5)
     old = output(out, DATE_NEW, "erin", "older", 1.5)
     result = _run(cfg)
@@ -78,7 +78,7 @@ def test_never_younger_than_min_age_hours(tmp_path: Path) -> None:
 
 def test_keep_markers_pin_files_and_folders(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     by_file = output(out, DATE_OLD, "fay", "a", 30)
     put(out / DATE_OLD / "fay" / "a.mp4.keep", 30, 0)          # <file>.keep pins the whole output
     by_stem = output(out, DATE_OLD, "fay", "b", 30)
@@ -99,7 +99,7 @@ def test_keep_markers_pin_files_and_folders(tmp_path: Path) -> None:
 
 def test_keep_marker_in_outputs_root_pins_everything(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, janitor={"keep_marker": ".pin"})
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     files = output(out, DATE_OLD, "ivy", "a", 90)
     put(out / ".pin", 90, 0)
     result = _run(cfg)
@@ -108,8 +108,8 @@ def test_keep_marker_in_outputs_root_pins_everything(tmp_path: Path) -> None:
 
 def test_failed_entries_expire_after_failed_days_and_empty_folders_go(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, janitor={"failed_days": 14})
-    failed = Path(cfg["paths"]["failed"])
-    out = Path(cfg["paths"]["outputs"])
+    failed = cfg.paths.failed
+    out = cfg.paths.outputs
     old = failed / DATE_OLD / "jo" / "talk"
     put(old / "talk.wav", 20)
     put(old / "error.txt", 20)
@@ -135,8 +135,8 @@ def test_failed_entries_expire_after_failed_days_and_empty_folders_go(tmp_path: 
 
 def test_temps_in_flight_are_left_alone_abandoned_ones_go(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    out = Path(cfg["paths"]["outputs"])
-    spool = Path(cfg["paths"]["spool"])
+    out = cfg.paths.outputs
+    spool = cfg.paths.spool
     folder = out / DATE_MID / "lee"
     fresh = put(folder / ".talk.20261127-101010-aaaaaa.part", 0.1)
     running_job = "20261120-101010-bbbbbb"
@@ -155,8 +155,8 @@ def test_never_through_symlinks_or_outside_the_roots(tmp_path: Path) -> None:
     outside = tmp_path / "precious"
     victim = output(outside, DATE_OLD, "mia", "talk", 90)
     cfg = make_config(tmp_path / "data")
-    out = Path(cfg["paths"]["outputs"])
-    inbox = Path(cfg["paths"]["inbox"])
+    out = cfg.paths.outputs
+    inbox = cfg.paths.inbox
     dropped = put(inbox / "mia" / "talk.wav", 90)
     os.symlink(outside / DATE_OLD, out / DATE_OLD)                       # a date folder that is a link
     (out / DATE_MID).mkdir(parents=True)
@@ -175,7 +175,7 @@ def test_a_symlinked_root_is_a_configuration_error(tmp_path: Path, capsys: pytes
     real = tmp_path / "real-outputs"
     output(real, DATE_OLD, "ola", "talk", 90)
     cfg = make_config(tmp_path / "data")
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     out.rmdir()
     os.symlink(real, out)
     with kept_logging():
@@ -195,7 +195,7 @@ def test_outputs_overlapping_the_inbox_is_a_configuration_error(tmp_path: Path,
 
 def test_unmanaged_things_are_left_alone(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     stray = [put(out / "notes.txt", 90), put(out / "archive" / "old.mp4", 90),
              put(out / DATE_OLD / "pat" / "sub" / "x.mp4", 90)]
     result = _run(cfg)
@@ -206,12 +206,12 @@ def test_unmanaged_things_are_left_alone(tmp_path: Path) -> None:
 
 def test_never_across_a_filesystem_boundary(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     mount = out / DATE_OLD
     with mounted_tmpfs(mount, "4m"):
         files = output(out, DATE_OLD, "quin", "talk", 90)
-        failed_mount = Path(cfg["paths"]["failed"]) / DATE_OLD / "quin" / "talk" / "mnt"
-        put(Path(cfg["paths"]["failed"]) / DATE_OLD / "quin" / "talk" / "error.txt", 90)
+        failed_mount = cfg.paths.failed / DATE_OLD / "quin" / "talk" / "mnt"
+        put(cfg.paths.failed / DATE_OLD / "quin" / "talk" / "error.txt", 90)
         with mounted_tmpfs(failed_mount, "1m"):
             inner = put(failed_mount / "inner.txt", 90)
             result = _run(cfg)
@@ -224,11 +224,11 @@ def test_never_across_a_filesystem_boundary(tmp_path: Path) -> None:
 
 def test_dry_run_prints_exactly_what_the_real_pass_does(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, janitor={"retention": {"default_days": 7, "rules": [{"match": "*/vip/*", "days": 60}]}})
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     for i, age in enumerate((2, 9, 30, 70, 100)):
         for user in ("vip", "rex", "张三"):
             output(out, f"2026-0{i + 1}-01", user, f"clip{i}", age)
-    put(Path(cfg["paths"]["failed"]) / DATE_OLD / "rex" / "bad" / "error.txt", 30)
+    put(cfg.paths.failed / DATE_OLD / "rex" / "bad" / "error.txt", 30)
     config_file = tmp_path / "lipsyncd.yaml"
     config_file.write_text(yaml.safe_dump(json.loads(json.dumps(cfg)), allow_unicode=True), encoding="utf-8")
     before = sorted(str(p) for p in tmp_path.rglob("*"))
@@ -264,7 +264,7 @@ def test_dry_run_prints_exactly_what_the_real_pass_does(tmp_path: Path) -> None:
 
 def test_a_deletion_that_fails_makes_the_pass_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = make_config(tmp_path)
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     files = output(out, DATE_OLD, "sam", "talk", 30)
     output(out, DATE_OLD, "sam", "other", 30)
     if subprocess.run(["chattr", "+i", str(files[0])], capture_output=True).returncode != 0:
@@ -282,13 +282,13 @@ def test_a_deletion_that_fails_makes_the_pass_exit_1(tmp_path: Path, capsys: pyt
 
 def test_state_survives_and_a_second_pass_finds_nothing(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     output(out, DATE_OLD, "tom", "talk", 30)
     first = _run(cfg)
     assert first.outcome is not None and first.outcome.files == 3
     second = _run(cfg, now=time.time() + 60)
     assert second.plan.actions() == []
-    state = json.loads((Path(cfg["paths"]["state"]) / "janitor.json").read_text())
+    state = json.loads((cfg.paths.state / "janitor.json").read_text())
     assert state["freed_total"] >= 1500
 
 
@@ -297,7 +297,7 @@ def test_files_changed_after_planning_are_not_deleted(tmp_path: Path) -> None:
     from daemon.janitor import plan as prune
 
     cfg = make_config(tmp_path)
-    out = Path(cfg["paths"]["outputs"])
+    out = cfg.paths.outputs
     replaced = output(out, DATE_OLD, "uli", "talk", 30)
     swapped = output(out, DATE_OLD, "vera", "talk", 30)
     planner = prune.Planner(cfg, time.time(), None)

@@ -77,7 +77,7 @@ def test_a_failed_job_notification_never_raises_and_is_retried_by_the_janitor(tm
     port = free_port()
     cfg = make_config(tmp_path, notify={"urls": [f"json://127.0.0.1:{port}/", "not a url at all"]})
     assert notify.notify_job(cfg, "job_failed", "cy", "talk", "j3", "out of memory") is False
-    parked = list((Path(cfg["paths"]["state"]) / "notify-pending").glob("*.json"))
+    parked = list((cfg.paths.state / "notify-pending").glob("*.json"))
     assert len(parked) == 1
     with HttpSink(port=port) as late:
         result = janitor.run_pass(cfg)
@@ -85,7 +85,7 @@ def test_a_failed_job_notification_never_raises_and_is_retried_by_the_janitor(tm
         assert late.json_bodies()[0]["title"] == "[lipsyncd] Job failed: cy/talk"
     cfg = make_config(tmp_path, notify={"urls": [f"json://127.0.0.1:{port}/"]})  # the person fixed the config
     assert janitor.run_pass(cfg).pending == {"sent": 1, "pending": 0, "dropped": 0}
-    assert list((Path(cfg["paths"]["state"]) / "notify-pending").glob("*.json")) == []
+    assert list((cfg.paths.state / "notify-pending").glob("*.json")) == []
 
 
 def test_old_parked_notifications_are_dropped(tmp_path: Path) -> None:
