@@ -1,13 +1,18 @@
-"""Whole-file writes that a reader (or a crash) never sees half done: temp file beside it, fsync, rename.
+"""Whole-file writes and moves that a reader (or a crash) never sees half done.
 
-Used for the janitor's state and the Prometheus textfile. The temp name starts with a dot and ends in
-.tmp, so node_exporter's textfile collector (which reads *.prom) and the janitor itself ignore it.
+write_atomic: temp file beside it, fsync, rename; used for job.json, the janitor's state and the
+Prometheus textfile. Its temp name starts with a dot and ends in .tmp, so node_exporter's textfile
+collector (which reads *.prom) and the janitor itself ignore it. move: rename, or copy + fsync + unlink
+across filesystems; used by the claim and by failure filing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
+from pathlib import Path
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o644) -> None:
@@ -32,3 +37,18 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def move(src: Path, dst: Path) -> None:
+    """rename(2), or copy + fsync + unlink across filesystems. Never follows a symlink."""
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        if src.is_symlink() or not src.is_file():
+            raise
+        shutil.copyfile(src, dst, follow_symlinks=False)
+        with open(dst, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.unlink(src)

@@ -146,6 +146,42 @@ def test_the_daemon_reaches_the_pipeline_only_through_its_interface() -> None:
     assert not bad, _report("daemon/ may import only these pipeline modules", bad)
 
 
+# The daemon's rooms, lowest first. A room may import rooms below it (and its own modules), never above:
+# the shared words (names, files, config, log, disk, sdnotify) serve everyone; notify speaks for the jobs and
+# the janitor; jobs run what the inbox claimed; the inbox claims into the spool and puts ids on the queue;
+# the janitor reads the spool's layout from names; the service and the commands sit on top.
+DAEMON_ROOMS = [
+    ("shared words", ("daemon.names", "daemon.files", "daemon.config", "daemon.log", "daemon.disk",
+                      "daemon.sdnotify")),
+    ("notify", ("daemon.notify",)),
+    ("jobs", ("daemon.jobs",)),
+    ("inbox", ("daemon.inbox",)),
+    ("janitor", ("daemon.janitor",)),
+    ("service and commands", ("daemon.service", "daemon.cli", "daemon.commands")),
+]
+
+
+def _room(module: str) -> int | None:
+    for rank, (_, prefixes) in enumerate(DAEMON_ROOMS):
+        if any(_within(module, prefix) for prefix in prefixes):
+            return rank
+    return None
+
+
+def test_daemon_rooms_import_only_rooms_below_them() -> None:
+    """Arrows run one way: the jobs room never reaches back into the inbox that feeds it, notify and the shared
+    words know no room above them, and nothing below the service and the commands imports them."""
+    unplaced = sorted({name for name in sources() if _within(name, "daemon") and name != "daemon"
+                       and _room(name) is None})
+    assert not unplaced, _report("modules in no room (add them to DAEMON_ROOMS)", unplaced)
+    bad = []
+    for i in imports():
+        mine, theirs = _room(i.module), _room(i.target)
+        if mine is not None and theirs is not None and theirs > mine and not i.type_only:
+            bad.append(f"{i} ({DAEMON_ROOMS[mine][0]} must not import {DAEMON_ROOMS[theirs][0]})")
+    assert not bad, _report("a room imports a room above it", bad)
+
+
 def test_the_allowed_pipeline_modules_exist() -> None:
     """A rename must update the list above, not leave a name that allows nothing (or something else later)."""
     missing = [name for name in DAEMON_MAY_IMPORT if name not in sources()]

@@ -8,7 +8,6 @@ claimed at all (a regular file of its own, not a link) is decided once, by plain
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import stat
 from pathlib import Path
 
 from daemon import names
+from daemon.files import move
 from daemon.inbox.pairing import Claim
 from daemon.jobs.job import InputFile, Job, save, write_json_atomic
 from daemon.names import CLAIM_PLAN, CLAIM_PREFIX, JOB_FILE
@@ -48,21 +48,6 @@ def check_plain_file(path: Path) -> os.stat_result:
     if problem:
         raise UnsafeFile(problem)
     return st
-
-
-def move(src: Path, dst: Path) -> None:
-    """rename(2), or copy + fsync + unlink across filesystems. Never follows a symlink."""
-    try:
-        os.rename(src, dst)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        if src.is_symlink() or not src.is_file():
-            raise
-        shutil.copyfile(src, dst, follow_symlinks=False)
-        with open(dst, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.unlink(src)
 
 
 def claim(spool: Path, inbox_dir: Path, user: str, source: str, decision: Claim) -> Job:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import names
+from daemon.files import move
 from daemon.jobs.job import Job, write_json_atomic
 
 MAX_SUFFIX = 10_000
@@ -71,8 +72,6 @@ def _size(size: int) -> str:
 def file_failure(failed_root: Path, user: str, stem: str, files: Sequence[tuple[Path, str]], reason: str, *,
                  job: Job | None = None, engine: str | None = None, device: str | None = None) -> Path:
     """Move *files* ((current path, original name)) into a new failed/ folder with error.txt and job.json."""
-    from daemon.inbox.claim import move
-
     folder = unique_folder(failed_root / today() / names.printable(user), names.printable(stem))
     listed: list[tuple[str, int]] = []
     for path, original in files:
