@@ -29,6 +29,18 @@ def _steps(cfg) -> tuple[prune.Planner, Generator[prune.Step, None, None]]:
     return planner, planner.steps()
 
 
+def _carry_out(planner: prune.Planner, steps: Generator[prune.Step, None, None], step: prune.Step
+               ) -> safedelete.Outcome:
+    """Carry out one step as a real pass does, then close the plan's descriptors."""
+    executor = safedelete.Executor(planner.plan)
+    try:
+        executor.do(step)
+    finally:
+        executor.close()
+        steps.close()
+    return executor.outcome
+
+
 def test_a_step_deletes_through_the_planners_descriptor_not_the_path(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     out = cfg.paths.outputs
@@ -42,13 +54,8 @@ def test_a_step_deletes_through_the_planners_descriptor_not_the_path(tmp_path: P
     folder.rename(moved)
     output(decoy, DATE, "x", "talk", 30)
     folder.symlink_to(decoy / DATE / "x", target_is_directory=True)
-    executor = safedelete.Executor(planner.plan)
-    try:
-        executor.do(step)
-    finally:
-        executor.close()
-        steps.close()
-    assert executor.outcome.files == 3 and executor.outcome.errors == []
+    outcome = _carry_out(planner, steps, step)
+    assert outcome.files == 3 and outcome.errors == []
     assert list(moved.iterdir()) == []  # the real folder, reached through its descriptor, is empty
     assert sorted(p.name for p in (decoy / DATE / "x").iterdir()) == ["talk.jpg", "talk.json", "talk.mp4"]
 
@@ -65,13 +72,7 @@ def test_a_folder_changed_since_planning_is_checked_file_by_file(tmp_path: Path)
     time.sleep(0.01)
     put(tmp_path / "new.json", 0)
     os.replace(tmp_path / "new.json", kept[1])  # a new record renamed over kept.json after planning
-    executor = safedelete.Executor(planner.plan)
-    try:
-        executor.do(step)
-    finally:
-        executor.close()
-        steps.close()
-    outcome = executor.outcome
+    outcome = _carry_out(planner, steps, step)
     assert outcome.files == 3 and outcome.errors == [] and outcome.folders == 0
     whys = {item["path"]: item["why"] for item in outcome.skipped}
     assert "kept.json changed" in whys[str(folder / "kept")]
