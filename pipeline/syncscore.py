@@ -3,12 +3,17 @@
 The score knows nothing about the engine that made the video. For every frame it measures the mouth's
 *state* (how open it is), not its motion:
 
-- the main face is tracked (pipeline.face.FaceTracker); the mouth area is taken relative to the face
-  box (centre half of the face's width, from 0.70 to 1.05 of its height), so head motion and camera
-  pans move the measuring window with the face and do not count;
-- openness = how much of that area is dark compared with the face's own skin (the open mouth's
-  inside is dark whatever the lighting, teeth and lips are not), minus its 2-second moving average,
-  so slow changes of light or pose do not count either;
+- the main face is tracked (pipeline.face.FaceTracker) and the mouth is *located* in it
+  (pipeline.mouthfinder: OpenCV's mouth cascade on the lower face every few frames, the median of the
+  detections within a second, kept relative to the face box so it moves with the face in between).
+  It is not placed by fixed proportions of the face box: the builtin engine places its mouth that way,
+  and a score measuring the same place agreed with the engine when both were wrong (issue 12: an
+  opening drawn on the chin scored "in sync"). Frames where the mouth is not located count as missing
+  (NaN), nothing is guessed; SyncScore.mouth_frames says how many were located;
+- openness = how much of the lips' area (LIPS_AREA around the located mouth) is dark compared with the
+  face's own skin (the open mouth's inside is dark whatever the lighting, teeth and lips are not), minus
+  its 2-second moving average, so slow changes of light or pose do not count either; the area is
+  about the lips' own height, so a dark patch a lip-height above or below them stays out of it;
 - the sound's loudness per frame (dBFS, floored 40 dB under its peak) is compared with it by Pearson
   correlation, with the picture shifted against the sound by -10..+10 frames.
 
@@ -18,6 +23,7 @@ confidence = that peak minus the median over all offsets (a real peak stands out
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +31,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import EngineError
-from pipeline.face import FaceBox, FaceTracker
+from pipeline.face import FaceTracker
 from pipeline.media import audio as audiomod
 from pipeline.media import decode as videomod
+from pipeline.mouthfinder import PATCH_AREA, PATCH_FACE_PIXELS, Mouth, MouthFinder, lower_face
 
 MAX_OFFSET_FRAMES = 10
 ANALYSIS_MAX_SIDE = 480  # frames are scaled down to this for analysis
-MOUTH_AREA = (0.25, 0.75, 0.70, 1.05)  # x0, x1, y0, y1 as fractions of the face box
-SKIN_AREA = (0.30, 0.70, 0.45, 0.65)  # cheeks and nose: the face's own brightness
+LIPS_AREA = (0.30, 0.15)  # measured: the located mouth's centre +- these many widths of its box (x, y): the lips
+SKIN_AREA = (0.30, 0.70, 0.45, 0.65)  # cheeks and nose (fractions of the face box): the face's own brightness
 DARK_RATIO = (0.35, 0.60)  # a pixel darker than 0.35 x skin counts fully as "open", above 0.6 not at all
 DETREND_SECONDS = 2.0
 LOUDNESS_RANGE_DB = 40.0
@@ -49,6 +56,7 @@ class SyncScore:
     fps: float
     frames: int  # frames compared
     face_frames: int  # of those, frames with a face
+    mouth_frames: int = 0  # of those, frames where the mouth was located (only these are compared)
     correlations: dict[int, float] = field(default_factory=dict)  # offset -> correlation
 
     @property
@@ -73,6 +81,7 @@ class SyncScore:
             "fps": round(self.fps, 3),
             "frames": self.frames,
             "face_frames": self.face_frames,
+            "mouth_frames": self.mouth_frames,
             "correlations": {str(k): round(v, 4) for k, v in self.correlations.items()},
         }
 
@@ -84,7 +93,7 @@ class SyncScore:
             where = f"the picture {side} the sound by {abs(self.offset)} frame(s) ({abs(self.offset_ms):.0f} ms)"
         return (f"sync: {self.verdict}: correlation {self.correlation:.2f} {where}, confidence {self.confidence:.2f} "
                 f"(peak minus median over +-{MAX_OFFSET_FRAMES} frames); {self.face_frames} of {self.frames} "
-                "frames had a face")
+                f"frames had a face, {self.mouth_frames} a located mouth")
 
 
 def sync_score(video: str | Path, audio: str | Path | None = None, *, max_offset: int = MAX_OFFSET_FRAMES,
@@ -98,57 +107,77 @@ def sync_score(video: str | Path, audio: str | Path | None = None, *, max_offset
     if audio is None and info.start_time > 0:  # the picture starts later than the sound in this file
         samples = samples[round(info.start_time * audiomod.SAMPLE_RATE):]
 
-    openness = _mouth_openness(info, detect_every, batch_frames)
+    openness, faces = _mouth_openness(info, fps, detect_every, batch_frames)
     frames = min(len(openness), audiomod.frame_count(len(samples) / audiomod.SAMPLE_RATE, fps))
-    openness = openness[:frames]
+    openness, faces = openness[:frames], faces[:frames]
     loudness = audiomod.frame_loudness(samples, fps, frames).astype(np.float64)
     if loudness.max() < audiomod.SILENCE_DBFS:
         raise EngineError(f"the sound of {Path(audio or video).name!r} is silent; there is nothing to compare "
                           "the mouth with")
     loudness = np.maximum(loudness, loudness.max() - LOUDNESS_RANGE_DB)
-    face_frames = int(np.isfinite(openness).sum())
+    face_frames, mouth_frames = int(faces.sum()), int(np.isfinite(openness).sum())
     if face_frames < MIN_FACE_FRAMES:
         raise EngineError(f"a face was found in only {face_frames} frame(s) of {video.name!r}; the sync score "
                           "needs a video of one person facing the camera")
+    if mouth_frames < MIN_FACE_FRAMES:
+        raise EngineError(f"the mouth was found in only {mouth_frames} of the {face_frames} frame(s) with a face in "
+                          f"{video.name!r}; the sync score needs a frontal face with the lips in view")
     openness = _detrend(openness, max(3, round(DETREND_SECONDS * fps)))
 
     correlations = {offset: _pearson_at(openness, loudness, offset) for offset in range(-max_offset, max_offset + 1)}
     best = max(correlations, key=lambda offset: (correlations[offset], -abs(offset)))
     peak = correlations[best]
     return SyncScore(offset=best, correlation=peak, confidence=peak - float(np.median(list(correlations.values()))),
-                     fps=fps, frames=frames, face_frames=face_frames, correlations=correlations)
+                     fps=fps, frames=frames, face_frames=face_frames, mouth_frames=mouth_frames,
+                     correlations=correlations)
 
 
-def mouth_openness(frame: np.ndarray, face: FaceBox) -> float:
-    """How open the mouth in *face* looks: the dark share of the mouth area, relative to the skin."""
-    import cv2
+def mouth_openness(patch: np.ndarray, mouth: Mouth) -> float:
+    """How open *mouth* looks in a lower-face patch: the dark share of the lips' area, relative to the skin."""
+    face_w = PATCH_FACE_PIXELS
 
-    height, width = frame.shape[:2]
+    def area(x0: float, x1: float, y0: float, y1: float) -> np.ndarray:
+        height, width = patch.shape[:2]
+        left, right, top, bottom = (int(round(v)) for v in (x0, x1, y0, y1))
+        return patch[max(0, top):min(height, bottom), max(0, left):min(width, right)]
 
-    def area(fractions: tuple[float, float, float, float]) -> np.ndarray:
-        x0, x1, y0, y1 = fractions
-        left, right = int(round(face.x + x0 * face.w)), int(round(face.x + x1 * face.w))
-        top, bottom = int(round(face.y + y0 * face.h)), int(round(face.y + y1 * face.h))
-        return frame[max(0, top):min(height, bottom), max(0, left):min(width, right)]
-
-    mouth, skin = area(MOUTH_AREA), area(SKIN_AREA)
-    if mouth.size == 0 or skin.size == 0:
+    half_w, half_h = (fraction * mouth.width for fraction in LIPS_AREA)
+    lips = area(mouth.cx - half_w, mouth.cx + half_w, mouth.cy - half_h, mouth.cy + half_h)
+    sx0, sx1, sy0, sy1 = SKIN_AREA
+    px0, py0 = PATCH_AREA[0], PATCH_AREA[2]
+    skin = area((sx0 - px0) * face_w, (sx1 - px0) * face_w, (sy0 - py0) * face_w, (sy1 - py0) * face_w)
+    if lips.size == 0 or skin.size == 0:
         return float("nan")
-    mouth_gray = cv2.cvtColor(np.ascontiguousarray(mouth), cv2.COLOR_RGB2GRAY).astype(np.float32)
-    skin_level = max(float(np.median(cv2.cvtColor(np.ascontiguousarray(skin), cv2.COLOR_RGB2GRAY))), 1.0)
+    skin_level = max(float(np.median(skin)), 1.0)
     low, high = DARK_RATIO
-    darkness = np.clip((high - mouth_gray / skin_level) / (high - low), 0.0, 1.0)
+    darkness = np.clip((high - lips.astype(np.float32) / skin_level) / (high - low), 0.0, 1.0)
     return float(darkness.mean())
 
 
-def _mouth_openness(info: videomod.VideoInfo, detect_every: int, batch_frames: int) -> np.ndarray:
-    """Openness of every frame (NaN without a face), decoding at analysis size."""
+def _mouth_openness(info: videomod.VideoInfo, fps: float, detect_every: int,
+                    batch_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Openness of every frame (NaN without a located mouth), and which frames had a face."""
     tracker = FaceTracker(detect_every)
+    finder = MouthFinder(fps, detect_every)
+    pending: deque[np.ndarray | None] = deque()  # patches of frames whose mouth is not settled yet
     values: list[float] = []
+
+    def measure() -> None:
+        patch, mouth = pending.popleft(), finder.mouth(len(values))
+        values.append(mouth_openness(patch, mouth) if patch is not None and mouth is not None else float("nan"))
+
+    faces: list[bool] = []
     for frames in videomod.read_frames(info, batch_frames, max_side=ANALYSIS_MAX_SIDE):
         for frame, face in zip(frames, tracker.update(frames), strict=True):
-            values.append(mouth_openness(frame, face) if face is not None else float("nan"))
-    return np.asarray(values, dtype=np.float64)
+            patch = lower_face(frame, face) if face is not None else None
+            faces.append(patch is not None)
+            finder.add(patch)
+            pending.append(patch)
+        while pending and finder.settled(len(values)):
+            measure()
+    while pending:
+        measure()
+    return np.asarray(values, dtype=np.float64), np.asarray(faces, dtype=bool)
 
 
 def _detrend(values: np.ndarray, window: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The sync score: the builtin engine's output is in sync, the unprocessed input is not, shifts are found."""
+"""The sync score: the builtin engine's output is in sync, the unprocessed input is not, shifts are found; the
+mouth is measured where the lips are (a dark blob on the chin does not count), wherever an engine puts it."""
 
 from __future__ import annotations
 
@@ -6,13 +7,25 @@ import json
 import subprocess
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
+from daemon.commands.samples import FACE_CENTRE, WINDOW
 from pipeline.engines import EngineError
-from pipeline.syncscore import MAX_OFFSET_FRAMES, sync_score
+from pipeline.face import FaceTracker
+from pipeline.media import audio as audiomod
+from pipeline.mouthfinder import MouthFinder, lower_face, patch_to_frame
+from pipeline.syncscore import LOUDNESS_RANGE_DB, MAX_OFFSET_FRAMES, sync_score
 from tests import media
 from tests.lipsync_support import plain_reencode, talking
+
+# The astronaut's lips in the 512x512 photo, found by inspection (the photo enlarged 10x under a pixel grid):
+# mouth corners at x 203 and 243, the upper lip's top at y 139, the lower lip's bottom at y 154.
+LIPS_CENTRE = (223.0, 146.5)
+LIP_HEIGHT = 15.0  # upper lip's top to lower lip's bottom, photo pixels
+CLIP_SIZE = 320  # media.face_frames' default frame size
+PEOPLE = Path(__file__).resolve().parents[1] / "fixtures" / "people"  # real clips of people talking, if collected
 
 
 def _shift_audio(video: Path, output: Path, seconds: float) -> Path:
@@ -68,3 +81,80 @@ def test_score_needs_sound_and_a_face(tmp_path: Path, face_mp4: Path, speech_wav
     pattern = media.no_face_clip(tmp_path / "pattern.mp4", seconds=1.0)
     with pytest.raises(EngineError, match=r"a face was found in only 0 frame\(s\) of 'pattern.mp4'"):
         sync_score(pattern, audio=speech_wav)
+
+
+def _window(index: int, count: int, pan_pixels: int = 24) -> tuple[int, int]:
+    """Top-left corner of frame *index*'s window over the photo: media.face_frames' arithmetic (checked below)."""
+    t = index / max(1, count - 1)
+    dx, dy = round(pan_pixels * np.sin(2 * np.pi * t)), round(pan_pixels / 2 * np.sin(np.pi * t))
+    x0 = int(np.clip(FACE_CENTRE[0] - WINDOW // 2 + dx, 0, 512 - WINDOW))
+    y0 = int(np.clip(FACE_CENTRE[1] - WINDOW // 2 + dy, 0, 512 - WINDOW))
+    return x0, y0
+
+
+def _to_frame(index: int, count: int, x: float, y: float) -> tuple[float, float]:
+    """A photo position in frame *index* of a face clip (window moved, then scaled to CLIP_SIZE)."""
+    x0, y0 = _window(index, count)
+    scale = CLIP_SIZE / WINDOW
+    return (x - x0 + 0.5) * scale - 0.5, (y - y0 + 0.5) * scale - 0.5
+
+
+def _blob_clip(path: Path, speech: Path, below_lips: float) -> Path:
+    """The astronaut clip under *speech*, a dark mouth-sized blob painted *below_lips* photo pixels under the lips'
+    centre, its height following the speech's loudness (as an engine's mouth opening would)."""
+    fps = 25.0
+    sound = audiomod.load_audio(speech, "audio")
+    count = audiomod.frame_count(len(sound.samples) / audiomod.SAMPLE_RATE, fps)
+    loudness = audiomod.frame_loudness(sound.samples, fps, count).astype(np.float64)
+    loudness = np.maximum(loudness, loudness.max() - LOUDNESS_RANGE_DB)
+    level = (loudness - loudness.min()) / (loudness.max() - loudness.min())
+    photo = media.astronaut()
+
+    def frames():
+        for index in range(count):
+            painted = photo.copy()
+            centre = (round(LIPS_CENTRE[0] * 4), round((LIPS_CENTRE[1] + below_lips) * 4))  # 2 fraction bits
+            axes = (15 * 4, round((0.5 + 6.0 * level[index]) * 4))
+            cv2.ellipse(painted, centre, axes, 0, 0, 360, (40, 20, 20), -1, cv2.LINE_AA, shift=2)
+            x0, y0 = _window(index, count)
+            yield cv2.resize(painted[y0:y0 + WINDOW, x0:x0 + WINDOW], (CLIP_SIZE, CLIP_SIZE),
+                             interpolation=cv2.INTER_AREA)
+
+    return media.write_video(path, frames(), fps, (CLIP_SIZE, CLIP_SIZE), audio=speech)
+
+
+def test_a_blob_on_the_chin_is_not_a_mouth(tmp_path: Path, speech_wav: Path) -> None:
+    """Issue 12: a mouth opening drawn one lip-height below the lips scored 'in sync' because the score measured
+    the same fixed proportions of the face box as the engine; the lips are located now."""
+    between = sync_score(_blob_clip(tmp_path / "between.mp4", speech_wav, 0.0))
+    below = sync_score(_blob_clip(tmp_path / "below.mp4", speech_wav, LIP_HEIGHT))
+    assert between.verdict == "in sync" and abs(between.offset) <= 1
+    assert between.mouth_frames == between.frames  # the opening blob does not hide the mouth
+    assert below.verdict != "in sync"
+    assert below.correlation < between.correlation - 0.5
+    assert below.to_dict()["mouth_frames"] == below.mouth_frames == below.frames
+
+
+def test_the_mouth_is_located_on_the_lips(face_mp4: Path) -> None:
+    """Within half a lip-height of the lips' centre (found by inspection) in every frame of the panned clip."""
+    frames = np.stack(list(media.face_frames(3.0)))
+    count = len(frames)
+    photo = media.astronaut()
+    for index in (0, count // 3, count - 1):  # _window() is face_frames' own arithmetic: same pixels
+        x0, y0 = _window(index, count)
+        expected = cv2.resize(photo[y0:y0 + WINDOW, x0:x0 + WINDOW], (CLIP_SIZE, CLIP_SIZE),
+                              interpolation=cv2.INTER_AREA)
+        assert np.array_equal(frames[index], expected)
+    faces = FaceTracker(5).update(frames)
+    finder = MouthFinder(25.0, 5)
+    for frame, face in zip(frames, faces, strict=True):
+        finder.add(lower_face(frame, face) if face is not None else None)
+    errors = []
+    for index, face in enumerate(faces):
+        mouth = finder.mouth(index)
+        assert face is not None and mouth is not None, f"frame {index}: no mouth"
+        located = patch_to_frame(mouth, face)
+        true_x, true_y = _to_frame(index, count, *LIPS_CENTRE)
+        errors.append(np.hypot(located.cx - true_x, located.cy - true_y))
+    half_lip = LIP_HEIGHT / 2 * CLIP_SIZE / WINDOW
+    assert max(errors) < half_lip, f"worst error {max(errors):.1f} px, allowed {half_lip:.1f}"
