@@ -10,6 +10,8 @@ with the engines' code:
   relative to the face box, so a mouth found once moves with the face between detections;
 - on every `detect_every`-th frame the cascade runs on the patch; of its candidates (nostrils, chin and
   mouth are typical) the one with the highest cascade weight that is centred and mouth-sized is kept;
+- a detection far from the median of the last MEDIAN_SECONDS' detections is dropped: the cascade tends
+  to miss a wide-open mouth and take the chin below it instead;
 - a frame's mouth is the median of the detections within MEDIAN_SECONDS of it (at least MIN_DETECTIONS
   of them), so a stray detection (a dark blob on the chin in some frames) does not move it; a frame
   without enough detections around it has no mouth (None): nothing is guessed.
@@ -33,8 +35,10 @@ MIN_SIZE = (36, 18)  # the cascade's own window: smaller mouths cannot be found
 MOUTH_WIDTHS = (0.35, 0.85)  # a candidate's box is this many face widths wide (the box is wider than the lips)
 CENTRE_TOLERANCE = 0.2  # ... and its centre at most this many face widths from the face's centre line
 MIN_WEIGHT = 0.5  # ... and the cascade's confidence (level weight) at least this
-MEDIAN_SECONDS = 1.0  # a frame's mouth: the median of the detections this close in time ...
+MEDIAN_SECONDS = 2.0  # a frame's mouth: the median of the detections this close in time ...
 MIN_DETECTIONS = 2  # ... of which there must be at least this many
+JUMP_WIDTHS = 0.25  # a detection this many box widths from the median of the last MEDIAN_SECONDS is dropped ...
+JUMP_HISTORY = 3  # ... once there are this many detections in that time (open mouths are missed, chins are not)
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,11 @@ class MouthFinder:
         """The next frame's patch (lower_face()), or None when the frame has no face."""
         if patch is not None and self.frames % self.detect_every == 0:
             found = self.detect(patch)
+            recent = [mouth for frame, mouth in self.detections if frame >= self.frames - self.window]
+            if found is not None and len(recent) >= JUMP_HISTORY:
+                cx, cy = np.median([(m.cx, m.cy) for m in recent], axis=0)
+                if np.hypot(found.cx - cx, found.cy - cy) > JUMP_WIDTHS * found.width:
+                    found = None
             if found is not None:
                 self.detections.append((self.frames, found))
         self.frames += 1

@@ -18,7 +18,7 @@ from pipeline.media import audio as audiomod
 from pipeline.mouthfinder import MouthFinder, lower_face, patch_to_frame
 from pipeline.syncscore import LOUDNESS_RANGE_DB, MAX_OFFSET_FRAMES, sync_score
 from tests import media
-from tests.lipsync_support import plain_reencode, talking
+from tests.lipsync_support import decode, plain_reencode, talking
 
 # The astronaut's lips in the 512x512 photo, found by inspection (the photo enlarged 10x under a pixel grid):
 # mouth corners at x 203 and 243, the upper lip's top at y 139, the lower lip's bottom at y 154.
@@ -158,3 +158,35 @@ def test_the_mouth_is_located_on_the_lips(face_mp4: Path) -> None:
         errors.append(np.hypot(located.cx - true_x, located.cy - true_y))
     half_lip = LIP_HEIGHT / 2 * CLIP_SIZE / WINDOW
     assert max(errors) < half_lip, f"worst error {max(errors):.1f} px, allowed {half_lip:.1f}"
+
+
+def _people() -> list:
+    clips = sorted(PEOPLE.glob("*.mp4"))
+    if not clips:
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no real clips in {PEOPLE}"))]
+    return [pytest.param(clip, id=clip.stem) for clip in clips]
+
+
+@pytest.mark.parametrize("clip", _people())
+def test_the_mouth_is_located_in_real_footage(clip: Path) -> None:
+    """Beard, lipstick, glasses, darker skin, a head turn, a drawing: the mouth is found in nearly every frame
+    with a face, on the face's centre line and in its lower part (not the nose, not the chin)."""
+    frames = decode(clip)
+    faces = FaceTracker(5).update(frames)
+    finder = MouthFinder(25.0, 5)
+    for frame, face in zip(frames, faces, strict=True):
+        finder.add(lower_face(frame, face) if face is not None else None)
+    with_face = located = 0
+    for index, face in enumerate(faces):
+        mouth = finder.mouth(index)
+        if face is None:
+            continue
+        with_face += 1
+        if mouth is None:
+            continue
+        located += 1
+        where = patch_to_frame(mouth, face)
+        assert abs(where.cx - face.center[0]) < 0.15 * face.w, f"frame {index}: mouth off the centre line"
+        assert 0.70 < (where.cy - face.y) / face.h < 0.92, f"frame {index}: mouth at {where.cy:.0f}, face {face}"
+    assert with_face >= 0.9 * len(frames)
+    assert located >= 0.9 * with_face, f"mouth located in {located} of {with_face} frames with a face"
