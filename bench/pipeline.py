@@ -122,6 +122,7 @@ def stages_alone(video: Path, audio: Path, device: str, out: Path) -> dict[str, 
     from pipeline.engines.builtin.lipsync import PIXELS
     from pipeline.engines.builtin.warp import MouthWarper
     from pipeline.face import FaceTracker
+    from pipeline.lips import LipTracker, LowerFace
     from pipeline.media import audio as audiomod
     from pipeline.media import decode as videomod
     from pipeline.media import encode
@@ -150,12 +151,21 @@ def stages_alone(video: Path, audio: Path, device: str, out: Path) -> dict[str, 
     faces = [tracker.update(videomod.yuv_planes(b, *size)[0]) for b in batches]
     track_seconds = time.perf_counter() - started
 
+    lip_tracker = LipTracker(pipeline["builtin"]["detect_every"])
+    started = time.perf_counter()
+    all_lips = []
+    for b, batch_faces in zip(batches, faces, strict=True):
+        luma, u, v = videomod.yuv_planes(b, *size)
+        pictures = [LowerFace.from_yuv(luma[k], u[k], v[k], face) if face is not None else None
+                    for k, face in enumerate(batch_faces)]
+        all_lips.append(lip_tracker.update(pictures, batch_faces))
+    lips_seconds = time.perf_counter() - started
+
     warper = MouthWarper(device, pixels=PIXELS)
     copies = [b.copy() for b in batches]
     started = time.perf_counter()
     index = 0
-    for frames_batch, batch_faces in zip(copies, faces, strict=True):
-        mouths = [f.mouth() if f is not None else None for f in batch_faces]
+    for frames_batch, mouths in zip(copies, all_lips, strict=True):
         span = slice(index, index + len(frames_batch))
         warper.apply(frames_batch, mouths, track.opening[span], track.width[span], size=size)
         index += len(frames_batch)
@@ -172,6 +182,7 @@ def stages_alone(video: Path, audio: Path, device: str, out: Path) -> dict[str, 
     del copies, batches
     return {"decode (reader)": frames / decode, "audio features": frames / audio_seconds,
             "mouth motion": frames / motion_seconds, "face tracking": frames / track_seconds,
+            "lip locating": frames / lips_seconds,
             "mouth warp": frames / warp_seconds, "encode (writer)": frames / encode}
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.engines import EngineError
 from pipeline.face import FaceDetector, FaceTracker
+from pipeline.lips import LipTracker, LowerFace
 from pipeline.media import audio as audiomod
 from pipeline.media import decode as videomod
 from tests import media
@@ -37,6 +38,7 @@ def test_longer_audio_plays_the_video_back_and_forth(media_dir: Path, face_mp4: 
     _assert_lasts_as_long_as(output, speech_wav, 25.0)
     assert result.details["source_frames"] == 75 and result.frames > 2 * 75
     assert result.details["face_frames"] == 75 and result.details["frames_changed"] > result.frames / 2
+    assert result.details["lip_frames"] == 75 and result.details["frames_without_lips"] == 0
     for stage in ("audio", "motion", "decode", "faces", "warp", "encode"):
         assert stage in result.timings
     # Output frame 75 + k shows source frame 73 - k (the reverse pass); compare away from the mouth.
@@ -58,13 +60,14 @@ def test_shorter_audio_cuts_the_video_and_pixels_outside_the_mouth_stay(tmp_path
     count = min(len(ours), len(plain))
     assert count >= 49
     # The mouth region of each frame, from tracking the unprocessed input.
-    tracker = FaceTracker()
     source = decode(face_mp4)[:count]
-    faces = tracker.update(source)
+    faces = FaceTracker().update(source)
+    lips = LipTracker().update([LowerFace.from_rgb(frame, face) for frame, face in zip(source, faces, strict=True)],
+                               faces)
     outside = np.ones(ours[:count].shape[:3], dtype=bool)
-    for index, face in enumerate(faces):
-        assert face is not None
-        x0, y0, x1, y1 = face.mouth().bounds(ours.shape[2], ours.shape[1])
+    for index, mouth in enumerate(lips):
+        assert mouth is not None
+        x0, y0, x1, y1 = mouth.region().bounds(ours.shape[2], ours.shape[1])
         outside[index, y0:y1, x0:x1] = False
     assert psnr(ours[:count][outside], plain[:count][outside]) >= 38.0
     inside_change = np.abs(ours[:count][~outside].astype(int) - plain[:count][~outside]).mean()

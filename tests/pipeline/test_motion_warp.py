@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.engines.builtin.motion import mouth_motion
-from pipeline.engines.builtin.warp import MAX_JAW_DROP, MouthWarper
+from pipeline.engines.builtin.warp import MAX_OPENING, MouthWarper
 from pipeline.face import FaceDetector
+from pipeline.lips import Lips, LowerFace, locate
 from pipeline.media import audio
 from pipeline.media.decode import yuv_planes
 from tests import media
@@ -38,26 +40,33 @@ def test_mouth_opens_on_speech_and_shuts_in_pauses(tmp_path: Path) -> None:
     assert float(mouth_motion(features, gain=0.5).opening.max()) <= 0.5 + 1e-6
 
 
+def _astronaut_lips(photo: np.ndarray) -> Lips:
+    face = FaceDetector().detect(photo)[0]
+    lips = locate(LowerFace.from_rgb(photo, face), face)
+    assert lips is not None
+    return replace(lips, gap=0.0)  # closed lips: an opening of 0 leaves the frame as it is
+
+
 def test_warp_changes_only_the_mouth_region() -> None:
     photo = media.astronaut()
-    mouth = FaceDetector().detect(photo)[0].mouth()
+    mouth = _astronaut_lips(photo)
     frames = np.stack([photo] * 4)
     warper = MouthWarper("cpu")
     changed = warper.apply(frames, [mouth, mouth, None, mouth], torch.tensor([0.0, 1.0, 1.0, 0.5]),
                            torch.tensor([1.0, 1.0, 1.0, 0.9]))
     assert changed == 2  # opening 0 at width 1 is a no-op, and a frame without a face is left alone
     assert np.array_equal(frames[0], photo) and np.array_equal(frames[2], photo)
-    x0, y0, x1, y1 = mouth.bounds(photo.shape[1], photo.shape[0])
+    x0, y0, x1, y1 = mouth.region().bounds(photo.shape[1], photo.shape[0])
     for index in (1, 3):
         outside = frames[index].copy()
         outside[y0:y1, x0:x1] = photo[y0:y1, x0:x1]
         assert np.array_equal(outside, photo)  # not one pixel outside the region
-    # Fully open: a dark opening below the lip seam about as tall as the jaw drop.
+    # Fully open: a dark opening at the lip seam about as tall as the new opening (it fades in at the lips).
     column = frames[1, :, round(mouth.cx)].astype(float).mean(axis=1)
-    seam = round(mouth.cy)
+    seam = round(mouth.seam)
     dark_rows = np.flatnonzero(column[seam - 5:seam + 20] < 60)
-    expected = MAX_JAW_DROP * mouth.face_h
-    assert expected * 0.5 <= len(dark_rows) <= expected * 1.5  # the edges of the opening are softer
+    expected = MAX_OPENING * 2 * mouth.half_width
+    assert expected * 0.4 <= len(dark_rows) <= expected * 1.3
     original = photo[:, round(mouth.cx)].astype(float).mean(axis=1)
     assert (original[seam - 5:seam + 20] < 60).sum() < 2
 
@@ -66,7 +75,7 @@ def test_yuv_warp_moves_all_three_planes_inside_the_region_only() -> None:
     import cv2
 
     photo = media.astronaut()
-    mouth = FaceDetector().detect(photo)[0].mouth()
+    mouth = _astronaut_lips(photo)
     # The photo as one yuv420p frame (I420: Y plane, then U, then V), as the decoder gives it.
     i420 = cv2.cvtColor(photo, cv2.COLOR_RGB2YUV_I420).reshape(1, -1)
     frames = np.repeat(i420, 2, axis=0)
@@ -75,7 +84,7 @@ def test_yuv_warp_moves_all_three_planes_inside_the_region_only() -> None:
     assert np.array_equal(frames[1], i420[0])
     before = yuv_planes(i420, 512, 512)
     after = yuv_planes(frames[:1], 512, 512)
-    x0, y0, x1, y1 = mouth.bounds(512, 512)
+    x0, y0, x1, y1 = mouth.region().bounds(512, 512)
     for plane, (old, new) in enumerate(zip(before, after, strict=True)):
         step = 1 if plane == 0 else 2
         changed = np.argwhere(old[0] != new[0])
@@ -83,6 +92,6 @@ def test_yuv_warp_moves_all_three_planes_inside_the_region_only() -> None:
         rows, cols = changed[:, 0] * step, changed[:, 1] * step
         assert rows.min() >= y0 - 2 and rows.max() < y1 + 2 and cols.min() >= x0 - 2 and cols.max() < x1 + 2
     # The opening is dark in Y, just below the lip seam.
-    seam, centre = round(mouth.cy), round(mouth.cx)
+    seam, centre = round(mouth.seam), round(mouth.cx)
     assert after[0][0, seam + 2:seam + 6, centre - 3:centre + 3].mean() < 60
     assert before[0][0, seam + 2:seam + 6, centre - 3:centre + 3].mean() > 100

@@ -3,7 +3,8 @@
   1. audio features   media.audio      decode to 16 kHz mono; log-mel and loudness per video frame
   2. mouth motion     builtin.motion   opening and width per frame (torch, on the device)
   3. frames           media.pingpong   decoded in batches; cut, or played back and forth, to the audio's length
-     faces            pipeline.face    tracked main face and mouth per frame (None: frame passes through)
+     faces            pipeline.face    tracked main face per frame (None: frame passes through)
+     lips             pipeline.lips    the lips located in the face (None: frame passes through)
      synthesis        builtin.warp     mouth region warped on the device (grid_sample), in place
      encoding         media.encode     H.264 + AAC of the audio, MP4 with faststart
 
@@ -29,6 +30,7 @@ from pipeline.engines.builtin import motion
 from pipeline.engines.builtin.warp import MouthWarper
 from pipeline.errors import EngineError
 from pipeline.face import FaceBox, FaceTracker
+from pipeline.lips import Lips, LipTracker, LowerFace
 from pipeline.media import audio, encode, pingpong, threads
 from pipeline.media import decode as video
 
@@ -105,9 +107,10 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
     # Frames stay in the decoder's YUV 4:2:0 from decoder to encoder: no colour conversion, and pixels
     # away from the mouth reach the encoder exactly as decoded. Faces are tracked on the Y plane.
     tracker = FaceTracker(settings.detect_every)
+    lip_tracker = LipTracker(settings.detect_every)
     warper = MouthWarper(device, pixels=PIXELS)
     size = video.frame_size(info, PIXELS)
-    faces_by_source: dict[int, FaceBox | None] = {}  # source frame -> face, reused when playing back
+    faces_by_source: dict[int, tuple[FaceBox | None, Lips | None]] = {}  # source frame -> face, lips: reused
     warp_size = settings.batch_frames
     changed = 0
     with contextlib.ExitStack() as stack:
@@ -124,10 +127,9 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
                 break
             if tracker.faces_seen == 0 and int(batch.sources[0]) in faces_by_source:
                 raise _no_face(video_path)  # the whole video was seen: do not play it back and forth for nothing
-            with clock.stage("faces"):
-                faces = _faces(batch, video.yuv_planes(batch.frames, *size)[0], tracker, faces_by_source)
+            mouths = _mouths(batch, video.yuv_planes(batch.frames, *size), tracker, lip_tracker, faces_by_source,
+                             clock)
             with clock.stage("warp"):
-                mouths = [face.mouth() if face is not None else None for face in faces]
                 span = slice(batch.first, batch.first + len(batch))
                 warp_size, count = _warp(warper, batch.frames, mouths, track, span, warp_size, size)
                 changed += count
@@ -147,7 +149,9 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
             "engine": "builtin",
             "device": device,
             "source_frames": tracker.frames_seen,
-            "face_frames": sum(face is not None for face in faces_by_source.values()),
+            "face_frames": sum(face is not None for face, _ in faces_by_source.values()),
+            "lip_frames": sum(lips is not None for _, lips in faces_by_source.values()),
+            "frames_without_lips": sum(face is not None and lips is None for face, lips in faces_by_source.values()),
             "frames_changed": changed,
             "face_detections": tracker.detections_run,
             "warp_batch": warp_size,
@@ -183,16 +187,22 @@ def _threads_for(device: str) -> Iterator[None]:
         cv2.setNumThreads(saved[1])
 
 
-def _faces(batch: pingpong.FrameBatch, grey: Any, tracker: FaceTracker,
-           known: dict[int, FaceBox | None]) -> list[FaceBox | None]:
-    """Faces of a batch: tracked (on *grey*, its Y planes) on the first pass through the video, remembered
-    for later passes."""
+def _mouths(batch: pingpong.FrameBatch, planes: tuple[Any, Any, Any], tracker: FaceTracker, lip_tracker: LipTracker,
+            known: dict[int, tuple[FaceBox | None, Lips | None]], clock: StageClock) -> list[Lips | None]:
+    """The lips of a batch (None: the frame passes through): face and lips tracked on the first pass
+    through the video (on its YUV planes), remembered for later passes."""
     sources = batch.sources.tolist()
     if all(source in known for source in sources):
-        return [known[source] for source in sources]
-    faces = tracker.update(grey)
-    known.update(zip(sources, faces, strict=True))
-    return faces
+        return [known[source][1] for source in sources]
+    luma, u, v = planes
+    with clock.stage("faces"):
+        faces = tracker.update(luma)
+    with clock.stage("lips"):
+        pictures = [LowerFace.from_yuv(luma[k], u[k], v[k], face) if face is not None else None
+                    for k, face in enumerate(faces)]
+        lips = lip_tracker.update(pictures, faces)
+    known.update(zip(sources, zip(faces, lips, strict=True), strict=True))
+    return lips
 
 
 def _warp(warper: MouthWarper, frames: Any, mouths: list, track: motion.MouthTrack, span: slice,

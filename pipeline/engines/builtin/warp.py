@@ -1,37 +1,54 @@
-"""Image synthesis: open and shape the mouth of each frame by warping it, batched, on the device.
+"""Image synthesis: bring the mouth to rest, then open it by the audio, by warping each frame on the device.
 
-For every frame with a face, the region around the mouth (MouthRegion.bounds(): nose to upper neck,
-cheek to cheek) is cut out, warped with torch.nn.functional.grid_sample, and put back. Pixels outside
-that region are never touched, and inside it only pixels the warp moves change.
+For every frame with located lips (pipeline.lips), the region around the mouth (Lips.region().bounds():
+nose to upper neck, cheek to cheek) is cut out, warped with torch.nn.functional.grid_sample, and put
+back. Pixels outside that region are never touched, and inside it only pixels the warp moves change.
 
-The warp is a vertical remapping, column by column, through five knots below one another:
-nose (fixed), upper lip edge (lifted by a fifth of the jaw drop), lower lip edge (dropped by the jaw
-drop), chin (dropped by the jaw drop) and upper neck (fixed). Lip movement follows a lens-shaped
-profile across the mouth (nothing at the corners), the jaw a wider window that fades out before the
-cheeks. Between the two lip edges the open mouth's interior is painted dark with soft edges. A width
-factor pulls the lips towards (rounded vowels) or away from (wide vowels) the mouth's centre.
+The warp is a vertical remapping, column by column, through knots below one another: nose (fixed),
+the upper lip's lower edge (lifted by a fifth of the new opening), the lower lip's upper edge (the
+template's own opening, if the person's mouth was open in that frame, is closed and the new opening
+made instead: rest shape and new shape in one remapping), chin (moved by the difference) and upper
+neck (fixed). Lips move along a lens-shaped profile across the mouth (nothing at the corners), the jaw
+within a wider window that fades out before the cheeks; the lips themselves are moved, never painted,
+so they keep their colour and texture.
+
+Between the lips the inside of the mouth appears: where the template's mouth was open, its own inside
+(teeth, tongue) as it was, under the upper lip; below it, or where the template's mouth was shut, a
+shaded interior, darker further in and towards the middle, with soft edges and, when the mouth opens
+wide, a hint of upper teeth under the upper lip. A width factor pulls the lips towards (rounded vowels)
+or away from (wide vowels) the centre.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pipeline.face import REGION_BOTTOM, REGION_TOP, MouthRegion
+from pipeline.face import REGION_BOTTOM, REGION_TOP
+from pipeline.lips import Lips
 
-MAX_JAW_DROP = 0.10  # jaw drop at opening 1, in face heights
-UPPER_LIP_LIFT = 0.2  # the upper lip rises this fraction of the jaw drop
+MAX_OPENING = 0.32  # the opening between the lips at opening 1, in mouth widths
+UPPER_LIP_LIFT = 0.2  # the upper lip rises this fraction of the new opening ...
+JAW_FOLLOW = 0.5  # ... the chin drops this fraction of it (the lower lip stretches the rest)
 CHIN_BELOW_SEAM = 0.36  # face heights from the lip seam to the chin
 NECK_BELOW_SEAM = REGION_BOTTOM - 0.02  # the warp fades out here (inside MouthRegion.bounds())
 NOSE_ABOVE_SEAM = REGION_TOP - 0.01
 LIP_SPREAD = 1.1  # the lips' opening profile spans this many mouth half-widths
 JAW_HALF_WIDTH = (0.30, 0.46)  # jaw moves fully within the first, not at all beyond the second (face widths)
 WIDTH_WINDOW = (1.6, 0.14)  # the width change acts within this ellipse: mouth half-widths, face heights
-INTERIOR_RGB = (38.0, 14.0, 16.0)  # the inside of an open mouth
-INTERIOR_OPACITY = 0.9
-INTERIOR_EDGE_LIGHT = 0.4  # the interior is this much less opaque at the lip edges than in the middle
+DEEP_RGB = (30.0, 10.0, 12.0)  # the inside of an open mouth, deep in
+EDGE_RGB = (96.0, 42.0, 44.0)  # ... and just inside the lips
+TEETH_RGB = (200.0, 190.0, 178.0)  # upper teeth ...
+TEETH_OPACITY = 0.75  # ... never quite covering the shade (a hint, not a painted bar)
+INTERIOR_OPACITY = 0.92
+FEATHER = 0.3  # the interior fades in over this share of the opening's height from each lip (soft edges)
+OWN_INTERIOR_PAINT = 0.3  # where the template's own inside is shown, the shading is laid over it this much
+TEETH_FROM = (0.45, 0.9)  # teeth show from this share of the full opening, fully at the second
+TEETH_HEIGHT = 0.28  # ... as a band this share of the opening's height under the upper lip
+TEETH_HALF_WIDTH = (0.35, 0.6)  # ... across the middle of the mouth (mouth half-widths: full, none)
 MIN_DROP_PIXELS = 0.05  # below this (and with width ~1) a frame is left as it is
 MIN_WIDTH_CHANGE = 0.004
 
@@ -48,12 +65,13 @@ class MouthWarper:
             raise ValueError(f"pixels must be rgb, bgr or yuv420p, not {pixels!r}")
         self.device = torch.device(device)
         self.pixels = pixels
-        colour = {"rgb": INTERIOR_RGB, "bgr": INTERIOR_RGB[::-1], "yuv420p": _yuv(INTERIOR_RGB)}[pixels]
-        self.interior = torch.tensor(colour, device=self.device).view(1, 3, 1, 1)
+        convert = {"rgb": lambda rgb: rgb, "bgr": lambda rgb: rgb[::-1], "yuv420p": _yuv}[pixels]
+        # (3 colours, 3 channels): deep, edge, teeth
+        self.colours = torch.tensor([convert(rgb) for rgb in (DEEP_RGB, EDGE_RGB, TEETH_RGB)], device=self.device)
 
-    def apply(self, frames: np.ndarray, mouths: Sequence[MouthRegion | None], opening: torch.Tensor,
+    def apply(self, frames: np.ndarray, mouths: Sequence[Lips | None], opening: torch.Tensor,
               width: torch.Tensor, size: tuple[int, int] | None = None) -> int:
-        """Warp frames[k] (uint8, modified in place) where mouths[k] is not None.
+        """Warp frames[k] (uint8, modified in place) where mouths[k] (its located lips) is not None.
 
         opening and width are (B,) tensors from builtin.motion; *size* (width, height) is needed for
         yuv420p frames. Returns how many frames changed.
@@ -71,12 +89,12 @@ class MouthWarper:
             height, frame_width = frames.shape[1:3]
             planes = (frames,)
         chosen = [k for k, mouth in enumerate(mouths)
-                  if mouth is not None and (opening_list[k] * MAX_JAW_DROP * mouth.face_h >= MIN_DROP_PIXELS
-                                            or abs(width_list[k] - 1.0) >= MIN_WIDTH_CHANGE)]
+                  if mouth is not None and (abs(opening_list[k] * MAX_OPENING * 2 * mouth.half_width - mouth.gap)
+                                            >= MIN_DROP_PIXELS or abs(width_list[k] - 1.0) >= MIN_WIDTH_CHANGE)]
         if not chosen:
             return 0
         regions = [mouths[k] for k in chosen]
-        bounds = [region.bounds(frame_width, height) for region in regions]  # type: ignore[union-attr]
+        bounds = [region.region().bounds(frame_width, height) for region in regions]  # type: ignore[union-attr]
         # One crop size for the batch (even, so chroma lines up), centred on each region, inside the frame.
         crop_h = min(height - height % 2, _even_up(max(y1 - y0 for _, y0, _, y1 in bounds)))
         crop_w = min(frame_width - frame_width % 2, _even_up(max(x1 - x0 for x0, _, x1, _ in bounds)))
@@ -86,8 +104,8 @@ class MouthWarper:
             oy = min(max(0, (y0 + y1 - crop_h) // 2), height - crop_h) // 2 * 2
             origins.append((ox, oy))
         params = torch.tensor(
-            [[region.cx - ox, region.cy - oy, region.half_width, region.face_w, region.face_h,  # type: ignore[union-attr]
-              opening_list[k], width_list[k]]
+            [[region.cx - ox, region.seam - oy, region.half_width, region.face_w, region.face_h,  # type: ignore[union-attr]
+              opening_list[k], width_list[k], region.gap]  # type: ignore[union-attr]
              for k, region, (ox, oy) in zip(chosen, regions, origins, strict=True)],
             dtype=torch.float32, device=self.device,
         )
@@ -100,7 +118,7 @@ class MouthWarper:
                                  for k, (ox, oy) in zip(chosen, origins, strict=True)])
             full = torch.from_numpy(y_crops).to(self.device).unsqueeze(1)
             half = torch.from_numpy(uv_crops).to(self.device)
-            warped_full, warped_half = self._warp(full, half, params, self.interior[:, :1], self.interior[:, 1:])
+            warped_full, warped_half = self._warp(full, half, params, self.colours[:, :1], self.colours[:, 1:])
             for k, (ox, oy), y_crop, uv_crop in zip(chosen, origins, warped_full.cpu().numpy(),
                                                     warped_half.cpu().numpy(), strict=True):
                 luma[k, oy:oy + crop_h, ox:ox + crop_w] = y_crop[0]
@@ -110,45 +128,65 @@ class MouthWarper:
             crops = np.stack([frames[k, oy:oy + crop_h, ox:ox + crop_w] for k, (ox, oy) in zip(chosen, origins,
                                                                                               strict=True)])
             full = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2)
-            warped_full, _ = self._warp(full, None, params, self.interior, None)
+            warped_full, _ = self._warp(full, None, params, self.colours, None)
             for k, (ox, oy), crop in zip(chosen, origins, warped_full.permute(0, 2, 3, 1).cpu().numpy(), strict=True):
                 frames[k, oy:oy + crop_h, ox:ox + crop_w] = crop
         return len(chosen)
 
-    def _warp(self, full: torch.Tensor, half: torch.Tensor | None, params: torch.Tensor, full_interior: torch.Tensor,
-              half_interior: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _warp(self, full: torch.Tensor, half: torch.Tensor | None, params: torch.Tensor, full_colours: torch.Tensor,
+              half_colours: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Warp crops at full resolution (N, C, h, w) and, optionally, at half resolution (N, C2, h/2, w/2).
 
-        uint8 in, uint8 out. The displacement field is computed once, at the half-resolution sample
-        centres (it is smooth), and interpolated to full resolution; a zero displacement stays exactly
-        zero, so unmoved pixels stay exactly as they were.
+        uint8 in, uint8 out; *_colours are (3, C) interior colours (deep, edge, teeth) per plane. The
+        displacement field is computed once, at the half-resolution sample centres (it is smooth), and
+        interpolated to full resolution; a zero displacement stays exactly zero, so unmoved pixels stay
+        exactly as they were.
         """
         count, _, crop_h, crop_w = full.shape
-        cx, seam, half_width, face_w, face_h, opening, width = (params[:, i].view(-1, 1, 1) for i in range(7))
-        drop = opening * MAX_JAW_DROP * face_h
+        cx, seam, half_width, face_w, face_h, opening, width, gap = (params[:, i].view(-1, 1, 1) for i in range(8))
+        mouth = _Mouth(cx, seam, half_width, opening * MAX_OPENING * 2 * half_width, gap, opening)
         # Half-resolution sample centres, in full-resolution pixel coordinates.
         centre_x = torch.arange(crop_w // 2, dtype=torch.float32, device=self.device).view(1, 1, -1) * 2.0 + 0.5
         centre_y = torch.arange(crop_h // 2, dtype=torch.float32, device=self.device).view(1, -1, 1) * 2.0 + 0.5
-        shift_x, shift_y = _displacement(centre_x, centre_y, cx, seam, half_width, face_w, face_h, drop, width)
+        shift_x, shift_y = _displacement(centre_x, centre_y, mouth, face_w, face_h, width)
         shift_half = torch.stack((shift_x, shift_y), dim=1)  # (N, 2, h/2, w/2), full-resolution pixels
         shift_full = torch.nn.functional.interpolate(shift_half, size=(crop_h, crop_w), mode="bilinear",
                                                      align_corners=False)
         xs = torch.arange(crop_w, dtype=torch.float32, device=self.device).view(1, 1, -1)
         ys = torch.arange(crop_h, dtype=torch.float32, device=self.device).view(1, -1, 1)
-        upper_edge, lower_edge = _lip_edges(xs, cx, seam, half_width, drop)
         moved_full = _sample(full, xs, ys, shift_full[:, 0], shift_full[:, 1])
-        _paint(moved_full, ys, upper_edge, lower_edge, full_interior, pixel=1.0)
+        _paint(moved_full, xs, ys, mouth, full_colours)
         moved_half = None
-        if half is not None and half_interior is not None:
+        if half is not None and half_colours is not None:
             half_xs = torch.arange(crop_w // 2, dtype=torch.float32, device=self.device).view(1, 1, -1)
             half_ys = torch.arange(crop_h // 2, dtype=torch.float32, device=self.device).view(1, -1, 1)
             moved_half = _sample(half, half_xs, half_ys, shift_x / 2.0, shift_y / 2.0)
-            half_upper, half_lower = _lip_edges(centre_x, cx, seam, half_width, drop)
-            _paint(moved_half, centre_y, half_upper, half_lower, half_interior, pixel=2.0)
+            _paint(moved_half, centre_x, centre_y, mouth, half_colours)
             moved_half = moved_half.round_().clamp_(0, 255).to(torch.uint8)
         # Where the remapping is the identity, bilinear sampling lands within float error of the pixel
         # itself (weights 1 - 1e-5 and 1e-5), so rounding gives back exactly the input value.
         return moved_full.round_().clamp_(0, 255).to(torch.uint8), moved_half
+
+
+@dataclass(frozen=True)
+class _Mouth:
+    """Per crop (N, 1, 1) tensors: lip seam centre, half width, new opening and the template's own (pixels)."""
+
+    cx: torch.Tensor
+    seam: torch.Tensor
+    half_width: torch.Tensor
+    drop: torch.Tensor  # the new opening between the lips
+    gap: torch.Tensor  # the template's own opening in this frame
+    opening: torch.Tensor  # the new opening, 0..1
+
+    def lens(self, xs: torch.Tensor) -> torch.Tensor:
+        """How much of the opening each column gets: 1 in the middle, 0 at and beyond the corners."""
+        return torch.clamp(1.0 - ((xs - self.cx) / (LIP_SPREAD * self.half_width)) ** 2, min=0.0)
+
+    def edges(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output rows of the upper and lower lip's inner edges per column."""
+        lens = self.lens(xs)
+        return self.seam - UPPER_LIP_LIFT * self.drop * lens, self.seam + self.drop * lens
 
 
 def _sample(image: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, shift_x: torch.Tensor,
@@ -161,26 +199,40 @@ def _sample(image: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, shift_x: to
                                            align_corners=True)
 
 
-def _paint(image: torch.Tensor, rows: torch.Tensor, upper_edge: torch.Tensor, lower_edge: torch.Tensor,
-           colour: torch.Tensor, pixel: float) -> None:
-    """Paint the open mouth's interior between the lip edges into *image* (N, C, h, w), in place.
+def _paint(image: torch.Tensor, xs: torch.Tensor, rows: torch.Tensor, mouth: _Mouth, colours: torch.Tensor) -> None:
+    """Shade the open mouth's inside between the lips into *image* (N, C, h, w), in place.
 
-    *rows* are the image rows' centres and *pixel* their height, in full-resolution pixels; a row on an
-    edge is painted by how much of it the opening covers. Only the rows the opening can reach are touched.
+    *xs* and *rows* are the image's column and row centres in full-resolution pixels. Darker further in
+    and towards the middle, fading in from each lip (soft edges), with upper teeth when wide open;
+    laid only lightly over the template's own inside where it had one. Only rows the opening reaches
+    are touched.
     """
-    reach = (rows.view(-1) >= upper_edge.min() - pixel) & (rows.view(-1) <= lower_edge.max() + pixel)
+    upper, lower = mouth.edges(xs)
+    reach = (rows.view(-1) >= upper.min() - 2.0) & (rows.view(-1) <= lower.max() + 2.0)
     inside = torch.nonzero(reach).view(-1)
     if inside.numel() == 0:
         return
     top, bottom = int(inside[0]), int(inside[-1]) + 1
-    band_rows = rows[:, top:bottom]
-    covered = torch.clamp(torch.minimum(band_rows + pixel / 2, lower_edge) - torch.maximum(band_rows - pixel / 2,
-                                                                                           upper_edge), 0.0, pixel)
-    opening_height = torch.clamp(lower_edge - upper_edge, min=1e-6)
-    depth = torch.sin(torch.pi * torch.clamp((band_rows - upper_edge) / opening_height, 0.0, 1.0))
-    gap = (covered / pixel * INTERIOR_OPACITY * (1.0 - INTERIOR_EDGE_LIGHT * (1.0 - depth))).unsqueeze(1)
+    y = rows[:, top:bottom]
+    height = torch.clamp(lower - upper, min=1e-6)
+    t = torch.clamp((y - upper) / height, 0.0, 1.0)
+    pixel = float(rows[0, 1, 0] - rows[0, 0, 0]) if rows.shape[1] > 1 else 1.0
+    covered = torch.clamp(torch.minimum(y + pixel / 2, lower) - torch.maximum(y - pixel / 2, upper), 0.0, pixel) / pixel
+    soft = covered * torch.clamp(torch.minimum(y - upper, lower - y) / torch.clamp(FEATHER * height, min=1.0) + 0.5,
+                                 0.0, 1.0)
+    across = 1.0 - _smoothstep(0.5, 1.0, (xs - mouth.cx).abs() / (LIP_SPREAD * mouth.half_width))
+    depth = torch.sin(torch.pi * t) * across
+    deep, edge, teeth = (colours[i].view(1, -1, 1, 1) for i in range(3))
+    shade = edge + (deep - edge) * depth.unsqueeze(1)
+    wide = _smoothstep(*TEETH_FROM, mouth.opening) * (1.0 - _smoothstep(*TEETH_HALF_WIDTH, (xs - mouth.cx).abs()
+                                                                          / mouth.half_width))
+    tooth = TEETH_OPACITY * wide * (1.0 - _smoothstep(0.5 * TEETH_HEIGHT, TEETH_HEIGHT, t)) * (0.6 + 0.4 * depth)
+    own = torch.clamp(mouth.gap * mouth.lens(xs) - (y - upper) + 0.5, 0.0, 1.0)  # the template's inside shows here
+    tooth = tooth * (1.0 - own)
+    shade = shade + (teeth - shade) * tooth.unsqueeze(1)
+    opacity = INTERIOR_OPACITY * soft * (1.0 - own * (1.0 - OWN_INTERIOR_PAINT))
     band = image[:, :, top:bottom]
-    band += gap * (colour - band)
+    band += opacity.unsqueeze(1) * (shade - band)
 
 
 def _even_up(value: int) -> int:
@@ -195,35 +247,32 @@ def _yuv(rgb: tuple[float, float, float]) -> tuple[float, float, float]:
             128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0)
 
 
-def _lip_edges(xs: torch.Tensor, cx: torch.Tensor, seam: torch.Tensor, half_width: torch.Tensor,
-               drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output rows of the upper and lower lip edges per column: a lens-shaped opening around the seam."""
-    lip = torch.clamp(1.0 - ((xs - cx) / (LIP_SPREAD * half_width)) ** 2, min=0.0)
-    return seam - UPPER_LIP_LIFT * drop * lip, seam + drop * lip
-
-
-def _displacement(xs: torch.Tensor, ys: torch.Tensor, cx: torch.Tensor, seam: torch.Tensor, half_width: torch.Tensor,
-                  face_w: torch.Tensor, face_h: torch.Tensor, drop: torch.Tensor,
+def _displacement(xs: torch.Tensor, ys: torch.Tensor, mouth: _Mouth, face_w: torch.Tensor, face_h: torch.Tensor,
                   width: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(source - output) x and y at output pixels (xs, ys): jaw/lip remapping and the width change."""
-    # Vertical remapping, column by column: output row -> source row through five knots.
-    upper_edge, lower_edge = _lip_edges(xs, cx, seam, half_width, drop)
-    jaw = 1.0 - _smoothstep(JAW_HALF_WIDTH[0], JAW_HALF_WIDTH[1], (xs - cx).abs() / face_w)
+    """(source - output) x and y at output pixels (xs, ys): rest shape, new opening, and the width change."""
+    # Vertical remapping, column by column: output row -> source row through the knots.
+    upper_edge, lower_edge = mouth.edges(xs)
+    seam = mouth.seam
+    own_lower = seam + mouth.gap * mouth.lens(xs)  # the template's lower lip edge
+    jaw = 1.0 - _smoothstep(JAW_HALF_WIDTH[0], JAW_HALF_WIDTH[1], (xs - mouth.cx).abs() / face_w)
     nose = seam - NOSE_ABOVE_SEAM * face_h
     chin = seam + CHIN_BELOW_SEAM * face_h
     neck = seam + NECK_BELOW_SEAM * face_h
-    chin_out = chin + drop * jaw
-    source_y = ys.expand(xs.shape[0] if xs.shape[0] > 1 else cx.shape[0], ys.shape[1], 1)
+    chin_out = chin + JAW_FOLLOW * (mouth.drop - mouth.gap) * jaw
+    source_y = ys.expand(xs.shape[0] if xs.shape[0] > 1 else seam.shape[0], ys.shape[1], 1)
     source_y = _segment(source_y, ys, nose, upper_edge, nose, seam)
-    source_y = torch.where((ys > upper_edge) & (ys < lower_edge), seam.expand_as(source_y), source_y)
-    source_y = _segment(source_y, ys, lower_edge, chin_out, seam, chin)
+    # The opening shows the template's own inside (its upper teeth, say) as it was, under the upper lip;
+    # further down it is shaded (see _paint), over the top of the template's lower lip.
+    inner = (ys > upper_edge) & (ys < lower_edge)
+    source_y = torch.where(inner, torch.minimum(seam + (ys - upper_edge), own_lower), source_y)
+    source_y = _segment(source_y, ys, lower_edge, chin_out, own_lower, chin)
     source_y = _segment(source_y, ys, chin_out, neck, chin, neck)
 
     # Horizontal: pull towards / push away from the mouth centre inside a soft ellipse.
-    window_x = (xs - cx) / (WIDTH_WINDOW[0] * half_width)
-    window_y = (ys - seam - drop / 2) / (WIDTH_WINDOW[1] * face_h)
+    window_x = (xs - mouth.cx) / (WIDTH_WINDOW[0] * mouth.half_width)
+    window_y = (ys - seam - mouth.drop / 2) / (WIDTH_WINDOW[1] * face_h)
     window = 1.0 - _smoothstep(0.5, 1.0, window_x ** 2 + window_y ** 2)
-    shift_x = (cx + (xs - cx) / width - xs) * window
+    shift_x = (mouth.cx + (xs - mouth.cx) / width - xs) * window
     return shift_x, source_y - ys
 
 
@@ -238,5 +287,6 @@ def _segment(source_y: torch.Tensor, ys: torch.Tensor, out_start: torch.Tensor, 
 
 
 def _smoothstep(low: float, high: float, x: torch.Tensor) -> torch.Tensor:
+    """0 below *low*, 1 above *high*, smooth in between."""
     t = torch.clamp((x - low) / (high - low), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
