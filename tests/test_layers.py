@@ -31,7 +31,11 @@ DAEMON_MAY_IMPORT = {
                             "engine; daemon/ does not use it today)",
 }
 # Pipeline modules below the engines: they serve every engine, so they never depend on one.
-BELOW_ENGINES = ("pipeline.media", "pipeline.face", "pipeline.syncscore", "pipeline.devices", "pipeline.errors")
+BELOW_ENGINES = ("pipeline.media", "pipeline.face", "pipeline.lips", "pipeline.mouthfinder", "pipeline.syncscore",
+                 "pipeline.devices", "pipeline.errors")
+# The sync score places the mouth its own way: were it to use the engines' lip locator, it would share
+# that locator's mistakes and score a misplaced mouth as in sync.
+SCORE = ("pipeline.syncscore", "pipeline.mouthfinder")
 # A first line "is a sentence": one line that ends with . ? or !, of three words or more, starting with a
 # capital, a backtick, or a name written in lower case (sd_notify(3), lipsyncd's).
 SENTENCE = re.compile(r"(?:[A-Z`\"]|[a-z]\w*[_('.])\S*(?: \S+){2,}[.?!]\Z")
@@ -137,6 +141,13 @@ def test_shared_pipeline_modules_never_import_the_engines() -> None:
     bad = [str(i) for i in imports()
            if any(_within(i.module, low) for low in BELOW_ENGINES) and _within(i.target, "pipeline.engines")]
     assert not bad, _report(f"{', '.join(BELOW_ENGINES)} must not import pipeline.engines", bad)
+
+
+def test_the_sync_score_does_not_use_the_engines_lip_locator() -> None:
+    """The score's mouth comes from pipeline.mouthfinder, never from pipeline.lips (see SCORE)."""
+    bad = [str(i) for i in imports() if any(_within(i.module, score) for score in SCORE)
+           and _within(i.target, "pipeline.lips")]
+    assert not bad, _report("the sync score must not import pipeline.lips", bad)
 
 
 def test_the_daemon_reaches_the_pipeline_only_through_its_interface() -> None:
