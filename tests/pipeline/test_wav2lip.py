@@ -1,8 +1,11 @@
 """Wav2Lip: the generator against the published architecture, its checkpoint loader, its mel front end
-against an independent computation from the published formulas, and the engine end to end on CPU."""
+against an independent computation from the published formulas, the face crops on real people (the lips
+in the lower half the model repaints), and the engine end to end on CPU."""
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from pathlib import Path
 
@@ -15,11 +18,14 @@ from pipeline.engines import EngineError, EngineUnavailable, JobSpec, get_engine
 from pipeline.engines.wav2lip import audio as w2l_audio
 from pipeline.engines.wav2lip import engine as w2l_engine
 from pipeline.engines.wav2lip.model import Wav2Lip, load_checkpoint
+from pipeline.face import FaceBox, FaceTracker
+from pipeline.lips import Lips, LipTracker, LowerFace
 from pipeline.media.audio import load_audio
 from pipeline.media.decode import open_video, read_frames
 from pipeline.media.pingpong import source_index
 from pipeline.media.probe import probe
 from tests import media
+from tests.lipsync_support import decode
 
 # ---------------------------------------------------------------------------------------------------
 # The published generator (Rudrabha/Wav2Lip models/wav2lip.py + models/conv.py), written out flat:
@@ -335,7 +341,8 @@ def test_engine_renders_a_clip_end_to_end_on_cpu(tmp_path: Path, checkpoint: Pat
     source = _frames(clip)
     rendered = _frames(spec.output)
     assert len(source) == 12 and len(rendered) == 20
-    tracker_boxes = engine._face_boxes(open_video(clip), 20, no_progress)  # the boxes the render used
+    tracker_boxes, lip_frames = engine._face_boxes(open_video(clip), 20, no_progress)  # the boxes the render used
+    assert result.details["lip_frames"] == lip_frames >= 10  # the astronaut's lips were found
     for j, frame in enumerate(rendered):
         s = source_index(j, len(source))  # back and forth: 0..11, 10, 9, ...
         x1, y1, x2, y2 = (int(round(v)) for v in tracker_boxes[s])
@@ -436,3 +443,82 @@ def test_box_reaches_the_chin_with_pads() -> None:
     assert w2l_engine.wav2lip_box(FaceBox(50, 40, 60, 60), [5, 10, 2, 3], 160, 160) == \
         pytest.approx((48, 35, 113, 40 + 1.18 * 60 + 10))
     assert w2l_engine.wav2lip_box(FaceBox(120, 100, 60, 60), [0, 10, 0, 0], 160, 160)[2:] == (160, 160)
+
+
+def test_lips_move_the_crop_so_they_sit_in_the_lower_half() -> None:
+    face = FaceBox(50, 40, 100, 100)
+    lips = Lips(cx=100, half_width=20, top=110, seam=118, gap=0, bottom=126, face_w=100, face_h=100)
+    x1, y1, x2, y2 = w2l_engine.wav2lip_box(face, [0, 0, 0, 0], 400, 400, lips)
+    assert (x1, x2) == (50, 150) and y2 - y1 == pytest.approx(118)  # as wide and high as without lips
+    assert (lips.top - y1) / (y2 - y1) == pytest.approx(w2l_engine.LIPS_TOP)
+    # A mouth found far too high moves the crop by MAX_SHIFT at most.
+    high = Lips(cx=100, half_width=20, top=60, seam=68, gap=0, bottom=76, face_w=100, face_h=100)
+    assert w2l_engine.wav2lip_box(face, [0, 0, 0, 0], 400, 400, high)[1] == \
+        pytest.approx(40 - w2l_engine.MAX_SHIFT * 118)
+    # A wide-open mouth makes the crop taller, to reach below the lower lip.
+    wide = Lips(cx=100, half_width=20, top=110, seam=118, gap=40, bottom=166, face_w=100, face_h=100)
+    assert w2l_engine.wav2lip_box(face, [0, 0, 0, 0], 400, 400, wide)[3] == \
+        pytest.approx(166 + w2l_engine.BELOW_LIPS * 56)
+
+
+# -- the crops on real people (tests/fixtures/people) -------------------------------------------------
+
+PEOPLE = Path(__file__).resolve().parents[1] / "fixtures" / "people"
+CLIPS = [entry["file"] for entry in json.loads((PEOPLE / "people.json").read_text())]
+PADS = [0, 10, 0, 0]  # the default pipeline.wav2lip.pads
+MIDDLE_MARGIN = 0.05  # the lips' top is at least this far (crop heights) below the model's masked half's edge
+CHIN_MARGIN = 0.8  # the crop reaches at least this many lip heights below the lower lip
+CORNER_MARGIN = 0.1  # the mouth's corners are at least this far (crop widths) inside the crop
+ASPECT = (0.6, 1.6)  # width / height: the crop is resized to 96x96 without distorting the face much
+
+
+@functools.cache
+def _tracked(clip: str) -> tuple[int, int, list, list]:
+    """(width, height, faces, lips) of a people clip, tracked as the engine tracks them."""
+    frames = decode(PEOPLE / clip)
+    faces = FaceTracker(detect_every=5).update(frames)
+    pictures = [None if face is None else LowerFace.from_rgb(frame, face)
+                for frame, face in zip(frames, faces, strict=True)]
+    return frames.shape[2], frames.shape[1], faces, LipTracker(every=5).update(pictures, faces)
+
+
+def _misplaced(crop: np.ndarray, lips: Lips) -> list[str]:
+    """What is wrong with a crop (as _render_batch cuts it) for these lips; empty when nothing is."""
+    x1, y1, x2, y2 = (int(round(v)) for v in crop)
+    width, height = x2 - x1, y2 - y1
+    weight = w2l_engine.feather_mask(height, width)[:, width // 2, 0]
+    full = np.flatnonzero(weight >= 0.999)  # rows where the generated face is used whole
+    wrong = []
+    if lips.top < y1 + (0.5 + MIDDLE_MARGIN) * height or lips.top < y1 + full[0]:
+        wrong.append(f"lips' top at {(lips.top - y1) / height:.2f} of the crop: not in the repainted lower half")
+    if lips.bottom > y2 - CHIN_MARGIN * lips.height or lips.bottom > y1 + full[-1]:
+        wrong.append(f"lips' bottom at {(lips.bottom - y1) / height:.2f} of the crop: the chin is cut off")
+    if lips.cx - lips.half_width < x1 + CORNER_MARGIN * width or lips.cx + lips.half_width > x2 - CORNER_MARGIN * width:
+        wrong.append("a corner of the mouth is at the crop's side")
+    if not ASPECT[0] <= width / height <= ASPECT[1]:
+        wrong.append(f"aspect {width / height:.2f}")
+    return wrong
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_the_crop_puts_the_lips_in_the_lower_half_on_real_people(clip: str) -> None:
+    width, height, faces, lips = _tracked(clip)
+    crops = w2l_engine.crop_boxes(faces, lips, PADS, width, height)
+    checked = 0
+    for k, mouth in enumerate(lips):
+        if mouth is None:
+            continue
+        assert not _misplaced(crops[k], mouth), f"{clip} frame {k}: {_misplaced(crops[k], mouth)}"
+        checked += 1
+    assert checked >= 0.9 * len(lips)
+
+
+def test_the_face_box_alone_puts_the_lips_at_the_masks_edge() -> None:
+    """Before the lips placed the crop (CHIN_Y from the Haar box alone) a bearded man's upper lip sat at the
+    edge of the half the model repaints: the check above fails there."""
+    failures = {}
+    for clip in CLIPS:
+        width, height, faces, lips = _tracked(clip)
+        crops = w2l_engine.crop_boxes(faces, [None] * len(faces), PADS, width, height)
+        failures[clip] = sum(bool(_misplaced(crops[k], mouth)) for k, mouth in enumerate(lips) if mouth is not None)
+    assert failures["beard.mp4"] >= 10, failures

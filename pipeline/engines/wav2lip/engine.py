@@ -4,9 +4,11 @@ One job reads top to bottom:
 
 1. audio   decode to 16 kHz (pipeline.media.audio), Wav2Lip's mel spectrogram (wav2lip.audio);
            the output has one frame per 1/fps of audio.
-2. faces   a first pass over the source frames with the builtin face tracker (pipeline.face): one box
-           per source frame, grown from the Haar box (brows to lower lip) to Wav2Lip's crop (down to
-           the chin), padded by pipeline.wav2lip.pads and averaged over 5 frames.
+2. faces   a first pass over the source frames with the builtin face tracker (pipeline.face) and the lip
+           locator (pipeline.lips): one crop per source frame, as wide as the Haar box (brows to lower
+           lip), as high as Wav2Lip's crop (down to the chin) and placed so that the located lips lie in
+           its lower half, where the model repaints (the Haar geometry alone where no lips are found);
+           padded by pipeline.wav2lip.pads and averaged over 5 frames.
 3. render  the frames the audio needs (pipeline.media.pingpong.frames_for_audio: cut, or back and forth), each
            face cropped to 96x96, its lower half masked beside the unmasked crop, with its frame's 16
            mel steps; batched through the generator (fp16 on CUDA, fp32 on CPU); the generated face
@@ -32,8 +34,18 @@ from pipeline.errors import EngineError, EngineUnavailable
 FACE_SIZE = 96
 SMOOTH_FRAMES = 5  # boxes are averaged over this many frames (Wav2Lip's inference does the same)
 # The Haar box of pipeline.face spans brows to lower lip; Wav2Lip was trained on S3FD boxes, which reach
-# the chin (about 1.18 box heights below the Haar box's top, by pipeline.face's geometry).
+# the chin (about 1.18 box heights below the Haar box's top, by pipeline.face's geometry). This is the
+# crop's height (before pads), and its place too where no lips are found.
 CHIN_Y = 1.18
+# Where lips are found, the crop is moved so the upper lip's top edge is this far down it (before pads):
+# the model repaints only the lower half, and its training crops (forehead to chin) show the mouth at
+# about 0.65-0.80 of their height. With the default 10-pixel chin pad the top lands at 0.62-0.67 on
+# tests/fixtures/people; from the Haar geometry alone it sat at 0.51-0.66 (a bearded mouth at the mask's edge).
+LIPS_TOP = 0.66
+# ... and reaches at least this many lip heights below the lower lip (the chin, under a wide-open mouth).
+BELOW_LIPS = 0.8
+# The lips move the crop at most this share of its height from the Haar geometry (a wrong find cannot drag it).
+MAX_SHIFT = 0.15
 # Blend mask, in fractions of the crop: generated pixels are used from MASK_TOP down (the model only
 # repaints the lower half), fading in over FEATHER of the crop's shorter side from every edge.
 MASK_TOP = 0.42
@@ -120,7 +132,7 @@ class Wav2LipEngine(Engine):
         progress("audio", AUDIO_DONE)
 
         mark = time.monotonic()
-        boxes = self._face_boxes(info, n_frames, progress)
+        boxes, lip_frames = self._face_boxes(info, n_frames, progress)
         timings["faces"] = time.monotonic() - mark
 
         mark = time.monotonic()
@@ -147,27 +159,34 @@ class Wav2LipEngine(Engine):
         timings["render"] = time.monotonic() - mark
         progress("encode", 1.0)
         return RenderResult(timings=timings, frames=n_frames, fps=fps,
-                            details={"faces_rendered": faces_rendered, "checkpoint": Path(str(self.checkpoint)).name})
+                            details={"faces_rendered": faces_rendered, "lip_frames": lip_frames,
+                                     "checkpoint": Path(str(self.checkpoint)).name})
 
-    def _face_boxes(self, info: Any, n_frames: int, progress: ProgressFn) -> np.ndarray:
-        """(n_source, 4) float boxes x1, y1, x2, y2 per source frame the job shows; NaN rows: no face."""
+    def _face_boxes(self, info: Any, n_frames: int, progress: ProgressFn) -> tuple[np.ndarray, int]:
+        """(n_source, 4) float crops x1, y1, x2, y2 per source frame the job shows (NaN rows: no face), and
+        how many of those frames had their lips located."""
         from pipeline.face import FaceTracker
+        from pipeline.lips import LipTracker, LowerFace
         from pipeline.media.decode import read_frames
         from pipeline.media.threads import prefetch
 
-        tracker = FaceTracker(detect_every=self.detect_every)
-        rows: list[tuple[float, float, float, float]] = []
+        face_tracker = FaceTracker(detect_every=self.detect_every)
+        lip_tracker = LipTracker(every=self.detect_every)
+        faces: list[Any] = []
+        lips: list[Any] = []
         expected = max(1, min(n_frames, info.estimated_frames))
-        nan = (np.nan,) * 4
         for frames in prefetch(read_frames(info, self.batch_frames, limit=n_frames)):
-            for box in tracker.update(frames):
-                rows.append(nan if box is None else wav2lip_box(box, self.pads, info.width, info.height))
-            progress("faces", AUDIO_DONE + (FACES_DONE - AUDIO_DONE) * min(1.0, len(rows) / expected))
-        boxes = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
-        if not np.isfinite(boxes).any():
+            found = face_tracker.update(frames)
+            pictures = [None if face is None else LowerFace.from_rgb(frame, face)
+                        for frame, face in zip(frames, found, strict=True)]
+            faces.extend(found)
+            lips.extend(lip_tracker.update(pictures, found))
+            progress("faces", AUDIO_DONE + (FACES_DONE - AUDIO_DONE) * min(1.0, len(faces) / expected))
+        if not any(face is not None for face in faces):
             raise EngineError(f"no face was found in the video {info.path.name!r}: Wav2Lip needs a person "
                               "facing the camera; drop a video where the face is clearly visible")
-        return smooth_boxes(boxes, SMOOTH_FRAMES)
+        lip_frames = sum(mouth is not None for mouth in lips)
+        return crop_boxes(faces, lips, self.pads, info.width, info.height), lip_frames
 
     def _render_batch(self, model: Any, device: str, batch: Any, boxes: np.ndarray, mel: np.ndarray,
                       fps: float, batch_size: int, rendered: int) -> tuple[int, int]:
@@ -208,13 +227,33 @@ class Wav2LipEngine(Engine):
 
 # -- the steps, as functions of arrays (tested on their own) -----------------------------------------
 
-def wav2lip_box(box: Any, pads: Sequence[int], width: int, height: int) -> tuple[float, float, float, float]:
-    """A pipeline.face.FaceBox as Wav2Lip's crop (x1, y1, x2, y2): down to the chin, plus pads, clipped."""
+def crop_boxes(faces: Sequence[Any], lips: Sequence[Any], pads: Sequence[int], width: int,
+               height: int) -> np.ndarray:
+    """(n, 4) crops x1, y1, x2, y2 for frames' FaceBoxes and Lips (None: none), smoothed over SMOOTH_FRAMES
+    within runs of frames with a face; NaN rows where there is no face."""
+    nan = (np.nan,) * 4
+    rows = [nan if face is None else wav2lip_box(face, pads, width, height, mouth)
+            for face, mouth in zip(faces, lips, strict=True)]
+    return smooth_boxes(np.asarray(rows, dtype=np.float64).reshape(-1, 4), SMOOTH_FRAMES)
+
+
+def wav2lip_box(box: Any, pads: Sequence[int], width: int, height: int,
+                lips: Any = None) -> tuple[float, float, float, float]:
+    """A pipeline.face.FaceBox as Wav2Lip's crop (x1, y1, x2, y2): as wide as the box, CHIN_Y box heights
+    high, down to the chin, plus pads, clipped. With the frame's pipeline.lips.Lips, placed so the lips lie
+    in the lower half the model repaints (LIPS_TOP, BELOW_LIPS); without, from the Haar box's top."""
     top, bottom, left, right = pads
+    crop_h = CHIN_Y * box.h
+    upper = box.y
+    lower = box.y + crop_h
+    if lips is not None:
+        shift = min(MAX_SHIFT * crop_h, max(-MAX_SHIFT * crop_h, lips.top - LIPS_TOP * crop_h - box.y))
+        upper = box.y + shift
+        lower = max(upper + crop_h, lips.bottom + BELOW_LIPS * lips.height)
     x1 = max(0.0, box.x - left)
-    y1 = max(0.0, box.y - top)
+    y1 = max(0.0, upper - top)
     x2 = min(float(width), box.x + box.w + right)
-    y2 = min(float(height), box.y + CHIN_Y * box.h + bottom)
+    y2 = min(float(height), lower + bottom)
     return x1, y1, x2, y2
 
 
