@@ -115,6 +115,35 @@ _EVENTS = ("disk", "job_failed", "job_done")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping.
+
+    Plain YAML keeps the last value silently, so a second `paths:` section would wipe out the first one
+    without a word. The error names both lines; keys merged in with `<<:` may still be overridden.
+    Used for the configuration and for job manifests.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=False)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: construct_mapping reports it
+                    continue
+                if first is not None:
+                    lines = f"on line {line}" if first == line else f"on line {first} and on line {line}"
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is set twice, {lines}: keep one (YAML would silently use the last)",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 class ConfigError(Exception):
     """A configuration mistake, worded for the person who edits the file."""
 
@@ -355,21 +384,32 @@ def _parse(text: str, source: str) -> tuple[dict[str, Any], dict[str, int]]:
         raise ConfigError("the top level must be a mapping of sections (paths:, ingest:, ...)",
                           source=source, line=node.start_mark.line + 1)
     lines: dict[str, int] = {}
-    _record_lines(node, "", lines)
-    loader = yaml.SafeLoader("")
+    _record_lines(node, "", lines, source)
+    loader = UniqueKeyLoader("")
     try:
         value = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise ConfigError(str(exc.problem), source=source, line=mark.line + 1 if mark else None) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", source=source) from None
     return value, lines
 
 
-def _record_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
+def _record_lines(node: yaml.Node, prefix: str, lines: dict[str, int], source: str) -> None:
+    """Note the line of every mapping key; a key (or section) written twice is an error naming both lines."""
     if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
         for key_node, value_node in node.value:
             key = f"{prefix}{key_node.value}"
-            lines[key] = key_node.start_mark.line + 1
-            _record_lines(value_node, key + ".", lines)
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key in seen:
+                what = "section" if not prefix else "key"
+                raise ConfigError(f"this {what} is set twice, on line {lines[key]} and on line {line}: keep one "
+                                  "(YAML would silently use the last)", key=key, source=source, line=line)
+            seen.add(key)
+            lines[key] = line
+            _record_lines(value_node, key + ".", lines, source)
 
 
 def _merge(base: dict[str, Any], user: Mapping[str, Any], prefix: str, source: str | None,

@@ -90,6 +90,34 @@ def test_errors_name_key_file_and_line(tmp_path: Path, text: str, key: str, line
     assert f"{path}:{line}:" in message
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "first", "second"),
+    [
+        # A second section: before, its keys silently replaced the first one's (paths.inbox vanished).
+        ("paths:\n  inbox: /srv/in\ningest:\n  poll: true\npaths:\n  outputs: /srv/out\n", "paths", 1, 5),
+        ("ingest:\n  settle_seconds: 1\n  poll: true\n  settle_seconds: 2\n", "ingest.settle_seconds", 2, 4),
+        ("pipeline:\n  builtin:\n    mouth_gain: 1.2\n    mouth_gain: 0.5\n", "pipeline.builtin.mouth_gain", 3, 4),
+    ],
+)
+def test_a_key_or_section_set_twice_names_both_lines(tmp_path: Path, text: str, key: str, first: int,
+                                                     second: int) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(configmod.ConfigError) as info:
+        configmod.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{second}: {key}: ")
+    assert f"set twice, on line {first} and on line {second}" in message
+
+
+def test_a_key_set_twice_inside_a_list_item_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text('janitor:\n  retention:\n    rules:\n      - {match: "ann/*", days: 1, days: 30}\n')
+    with pytest.raises(configmod.ConfigError, match=r"'days' is set twice, on line 4") as info:
+        configmod.load(path)
+    assert str(info.value).startswith(f"{path}:4: ")
+
+
 def test_invalid_yaml_reports_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("paths:\n  inbox: [unclosed\n")
