@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from daemon import names
+from daemon.config import UniqueKeyLoader
 
 MAX_BYTES = 64 * 1024
 KEYS = ("audio", "video", "avatar", "name", "engine", "options")
@@ -49,7 +50,7 @@ def parse(text: bytes, stem: str, allowed_engines: Sequence[str]) -> Manifest:
         for event in yaml.parse(source, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
                 raise ManifestError("the manifest uses YAML anchors/aliases (&, *), which are not allowed")
-        data = yaml.safe_load(source)
+        data = yaml.load(source, Loader=UniqueKeyLoader)  # a SafeLoader that refuses duplicate keys
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

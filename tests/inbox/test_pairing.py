@@ -155,3 +155,9 @@ def test_media_kinds() -> None:
     assert names.parse("x.job.yaml").kind == "manifest"
     assert names.parse("x.txt").kind == "other"
     assert names.parse("t@anna.wav").avatar == ("t", "anna")
+
+
+def test_a_manifest_key_set_twice_is_refused_naming_both_lines() -> None:
+    # Before, the second 'audio' silently won: the job rendered another file than the one first named.
+    with pytest.raises(ManifestError, match=r"'audio' is set twice, on line 1 and on line 3"):
+        parse(b"audio: speech.wav\nvideo: face.mp4\naudio: other.wav\n", "job", ENGINES)
