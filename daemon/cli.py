@@ -18,9 +18,13 @@ from daemon.names import Exit
 from pipeline import engines  # the registry of engine names (light: no torch)
 
 
-def _load(args: argparse.Namespace, *, required: bool = True) -> Config:
+def _load(args: argparse.Namespace, *, required: bool = True, layout: bool = False) -> Config:
+    """The configuration; with *layout*, also refuse a paths section the janitor would refuse (exit 2)."""
     path = args.config or configmod.default_config_path()
-    return configmod.load(path, required=required)
+    config = configmod.load(path, required=required)
+    if layout:
+        configmod.check_layout(config)
+    return config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -32,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from daemon.jobs import worker
 
-    return worker.main(_load(args), device=args.device,
+    return worker.main(_load(args, layout=True), device=args.device,
                        config_path=args.config or configmod.default_config_path())
 
 
@@ -51,13 +55,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from daemon.commands import submit
 
-    return submit.main(_load(args), Path(args.audio), Path(args.video), user=args.user, name=args.name)
+    return submit.main(_load(args, layout=True), Path(args.audio), Path(args.video), user=args.user, name=args.name)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from daemon.commands import retry
 
-    return retry.main(_load(args), args.target)
+    return retry.main(_load(args, layout=True), args.target)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

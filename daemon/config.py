@@ -579,6 +579,68 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
 }
 
 
+# The folders the janitor prunes: each must be a real folder (not a symlink) of its own.
+PRUNED = ("outputs", "failed")
+# Why two data folders must not overlap, by the folder that would act on what lies in it.
+_OVERLAP_HARM = {
+    "outputs": "the janitor prunes paths.outputs and would delete what paths.{other} holds",
+    "failed": "the janitor prunes paths.failed and would delete what paths.{other} holds",
+    "inbox": "the inbox watcher would take what paths.{other} holds for drops and move it away",
+    "spool": "the daemon would take what paths.{other} holds for jobs",
+}
+
+
+def layout_problems(config: Config) -> list[ConfigError]:
+    """What is wrong with the paths section as laid out on disk, one error per problem (none: it is fine).
+
+    The single rule every command applies (run and worker refuse to start, the janitor refuses to
+    prune, doctor and status report it): the pruned folders are no symlinks, and no data folder is,
+    contains or lies inside another (compared after resolving symlinks, so `failed: /` overlaps all).
+    """
+    problems: list[ConfigError] = []
+    paths = {key: os.path.abspath(folder) for key, folder in config.paths.folders().items()}
+    for key in PRUNED:
+        if os.path.islink(paths[key]):
+            problems.append(config.error(
+                f"paths.{key}", f"{paths[key]} is a symlink; the janitor never works through symlinks: "
+                f"set paths.{key} to the real folder ({os.path.realpath(paths[key])})"))
+    real = {key: os.path.realpath(path) for key, path in paths.items()}
+    order = [*PRUNED, *(key for key in paths if key not in PRUNED)]  # the pruned folders are named first
+    for i, first in enumerate(order):
+        for second in order[i + 1:]:
+            # The error is about the folder that holds the other (`failed: /` names paths.failed).
+            if real[first] == real[second]:
+                key, other, relation = first, second, "is the same folder as"
+            elif _inside(real[second], real[first]):
+                key, other, relation = first, second, "contains"
+            elif _inside(real[first], real[second]):
+                key, other, relation = second, first, "contains"
+            else:
+                continue
+            theirs = real[other]
+            if key in _OVERLAP_HARM:  # the holder acts on what lies in it
+                harm = _OVERLAP_HARM[key].format(other=other)
+            elif other in _OVERLAP_HARM:  # the same folder: the other one acts on it too
+                harm = _OVERLAP_HARM[other].format(other=key)
+            else:
+                harm = "each would be taken for the other"
+            problems.append(config.error(
+                f"paths.{key}", f"{paths[key]} overlaps paths.{other}: it {relation} {theirs}; {harm}. "
+                "Give each data folder its own place, none inside another"))
+    return problems
+
+
+def check_layout(config: Config) -> None:
+    """Raise the first of layout_problems() as a ConfigError (exit 2), for commands that must not start."""
+    problems = layout_problems(config)
+    if problems:
+        raise problems[0]
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip("/") + "/")
+
+
 def ensure_folders(config: Config, names: tuple[str, ...] | None = None) -> None:
     """Create the data folders (*names*, default all); one that cannot be created is a configuration error
     (exit 2)."""

@@ -245,6 +245,7 @@ class Service:
         self.notifier.reloading()
         try:
             new = configmod.load(self.config_path)
+            configmod.check_layout(new)
             configmod.ensure_folders(new)
         except configmod.ConfigError as exc:
             log.error("configuration not reloaded, keeping the old one: %s", exc)
@@ -296,6 +297,7 @@ class Service:
 
 def main(config: configmod.Config, config_path: str | os.PathLike[str] | None) -> int:
     logmod.setup(config.logging, service=True)
+    configmod.check_layout(config)  # before any folder is made: a bad layout is exit 2, and nothing is created
     configmod.ensure_folders(config)
     path = str(config_path) if config_path else None
     return Service(config, path).run()

@@ -144,3 +144,46 @@ def test_folders_that_cannot_be_created_are_config_errors(tmp_path: Path) -> Non
     cfg = configmod.load(path)
     with pytest.raises(configmod.ConfigError, match="paths.outputs"):
         configmod.ensure_folders(cfg)
+
+
+def _layout(tmp_path: Path, **paths: str) -> configmod.Config:
+    """A config whose data folders live under *tmp_path*, with *paths* overriding some of them."""
+    folders = {k: str(tmp_path / k) for k in configmod.DEFAULTS["paths"]}
+    return configmod.load(None, required=False, overrides={"paths": {**folders, **paths}})
+
+
+def test_a_layout_of_separate_real_folders_has_no_problems(tmp_path: Path) -> None:
+    assert configmod.layout_problems(_layout(tmp_path)) == []
+
+
+@pytest.mark.parametrize(
+    ("paths", "key", "words"),
+    [
+        ({"outputs": "inbox/outputs"}, "paths.inbox", "overlaps paths.outputs: it contains"),
+        ({"failed": "/"}, "paths.failed", "overlaps paths.outputs: it contains"),
+        ({"failed": "outputs"}, "paths.outputs", "overlaps paths.failed: it is the same folder as"),
+        ({"spool": "inbox"}, "paths.inbox", "overlaps paths.spool: it is the same folder as"),
+        ({"avatars": "inbox/avatars"}, "paths.inbox", "overlaps paths.avatars: it contains"),
+        ({"state": "spool/state"}, "paths.spool", "overlaps paths.state: it contains"),
+    ],
+)
+def test_overlapping_data_folders_are_layout_problems(tmp_path: Path, paths: dict[str, str], key: str,
+                                                      words: str) -> None:
+    cfg = _layout(tmp_path, **{k: v if v.startswith("/") else str(tmp_path / v) for k, v in paths.items()})
+    problems = configmod.layout_problems(cfg)
+    assert problems and problems[0].key == key and words in str(problems[0])
+    assert "Give each data folder its own place" in str(problems[0])
+    with pytest.raises(configmod.ConfigError, match=words):
+        configmod.check_layout(cfg)
+
+
+def test_a_symlinked_outputs_is_a_layout_problem_also_through_a_symlinked_parent(tmp_path: Path) -> None:
+    real = tmp_path / "disk2" / "outputs"
+    real.mkdir(parents=True)
+    (tmp_path / "outputs").symlink_to(real)
+    [problem] = configmod.layout_problems(_layout(tmp_path))
+    assert problem.key == "paths.outputs" and "is a symlink" in str(problem) and str(real) in str(problem)
+    # A symlinked parent that lands the failed folder inside the inbox is found after resolving it.
+    (tmp_path / "via").symlink_to(tmp_path / "inbox")
+    [problem] = configmod.layout_problems(_layout(tmp_path, outputs=str(real), failed=str(tmp_path / "via" / "f")))
+    assert problem.key == "paths.inbox" and "overlaps paths.failed: it contains" in str(problem)

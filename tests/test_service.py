@@ -201,3 +201,29 @@ def test_inotify_instance_limit_falls_back_to_polling(tmp_path: Path, pair) -> N
     finally:
         for fd in held:
             os.close(fd)
+
+
+@pytest.mark.parametrize("layout", ["outputs inside the inbox", "failed: /", "a symlinked outputs"])
+def test_run_exits_2_on_a_layout_the_janitor_refuses_and_creates_nothing(tmp_path: Path, layout: str) -> None:
+    # Before, `lipsyncd run` took these layouts and worked on them; only the janitor refused them.
+    config = write_config(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    if layout == "outputs inside the inbox":
+        data["paths"]["outputs"] = str(tmp_path / "inbox" / "outputs")
+        words = "paths.inbox: " + str(tmp_path / "inbox") + " overlaps paths.outputs"
+    elif layout == "failed: /":
+        data["paths"]["failed"] = "/"
+        words = "paths.failed: / overlaps paths.outputs"
+    else:
+        (tmp_path / "outputs").rmdir()
+        (tmp_path / "outputs").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+        words = "paths.outputs: " + str(tmp_path / "outputs") + " is a symlink"
+    config.write_text(yaml.safe_dump(data))
+    daemon = Daemon(config).start(wait_ready=False)
+    assert daemon.proc is not None
+    assert daemon.proc.wait(timeout=60) == 2, daemon.log()
+    daemon.stop()
+    log = daemon.log()
+    assert f"lipsyncd: configuration error: {config}:" in log and words in log, log
+    assert not (tmp_path / "inbox" / "outputs").exists() and not (tmp_path / "elsewhere").exists()
+    assert not (tmp_path / "state" / "queue.db").exists() and not list((tmp_path / "state").iterdir())

@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from daemon.config import Config
+from daemon.config import PRUNED, Config, layout_problems
 
 INOTIFY = Path("/proc/sys/fs/inotify")
 MIN_FREE_PERCENT = 10.0
@@ -52,13 +52,22 @@ def check_tools(report: Report) -> None:
                     report.fail(f"ffmpeg has no {needed} encoder: install Debian's ffmpeg (not a minimal build)")
 
 
+def check_layout(report: Report, config: Config) -> None:
+    """The same layout rule `lipsyncd run` and the janitor apply: what it refuses is a FAIL here."""
+    problems = layout_problems(config)
+    for problem in problems:
+        report.fail(f"layout: {problem} (lipsyncd run and the janitor refuse this layout)")
+    if not problems:
+        report.ok("layout: each data folder has its own place; outputs and failed are real folders")
+
+
 def check_folders(report: Report, config: Config) -> None:
     devices = {}
     for name, folder in config.paths.folders().items():
         if not folder.exists():
             report.fail(f"paths.{name}: {folder} does not exist (lipsyncd run creates it, or run install.sh)")
             continue
-        if folder.is_symlink():
+        if folder.is_symlink() and name not in PRUNED:  # a symlinked outputs/failed: check_layout fails it
             report.warn(f"paths.{name}: {folder} is a symbolic link; point the config at the real folder")
         writable = os.access(folder, os.W_OK | os.X_OK)
         (report.ok if writable else report.fail)(
@@ -205,7 +214,7 @@ def check_logging(report: Report, config: Config) -> None:
 
 
 CHECKS: list[Callable[[Report, Config], None]] = [
-    check_folders, check_disk, check_inotify, check_queue, check_notify, check_logging, check_devices,
+    check_layout, check_folders, check_disk, check_inotify, check_queue, check_notify, check_logging, check_devices,
     check_engines,
 ]
 

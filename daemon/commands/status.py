@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon.config import Config
+from daemon.config import Config, layout_problems
 from daemon.disk import filesystems
 from daemon.jobs import spool
 from daemon.jobs.workers import describe, worker_table
@@ -46,7 +46,8 @@ def collect(config: Config) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - status must still show the rest
         queue_info["error"] = str(exc)
     workers = worker_table(config.paths.spool, now)
-    return {"queue": queue_info, "running": running, "queued": queued, "workers": workers,
+    problems = [str(problem) for problem in layout_problems(config)]  # what run and the janitor refuse
+    return {"config_problems": problems, "queue": queue_info, "running": running, "queued": queued, "workers": workers,
             "recent_failures": recent_failures(config.paths.failed),
             "disk": [fs.to_dict() for fs in filesystems(config.paths.folders())], "time": now}
 
@@ -91,7 +92,10 @@ def _bytes(n: float) -> str:
 def render_text(status: dict[str, Any]) -> str:
     q = status["queue"]
     backend = f"  ({q['backend']})" if "backend" in q else ""
-    lines = [f"Queue: {q['queued']} waiting, {q['running']} running{backend}"]
+    lines = [f"Configuration problem: {problem}" for problem in status.get("config_problems", [])]
+    if lines:
+        lines.append("  (lipsyncd run and the janitor refuse to work until it is fixed; see lipsyncd doctor)")
+    lines.append(f"Queue: {q['queued']} waiting, {q['running']} running{backend}")
     if "error" in q:
         lines.append(f"  queue unreachable: {q['error']}")
     for job in status["running"]:

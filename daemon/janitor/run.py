@@ -28,7 +28,7 @@ from typing import Any
 
 from daemon import disk
 from daemon import log as logsetup
-from daemon.config import Config, ConfigError
+from daemon.config import Config, ConfigError, check_layout
 from daemon.files import write_atomic
 from daemon.janitor import alerts, spoolreport
 from daemon.janitor import delete as safedelete
@@ -43,7 +43,6 @@ STATE_FILE = "janitor.json"
 LOCK_FILE = "janitor.lock"
 STATE_VERSION = 1
 TOP_N = 5
-PROTECTED = ("inbox", "spool", "state", "avatars")
 
 
 @dataclass
@@ -106,7 +105,7 @@ def main(config: Config, dry_run: bool = False, as_json: bool = False) -> int:
     """One janitor pass. Exit status: 0 ok (alerts included), 1 the pass failed, 2 configuration error."""
     logsetup.setup(config.logging, service=True)
     try:
-        check_roots(config)
+        check_layout(config)
     except ConfigError as exc:
         print(f"lipsyncd janitor: configuration error: {exc}", file=sys.stderr)
         return Exit.USAGE
@@ -125,30 +124,6 @@ def main(config: Config, dry_run: bool = False, as_json: bool = False) -> int:
     for problem in result.problems:
         print(f"lipsyncd janitor: {problem}", file=sys.stderr)
     return Exit.OK if result.ok else Exit.FAILED
-
-
-def check_roots(config: Config) -> None:
-    """Refuse (as configuration errors) roots that are symlinks or overlap the folders never to be pruned."""
-    paths = config.paths.folders()
-    for key in ("outputs", "failed"):
-        path = os.path.abspath(paths[key])
-        if os.path.islink(path):
-            raise config.error(f"paths.{key}",
-                         f"{path} is a symlink; the janitor never works through symlinks: "
-                         f"set paths.{key} to the real folder ({os.path.realpath(path)})")
-        real = os.path.realpath(path)
-        for other in (*PROTECTED, "failed" if key == "outputs" else "outputs"):
-            theirs = os.path.realpath(paths[other])
-            if real == theirs or _inside(real, theirs) or _inside(theirs, real):
-                raise config.error(f"paths.{key}",
-                             f"{path} overlaps paths.{other} ({theirs}); the janitor would prune it: "
-                             "give each folder its own place")
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path.startswith(folder.rstrip("/") + "/")
-
-
 
 
 @contextlib.contextmanager
