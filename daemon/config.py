@@ -405,8 +405,9 @@ def _record_lines(node: yaml.Node, prefix: str, lines: dict[str, int], source: s
             line = key_node.start_mark.line + 1
             if isinstance(key_node, yaml.ScalarNode) and key in seen:
                 what = "section" if not prefix else "key"
-                raise ConfigError(f"this {what} is set twice, on line {lines[key]} and on line {line}: keep one "
-                                  "(YAML would silently use the last)", key=key, source=source, line=line)
+                where = f"on line {line}" if lines[key] == line else f"on line {lines[key]} and on line {line}"
+                raise ConfigError(f"this {what} is set twice, {where}: keep one (YAML would silently use the last)",
+                                  key=key, source=source, line=line)
             seen.add(key)
             lines[key] = line
             _record_lines(value_node, key + ".", lines, source)

@@ -110,6 +110,13 @@ def test_a_key_or_section_set_twice_names_both_lines(tmp_path: Path, text: str, 
     assert f"set twice, on line {first} and on line {second}" in message
 
 
+def test_a_key_set_twice_on_one_line_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text('ingest: {poll: true, "poll": false}\n')  # quoted or not, the same key
+    with pytest.raises(configmod.ConfigError, match="ingest.poll: this key is set twice, on line 1: keep one"):
+        configmod.load(path)
+
+
 def test_a_key_set_twice_inside_a_list_item_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "twice.yaml"
     path.write_text('janitor:\n  retention:\n    rules:\n      - {match: "ann/*", days: 1, days: 30}\n')
