@@ -610,7 +610,7 @@ def layout_problems(config: Config) -> list[ConfigError]:
     for i, first in enumerate(order):
         for second in order[i + 1:]:
             # The error is about the folder that holds the other (`failed: /` names paths.failed).
-            if real[first] == real[second]:
+            if real[first] == real[second] or _same_folder(real[first], real[second]):
                 key, other, relation = first, second, "is the same folder as"
             elif _inside(real[second], real[first]):
                 key, other, relation = first, second, "contains"
@@ -636,6 +636,14 @@ def check_layout(config: Config) -> None:
     problems = layout_problems(config)
     if problems:
         raise problems[0]
+
+
+def _same_folder(a: str, b: str) -> bool:
+    """Two existing paths that are one folder under two names (a bind mount of one onto the other)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _inside(path: str, folder: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,20 @@ def test_a_symlinked_outputs_is_a_layout_problem_also_through_a_symlinked_parent
     (tmp_path / "via").symlink_to(tmp_path / "inbox")
     [problem] = configmod.layout_problems(_layout(tmp_path, outputs=str(real), failed=str(tmp_path / "via" / "f")))
     assert problem.key == "paths.inbox" and "overlaps paths.failed: it contains" in str(problem)
+
+
+def test_a_folder_bind_mounted_as_another_is_the_same_folder(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("a bind mount needs root (run the suite as root, as CI does)")
+    for name in configmod.DEFAULTS["paths"]:
+        (tmp_path / name).mkdir()
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    done = subprocess.run(["mount", "--bind", str(tmp_path / "inbox"), str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+    try:
+        [problem] = configmod.layout_problems(_layout(tmp_path, outputs=str(mount)))
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    assert problem.key == "paths.outputs" and "overlaps paths.inbox: it is the same folder as" in str(problem)
