@@ -227,3 +227,15 @@ def test_run_exits_2_on_a_layout_the_janitor_refuses_and_creates_nothing(tmp_pat
     assert f"lipsyncd: configuration error: {config}:" in log and words in log, log
     assert not (tmp_path / "inbox" / "outputs").exists() and not (tmp_path / "elsewhere").exists()
     assert not (tmp_path / "state" / "queue.db").exists() and not list((tmp_path / "state").iterdir())
+
+
+def test_sighup_refuses_a_layout_the_janitor_refuses(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    with Daemon(config) as daemon:
+        data = yaml.safe_load(config.read_text())
+        data["paths"]["outputs"] = str(tmp_path / "inbox" / "outputs")
+        config.write_text(yaml.safe_dump(data))
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: "configuration not reloaded" in daemon.log(), 20, "the rejected reload")
+        assert "overlaps paths.outputs" in daemon.log() and "configuration reloaded" not in daemon.log()
+        assert not (tmp_path / "inbox" / "outputs").exists()
