@@ -11,8 +11,10 @@ import pytest
 import yaml
 
 from daemon import config as configmod
+from daemon.cli import main as cli_main
 from daemon.commands import status
 from tests.daemon_harness import write_config
+from tests.janitor_support import kept_logging
 
 LIPSYNCD = str(Path(sys.executable).parent / "lipsyncd")
 
@@ -57,3 +59,14 @@ def test_status_says_the_layout_is_refused(tmp_path: Path, capsys: pytest.Captur
 def test_status_of_a_good_layout_names_no_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert status.main(configmod.load(write_config(tmp_path))) == 0
     assert "Configuration problem" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [["worker"], ["submit", "a.wav", "v.mp4"], ["retry", "some-job"], ["janitor"]])
+def test_commands_that_work_on_the_folders_exit_2_on_a_refused_layout(tmp_path: Path, args: list[str],
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    config = bad_layout(tmp_path)
+    with kept_logging():
+        assert cli_main(["--config", str(config), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"configuration error: {config}:" in err and "paths.failed" in err and "is a symlink" in err
+    assert not list((tmp_path / "inbox").rglob("*.*")) and not list((tmp_path / "spool").iterdir())
