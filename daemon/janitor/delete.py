@@ -28,6 +28,19 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _GONE = (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST)
 
 
+def mount_id(fd: int) -> int | None:
+    """The mount an open folder is on (/proc/self/fdinfo's mnt_id): a bind mount differs from its parent's
+    even where st_dev is the same. None where the kernel does not say."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class Refused(Exception):
     """A path the janitor will not touch (symlink, other filesystem, changed since planned)."""
 
@@ -77,6 +90,7 @@ class _Folders:
     def __init__(self, root: str, dev: int) -> None:
         self.root, self.dev = root, dev
         self._chain: list[tuple[str, int]] = []  # [(name, fd)]: root, then each part
+        self._mount: int | None = None  # the root's mount id, once opened
 
     def open(self, parts: tuple[str, ...]) -> int:
         wanted = ("", *parts)
@@ -99,9 +113,12 @@ class _Folders:
         return chain[-1][1]
 
     def _check(self, fd: int, name: str) -> None:
-        if os.fstat(fd).st_dev != self.dev:
+        mount = mount_id(fd)
+        if self._mount is None:
+            self._mount = mount  # the root's
+        if os.fstat(fd).st_dev != self.dev or mount != self._mount:
             self.close()
-            raise Refused(f"{name} is on another filesystem")
+            raise Refused(f"{name} is a mount point (another filesystem or a bind mount)")
 
     def close(self) -> None:
         while self._chain:
@@ -168,7 +185,7 @@ class Executor:
             if st.st_ino != ino:
                 raise Refused(f"{name} changed since the plan was made")
             if stat.S_ISDIR(st.st_mode):
-                files = _remove_tree(fd, name, self.plan.devs[group.root])
+                files = _remove_tree(fd, name, self.plan.devs[group.root], mount_id(fd))
             elif stat.S_ISREG(st.st_mode):
                 os.unlink(name, dir_fd=fd)
                 files = 1
@@ -223,18 +240,19 @@ def _verify(fd: int, members: list[Member]) -> None:
             raise Refused(f"{member.name} changed since the plan was made")
 
 
-def _remove_tree(parent_fd: int, name: str, dev: int) -> int:
-    """rm -r of parent/name through directory file descriptors: symlinks are unlinked, never followed."""
+def _remove_tree(parent_fd: int, name: str, dev: int, mount: int | None) -> int:
+    """rm -r of parent/name through directory file descriptors: symlinks are unlinked, never followed, and
+    no folder on another mount (*mount*: the parent's mount id) is entered, a bind mount included."""
     fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     files = 0
     try:
-        if os.fstat(fd).st_dev != dev:
-            raise Refused(f"{name} is on another filesystem")
+        if os.fstat(fd).st_dev != dev or mount_id(fd) != mount:
+            raise Refused(f"{name} is a mount point (another filesystem or a bind mount)")
         with os.scandir(fd) as it:
             children = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
         for child, is_dir in children:
             if is_dir:
-                files += _remove_tree(fd, child, dev)
+                files += _remove_tree(fd, child, dev, mount)
             else:
                 os.unlink(child, dir_fd=fd)
                 files += 1

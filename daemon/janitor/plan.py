@@ -6,7 +6,9 @@ open, so the two can never differ. Only the documented layout is managed:
   outputs/YYYY-MM-DD/<user>/<stem>.mp4 + .json + .jpg   (one output: its files go together)
   failed/YYYY-MM-DD/<user>/<stem>/                       (one failed entry: the folder goes as a whole)
 Anything else under those roots is reported as unmanaged and left alone. Symlinks are never followed,
-and folders on another filesystem (st_dev differs from the root's) are never entered.
+and mount points are never entered nor deleted: folders on another filesystem (st_dev differs from the
+root's), and bind mounts, which share st_dev and are only told apart by the mount table (read once per
+pass from /proc/self/mountinfo).
 
 Rules, in order: pinned (<file>.keep, <stem>.keep, or the keep marker in any folder above) is kept;
 younger than janitor.min_age_hours is kept; older than its retention (the first matching rule, else
@@ -31,6 +33,11 @@ from typing import Any, NamedTuple
 from daemon.config import Config, RetentionRule
 from daemon.disk import FsUsage
 from daemon.names import CLAIM_PREFIX
+
+# The mount table of this process: every mount point below the roots is refused (bind mounts included).
+MOUNTINFO = "/proc/self/mountinfo"
+_MOUNT_ESCAPE = re.compile(rb"\\([0-7]{3})")  # mountinfo writes space, tab, newline and \ as \ooo
+MOUNT_WHY = "a mount point (another filesystem or a bind mount): never entered"
 
 DATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 OUTPUT_SUFFIXES = (".mp4", ".json", ".jpg")
@@ -236,6 +243,39 @@ def _temp_job_id(name: str) -> str:
     return core.rsplit(".", 1)[-1]
 
 
+def mount_points(roots: Iterable[str]) -> set[str]:
+    """Every mount point strictly below *roots*, spelled as the planner spells paths (root + relative part).
+
+    The mount table has real paths: a root reached through a symlinked parent is mapped back."""
+    try:
+        with open(MOUNTINFO, "rb") as handle:
+            table = handle.read()
+    except OSError:
+        return set()
+    reals = [(os.path.realpath(root).rstrip("/") + "/", root.rstrip("/")) for root in roots]
+    found: set[str] = set()
+    for line in table.splitlines():
+        fields = line.split(b" ", 5)
+        if len(fields) < 5:
+            continue
+        point = os.fsdecode(_MOUNT_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4]))
+        for real, root in reals:
+            if point.startswith(real):
+                found.add(f"{root}/{point[len(real):]}")
+    return found
+
+
+def _holding(mounts: set[str]) -> set[str]:
+    """Every folder with a mount point somewhere below it (checked entry by entry when scanned)."""
+    above: set[str] = set()
+    for point in mounts:
+        folder = os.path.dirname(point)
+        while folder not in above and folder not in ("", "/"):
+            above.add(folder)
+            folder = os.path.dirname(folder)
+    return above
+
+
 def _freed(st: os.stat_result) -> int:
     """Bytes a delete gives back: the allocated blocks, none while another hard link keeps them."""
     return st.st_blocks * 512 if st.st_nlink <= 1 else 0
@@ -259,6 +299,8 @@ class Planner:
         self.plan = Plan(now=now, roots={"outputs": os.path.abspath(config.paths.outputs),
                                          "failed": os.path.abspath(config.paths.failed)})
         self.spool_jobs = self._spool_job_ids(config.paths.spool)
+        self.mounts = mount_points(self.plan.roots.values())
+        self.holding_mounts = _holding(self.mounts)
         self._folders: list[_Folder] = []
         self._candidates: list[Group] = []  # outputs that may go early when the disk is critical
         self._young_freed = 0
@@ -353,13 +395,13 @@ class Planner:
             why = f"cannot open it: {exc.strerror}"
             with contextlib.suppress(OSError):
                 if os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_dev != dev:
-                    why = "another filesystem (mount point)"
+                    why = MOUNT_WHY
             self.plan.refused.append({"path": path, "why": why})
             return None
         st = os.fstat(fd)
         if st.st_dev != dev:
             os.close(fd)
-            self.plan.refused.append({"path": path, "why": "another filesystem (mount point)"})
+            self.plan.refused.append({"path": path, "why": MOUNT_WHY})
             return None
         self._last_stamp = st.st_mtime_ns
         self._last_mtime = st.st_mtime
@@ -367,6 +409,9 @@ class Planner:
 
     def _managed_dir(self, entry: os.DirEntry[str], path: str, dev: int, name_ok: bool) -> bool:
         """True for a real folder on the root's filesystem with a managed name; records why not otherwise."""
+        if path in self.mounts:
+            self.plan.refused.append({"path": path, "why": MOUNT_WHY})
+            return False
         if entry.is_symlink():
             self.plan.refused.append({"path": path, "why": "symlink (never followed)"})
             return False
@@ -375,7 +420,7 @@ class Planner:
             return False
         if not name_ok:
             if entry.stat(follow_symlinks=False).st_dev != dev:
-                self.plan.refused.append({"path": path, "why": "another filesystem (mount point)"})
+                self.plan.refused.append({"path": path, "why": MOUNT_WHY})
             else:
                 self.plan.unmanaged.append(path)
             return False
@@ -400,10 +445,14 @@ class Planner:
             return
         stamp = plan.stamps[("outputs", date, user)] = self._last_stamp
         folder_mtime = self._last_mtime
+        mounts = self.mounts if user_path in self.holding_mounts else None  # None: no mount point in here
         try:
             with os.scandir(user_fd) as it:
                 for entry in it:
                     entries += 1
+                    if mounts is not None and f"{user_path}/{entry.name}" in mounts:
+                        plan.refused.append({"path": f"{user_path}/{entry.name}", "why": MOUNT_WHY})
+                        continue
                     if not entry.is_file(follow_symlinks=False):
                         self._odd_entry(entry, os.path.join(user_path, entry.name))
                         continue
@@ -594,7 +643,7 @@ class Planner:
         marker = self.marker
         folder_st = user_entry.stat(follow_symlinks=False)
         if folder_st.st_dev != dev:  # (outputs/ checks this on the folder's fd, in _open_dir)
-            self.plan.refused.append({"path": user_path, "why": "another filesystem (mount point)"})
+            self.plan.refused.append({"path": user_path, "why": MOUNT_WHY})
             return
         with os.scandir(user_path) as it:
             entries = list(it)
@@ -606,6 +655,9 @@ class Planner:
         gone: list[Group] = []
         for entry in entries:
             if entry.name == marker or entry.name.endswith(marker):
+                continue
+            if entry.path in self.mounts:
+                self.plan.refused.append({"path": entry.path, "why": MOUNT_WHY})
                 continue
             if entry.is_symlink():
                 self.plan.refused.append({"path": entry.path, "why": "symlink (never followed)"})
@@ -652,8 +704,8 @@ class Planner:
             with os.scandir(folder) as it:
                 for child in it:
                     cst = child.stat(follow_symlinks=False)
-                    if cst.st_dev != dev:
-                        self.plan.refused.append({"path": child.path, "why": "another filesystem (mount point)"})
+                    if cst.st_dev != dev or child.path in self.mounts:
+                        self.plan.refused.append({"path": child.path, "why": MOUNT_WHY})
                         return None
                     if child.name == self.marker:
                         pinned = True
