@@ -21,6 +21,7 @@ spool, are in flight and kept; older ones are "abandoned-temp".
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fnmatch
 import os
 import re
@@ -230,6 +231,17 @@ class _Rules:
         return self.default_days, "default_days"
 
 
+def _is_date(name: str) -> bool:
+    """A date folder's name: YYYY-MM-DD and a real day (2026-13-45 and 2026-02-30 are not in the layout)."""
+    if DATE_NAME.match(name) is None:
+        return False
+    try:
+        datetime.date(int(name[:4]), int(name[5:7]), int(name[8:10]))
+    except ValueError:
+        return False
+    return True
+
+
 def _is_temp(name: str) -> bool:
     return name.startswith(".") and any(mark in name for mark in TEMP_MARKS)
 
@@ -363,7 +375,7 @@ class Planner:
                 if name == marker:
                     continue
                 path = os.path.join(root, name)
-                if not self._managed_dir(date, path, dev, DATE_NAME.match(name) is not None):
+                if not self._managed_dir(date, path, dev, _is_date(name)):
                     continue
                 date_fd = self._open_dir(root_fd, name, path, dev)
                 if date_fd is None:
@@ -477,7 +489,8 @@ class Planner:
                                 temps = []
                             temps.append((name, st))
                             continue
-                        stem = name
+                        plan.unmanaged.append(f"{user_path}/{name}")  # not an output's file: left alone
+                        continue
                     elif suffix == "mp4":
                         videos += 1  # a stem has one .mp4 at most: this counts outputs with their video
                     found = groups.get(stem)

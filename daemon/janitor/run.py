@@ -196,6 +196,9 @@ def run_pass(config: Config, *, dry_run: bool = False, now: float | None = None)
                 result.problems += [f"could not delete {error['path']}: {error['error']}"
                                     for error in result.outcome.errors]
         result.plan = planner.plan
+        if planner.plan.unmanaged:  # once per pass, however many there are
+            log.info("left alone %d entries not in the outputs/failed layout, e.g. %r",
+                     len(planner.plan.unmanaged), planner.plan.unmanaged[0])
         freed = _freed_by_dev(planner.plan, result.outcome)
         after = _estimate_after(before, freed) if dry_run else disk.filesystems(paths.folders())
         result.spool = spoolreport.scan(paths.spool, started, config.queue.lease_seconds)
