@@ -603,9 +603,10 @@ class Planner:
         plan.pinned["bytes"] += size
         if self.collect_candidates:
             self._pinned_freed += sum(_freed(st) for _, st in found)
-        if not folder_pinned and pins is not None:
-            plan.pinned["markers"].append(
-                os.path.join(user_path, (stem if stem in pins else found[0][0]) + self.marker))
+        if not folder_pinned and pins is not None:  # each marker by the name it was made with
+            names = [stem] if stem in pins else []
+            names += [name for name, _ in found if name in pins]
+            plan.pinned["markers"] += [os.path.join(user_path, name + self.marker) for name in names]
 
     def _odd_entry(self, entry: os.DirEntry[str], path: str) -> None:
         """Anything in a user folder that is not a plain file: reported, never touched."""

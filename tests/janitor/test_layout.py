@@ -34,3 +34,17 @@ def test_what_is_not_in_the_layout_is_left_alone_and_reported_once(tmp_path: Pat
     assert all(a["path"] not in unmanaged for a in result.plan.actions())
     text = render_text(result.to_dict())
     assert "Left alone" in text and f"{len(unmanaged)} entries" in text and str(out / "2026-13-45") in text
+
+
+def test_a_pin_is_reported_by_the_name_it_was_made_with(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    out = cfg.paths.outputs
+    folder = out / DATE / "pia"
+    pins = []
+    for stem, pinned in (("a", "a.mp4"), ("b", "b.json"), ("c", "c.jpg"), ("d", "d")):
+        output(out, DATE, "pia", stem, 90)
+        pins.append(put(folder / f"{pinned}.keep", 90, 0))
+    result = janitor.run_pass(cfg)
+    assert result.ok, result.problems
+    assert sorted(result.plan.pinned["markers"]) == sorted(map(str, pins))
+    assert all((folder / f"{stem}.mp4").exists() for stem in "abcd")
