@@ -286,7 +286,13 @@ def _announce(decision: alerts.Decision, after: list[disk.FsUsage], dry_run: boo
                 elif not dry_run:
                     log.warning("disk %s message for %s could not be sent to %s; it is retried next pass",
                                 message.kind, fs.mount, target.label)
-        if not dry_run and record["level"] != record["previous_level"]:
+        if dry_run:
+            continue
+        if record.get("pruned_from_level"):
+            log.warning("disk %s reached %s (%.1f%% used); the pass pruned it to %.1f%%: %s -> %s", fs.mount,
+                        record["pruned_from_level"], record["percent_before"], fs.percent, record["previous_level"],
+                        record["level"])
+        elif record["level"] != record["previous_level"]:
             log.warning("disk %s: %s -> %s (%.1f%% used)", fs.mount, record["previous_level"], record["level"],
                         fs.percent)
 
