@@ -66,6 +66,9 @@ def render_text(doc: dict[str, Any], actions: Iterable[dict[str, Any]] | None = 
             lines.append(f"  ... and {doc['unmanaged_count'] - UNMANAGED_LINES} more (--json lists the first 100)")
     for item in doc.get("stale_spool", []):
         lines.append(f"Stale spool folder (reported, not deleted): {item['path']}: {item['why']}")
+    for item in doc.get("dead_workers", []):
+        verb = "would remove" if doc["dry_run"] else "removed"
+        lines.append(f"Dead worker ({verb} its heartbeat file, silent {item['silent_hours']:g} h): {item['path']}")
     jobs = doc.get("jobs") or {}
     if jobs:
         lines.append("Jobs: " + ", ".join(f"{state} {count}" for state, count in sorted(jobs.items())))

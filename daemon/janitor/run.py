@@ -89,6 +89,7 @@ class PassResult:
             "users": {u: {"bytes": b, "files": f} for u, (b, f) in sorted(plan.users.items())} if plan else {},
             "jobs": self.jobs(),
             "stale_spool": self.spool.stale if self.spool else [],
+            "dead_workers": self.spool.dead_workers if self.spool else [],
             "filesystems": self.filesystems,
             "log_file": self.log_file,
             "pending_notifications": self.pending,
@@ -202,6 +203,12 @@ def run_pass(config: Config, *, dry_run: bool = False, now: float | None = None)
         freed = _freed_by_dev(planner.plan, result.outcome)
         after = _estimate_after(before, freed) if dry_run else disk.filesystems(paths.folders())
         result.spool = spoolreport.scan(paths.spool, started, config.queue.lease_seconds)
+        try:
+            result.spool.dead_workers = spoolreport.dead_workers(str(paths.spool), started,
+                                                                 config.queue.lease_seconds, remove=not dry_run)
+        except OSError as exc:
+            result.problems.append(f"cannot remove dead workers' heartbeat files in {paths.spool}: "
+                                   f"{exc.strerror or exc}")
         result.log_file = log_file_size(config.logging.file)
         decision = alerts.decide_pass(config, state, before, after, freed, _facts(config, result), started)
         result.filesystems = decision.filesystems
