@@ -19,26 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.janitor.plan import Group, Member, Plan, Step
+from daemon.janitor.plan import Group, Member, Plan, Step, empty_tree, mount_id
 
 log = logging.getLogger(__name__)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Someone else got there first, or the folder was refilled: not a failure of the pass.
 _GONE = (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST)
-
-
-def mount_id(fd: int) -> int | None:
-    """The mount an open folder is on (/proc/self/fdinfo's mnt_id): a bind mount differs from its parent's
-    even where st_dev is the same. None where the kernel does not say."""
-    try:
-        with open(f"/proc/self/fdinfo/{fd}", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"mnt_id:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 class Refused(Exception):
@@ -202,7 +189,12 @@ class Executor:
         path = os.path.join(self.plan.roots[step.root], *step.folder)
         try:
             parent = step.parent_fd if step.parent_fd is not None else self._opener(step.root).open(step.folder[:-1])
-            os.rmdir(step.folder[-1], dir_fd=parent)
+            if step.tree:
+                removed, whole = empty_tree(parent, step.folder[-1], step.tree, None)
+                if not whole:
+                    raise Refused("the empty folder tree changed since the plan was made")
+            else:
+                os.rmdir(step.folder[-1], dir_fd=parent)
         except Refused as exc:
             self.outcome.skip(path, str(exc))
         except OSError as exc:

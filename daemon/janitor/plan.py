@@ -40,6 +40,10 @@ MOUNTINFO = "/proc/self/mountinfo"
 _MOUNT_ESCAPE = re.compile(rb"\\([0-7]{3})")  # mountinfo writes space, tab, newline and \ as \ooo
 MOUNT_WHY = "a mount point (another filesystem or a bind mount): never entered"
 
+# Empty folder trees (holding nothing but folders) below outputs/ are removed; a pass looks at no more than
+# this many such folders in all, so a huge tree costs bounded time (one larger than this is left alone).
+EMPTY_FOLDERS_PER_PASS = 10_000
+
 DATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 OUTPUT_SUFFIXES = (".mp4", ".json", ".jpg")
 _SUFFIXES = frozenset(suffix[1:] for suffix in OUTPUT_SUFFIXES)
@@ -103,13 +107,16 @@ class Step:
     stamp: int | None = None  # the folder's mtime_ns while it was read (None: unknown)
     fd: int | None = None
     parent_fd: int | None = None
+    tree: int = 0  # remove: an empty folder tree of this many folders (EmptyFolder.tree), deepest first
 
 
 class EmptyFolder(NamedTuple):
-    """A folder the pass removes: emptied by it, or empty and older than min_age_hours."""
+    """A folder the pass removes: emptied by it, or empty and older than min_age_hours; or (tree > 0) a tree
+    of that many folders holding nothing but folders, each older than min_age_hours."""
 
     root: str
-    parts: tuple[str, ...]  # (date, user) or (date,)
+    parts: tuple[str, ...]  # (date, user) or (date,); a tree's own path below the root
+    tree: int = 0
 
 
 class _Measured(NamedTuple):
@@ -171,9 +178,9 @@ class Plan:
             detail = g.describe(self.now)
             for name, size, _freed, _mtime, _ino in g.members:
                 yield {"path": self.path_of(g, name), "size": size, "reason": g.reason, "detail": detail}
-        for root, parts in self.folders:
+        for root, parts, tree in self.folders:
             yield {"path": os.path.join(self.roots[root], *parts), "size": 0, "reason": EMPTY_FOLDER,
-                   "detail": "emptied folder"}
+                   "detail": f"empty folder tree, {tree} folders" if tree else "emptied folder"}
 
     def actions(self) -> list[dict[str, Any]]:
         return list(self.iter_actions())
@@ -288,6 +295,68 @@ def _holding(mounts: set[str]) -> set[str]:
     return above
 
 
+def mount_id(fd: int) -> int | None:
+    """The mount an open folder is on (/proc/self/fdinfo's mnt_id): a bind mount differs from its parent's
+    even where st_dev is the same. None where the kernel does not say."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def empty_tree(parent_fd: int, name: str, budget: int, recent: float | None) -> tuple[int, bool]:
+    """Walk parent/name, deepest first, through descriptors (O_NOFOLLOW; up again by "..", checked to be the
+    folder it came from), never into another filesystem or mount. Returns (folders seen, empty): empty when
+    it holds nothing but folders, at most *budget* of them, none modified after *recent*.
+
+    recent None removes instead: each folder (rmdir: only ever an empty one) once its own folders are gone;
+    whatever appeared meanwhile (ENOTEMPTY) stops it there, leaving the rest."""
+    top = os.fstat(parent_fd)
+    mount = mount_id(parent_fd)
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    frames: list[tuple[tuple[int, int], str, list[str]]] = []  # open levels: (dev, ino), name, folders to do
+    seen = 0
+    entering = name
+    try:
+        while True:
+            st = os.fstat(fd)
+            seen += 1
+            if seen > budget or st.st_dev != top.st_dev or mount_id(fd) != mount:
+                return seen, False
+            if recent is not None and st.st_mtime >= recent:
+                return seen, False
+            subs: list[str] = []
+            with os.scandir(fd) as it:
+                for entry in it:
+                    if not entry.is_dir(follow_symlinks=False):
+                        return seen, False
+                    subs.append(entry.name)
+            frames.append(((st.st_dev, st.st_ino), entering, subs))
+            while not frames[-1][2]:  # this folder is done: go up, and remove it when asked
+                _ident, done, _ = frames.pop()
+                up = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = up
+                up_st = os.fstat(fd)
+                expected = frames[-1][0] if frames else (top.st_dev, top.st_ino)
+                if (up_st.st_dev, up_st.st_ino) != expected:
+                    return seen, False  # moved meanwhile: stop here
+                if recent is None:
+                    os.rmdir(done, dir_fd=fd)
+                if not frames:
+                    return seen, True
+            entering = frames[-1][2].pop()
+            child = os.open(entering, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+
+
 def _freed(st: os.stat_result) -> int:
     """Bytes a delete gives back: the allocated blocks, none while another hard link keeps them."""
     return st.st_blocks * 512 if st.st_nlink <= 1 else 0
@@ -319,6 +388,8 @@ class Planner:
         self._pinned_freed = 0
         self._deleted_counts: dict[tuple[str, str, str], int] = {}
         self._removed: set[tuple[str, tuple[str, ...]]] = set()  # folders a step already removes
+        self._trees: dict[tuple[str, str, str], int] = {}  # (root, date, user) -> empty trees planned in it
+        self._tree_budget = EMPTY_FOLDERS_PER_PASS
         self._last_stamp = 0  # st_mtime_ns and st_mtime of the folder _open_dir opened last
         self._last_mtime = 0.0
 
@@ -359,7 +430,7 @@ class Planner:
         self._plan_empty_folders()
         for folder in self.plan.folders:
             if (folder.root, folder.parts) not in self._removed:
-                yield Step(folder.root, folder.parts, [], remove=True)
+                yield Step(folder.root, folder.parts, [], remove=True, tree=folder.tree)
         self.plan.deletions.sort(key=attrgetter("root", "folder", "name"))
 
     def _scan_dates(self, root_name: str, root: str, dev: int, pinned: bool) -> Iterator[Step]:
@@ -376,6 +447,8 @@ class Planner:
                     continue
                 path = os.path.join(root, name)
                 if not self._managed_dir(date, path, dev, _is_date(name)):
+                    if root_name == "outputs" and path not in self.mounts and self._unmanaged_is_dir(date):
+                        self._plan_tree(root_fd, root_name, (name,), path)
                     continue
                 date_fd = self._open_dir(root_fd, name, path, dev)
                 if date_fd is None:
@@ -451,7 +524,7 @@ class Planner:
         folder_marker = False
         groups: dict[str, list[tuple[str, os.stat_result]]] = {}  # stem -> its files
         temps: list[tuple[str, os.stat_result]] | None = None
-        entries = videos = 0
+        entries = videos = trees = 0
         user_fd = self._open_dir(date_fd, user, user_path, dev)
         if user_fd is None:
             return
@@ -467,6 +540,9 @@ class Planner:
                         continue
                     if not entry.is_file(follow_symlinks=False):
                         self._odd_entry(entry, os.path.join(user_path, entry.name))
+                        if plan.unmanaged and plan.unmanaged[-1] == f"{user_path}/{entry.name}" and \
+                                self._plan_tree(user_fd, "outputs", (date, user, entry.name), plan.unmanaged[-1]):
+                            trees += 1
                         continue
                     try:
                         st = entry.stat(follow_symlinks=False)
@@ -502,6 +578,8 @@ class Planner:
             if folder_marker and not pinned_above:
                 plan.pinned["markers"].append(os.path.join(user_path, marker))
             self._folders.append(_Folder("outputs", date, user, entries, folder_mtime))
+            if trees:
+                self._trees[("outputs", date, user)] = trees
             gone: list[Group] = []
             for name, st in temps or ():
                 temp = self._temp(date, user, name, st)
@@ -616,6 +694,27 @@ class Planner:
             self.plan.unmanaged.append(path)
         else:
             self.plan.refused.append({"path": path, "why": "not a regular file"})
+
+    @staticmethod
+    def _unmanaged_is_dir(entry: os.DirEntry[str]) -> bool:
+        return not entry.is_symlink() and entry.is_dir(follow_symlinks=False)
+
+    def _plan_tree(self, parent_fd: int, root: str, parts: tuple[str, ...], path: str) -> bool:
+        """Plan the removal of parent/parts[-1] when it is an empty folder tree (was just listed as unmanaged:
+        it is taken off that list). Bounded by EMPTY_FOLDERS_PER_PASS folders in all per pass."""
+        if self._tree_budget <= 0:
+            return False
+        try:
+            seen, empty = empty_tree(parent_fd, parts[-1], self._tree_budget, self.now - self.min_age)
+        except OSError:
+            return False
+        self._tree_budget -= seen
+        if not empty:
+            return False
+        if self.plan.unmanaged and self.plan.unmanaged[-1] == path:
+            self.plan.unmanaged.pop()
+        self.plan.folders.append(EmptyFolder(root, parts, seen))
+        return True
 
     def _temp(self, date: str, user: str, name: str, st: os.stat_result) -> Group | None:
         """An abandoned temp file to delete, or None while it is in flight."""
@@ -769,7 +868,7 @@ class Planner:
         for f in self._folders:
             if not f.user:
                 continue
-            deleted = counts.get((f.root, f.date, f.user), 0)
+            deleted = counts.get((f.root, f.date, f.user), 0) + self._trees.get((f.root, f.date, f.user), 0)
             if f.entries - deleted == 0 and (deleted or f.mtime < recent):
                 self.plan.folders.append(EmptyFolder(f.root, (f.date, f.user)))
                 removed_users[(f.root, f.date)] = removed_users.get((f.root, f.date), 0) + 1
@@ -779,5 +878,5 @@ class Planner:
             gone = removed_users.get((f.root, f.date), 0)
             if f.entries - gone == 0 and (gone or f.mtime < recent):
                 self.plan.folders.append(EmptyFolder(f.root, (f.date,)))
-        self.plan.folders.sort(key=lambda item: (-len(item[1]), item))
+        self.plan.folders.sort(key=lambda item: (-len(item.parts), item))
 
