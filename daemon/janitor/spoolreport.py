@@ -1,9 +1,9 @@
-"""What the janitor sees in spool/: jobs by state, and folders that look abandoned. Reads only, but for
-dead_workers' removal of heartbeat files.
+"""What the janitor sees in spool/: jobs by state, folders that look abandoned, dead workers' heartbeats.
 
-The janitor never deletes a job in the spool (a job there still holds a person's inputs); it reports a folder
-whose lease has been stale for a long time while its job is not queued (no daemon reaped it), a job
-folder without a readable job.json, and a claim (.claim-<id>) left half done, so a person can look.
+Reads only, but for dead_workers' removal of heartbeat files. The janitor never deletes a job in the
+spool (a job there still holds a person's inputs); it reports a folder whose lease has been stale for a
+long time while its job is not queued (no daemon reaped it), a job folder without a readable job.json,
+and a claim (.claim-<id>) left half done, so a person can look.
 """
 
 from __future__ import annotations
