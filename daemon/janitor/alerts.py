@@ -85,9 +85,10 @@ def decide_pass(config: Config, state: Mapping[str, Any], before: list[FsUsage],
 
     *state* is the previous janitor state (left as it is), *freed* the bytes the pass gave back per
     filesystem (st_dev), *facts* what the messages tell about the pass (run.py's _facts). The level comes
-    from the higher of the usage before and after the pass: a disk that reached critical and was saved by
-    early pruning is still announced (results were deleted before their time), and the recovery message
-    follows on the next pass.
+    from the usage after the pass. A disk that reached a higher level before the pass and was brought down
+    by pruning (results deleted before their time) is still announced once to each target not yet told of
+    that level, with both figures ("95.0% → 70.0%"); the target is then remembered at the level after the
+    pass, so no recovery message follows for an alert that never lasted.
     """
     disk_cfg = config.janitor.disk
     send_to = targets(config) if "disk" in config.notify.events else []
@@ -102,22 +103,29 @@ def decide_pass(config: Config, state: Mapping[str, Any], before: list[FsUsage],
     for fs in after:
         fst = known.setdefault(fs.mount, {})
         previous = fst.get("level", OK)
-        level = level_for(max(fs.percent, percent_before.get(fs.dev, 0.0)), previous, disk_cfg)
+        level = level_for(fs.percent, previous, disk_cfg)  # the usage the pass leaves
+        peak = level_for(percent_before.get(fs.dev, fs.percent), previous, disk_cfg)  # before its pruning
+        pruned_from = peak if RANK[peak] > RANK[level] else None
         freed_total = int(fst.get("freed_total", 0)) + freed.get(fs.dev, 0)
         growth = disk.growth(fst.get("samples", []), now, fs.used, freed_total)
         told_before = fst.get("told", {})
-        wanted: dict[str, list[Target]] = {}
+        wanted: dict[tuple[str, str, str], list[Target]] = {}  # (kind, level told of, level remembered)
         for target in send_to:
-            kind = decide(level, told_before.get(target.key), now, repeat)
+            was = told_before.get(target.key)
+            if pruned_from and RANK[pruned_from] > RANK.get((was or {}).get("level", OK), 0):
+                wanted.setdefault((ENTER, pruned_from, level), []).append(target)
+                continue
+            kind = decide(level, was, now, repeat)
             if kind:
-                wanted.setdefault(kind, []).append(target)
+                wanted.setdefault((kind, level, OK if kind == CLEAR else level), []).append(target)
         fs_facts = {**facts, "growth": growth, "percent_before": percent_before.get(fs.dev),
                     "shortfall": facts.get("shortfall") if "outputs" in fs.folders else None}
-        for kind, group in wanted.items():
-            title, body = disk_message(lang, kind, level, fs, fs_facts)
-            messages.append(Message(fs.mount, kind, title, body, group, told(OK if kind == CLEAR else level, now)))
+        for (kind, shown, remembered), group in wanted.items():
+            title, body = disk_message(lang, kind, shown, fs, fs_facts)
+            messages.append(Message(fs.mount, kind, title, body, group, told(remembered, now)))
         records.append({**fs.to_dict(), "percent_before": round(percent_before.get(fs.dev, 0.0), 2),
                         "level": level, "previous_level": previous, "level_number": RANK[level],
+                        "pruned_from_level": pruned_from,
                         "growth": growth.to_dict(fs.avail) if growth else None, "notifications": []})
         fst.update(level=level, freed_total=freed_total, told=dict(told_before),
                    samples=disk.record_sample(fst.get("samples", []), now, fs.used, freed_total))

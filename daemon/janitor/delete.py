@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.janitor.plan import Group, Member, Plan, Step
+from daemon.janitor.plan import Group, Member, Plan, Step, empty_tree, mount_id
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class _Folders:
     def __init__(self, root: str, dev: int) -> None:
         self.root, self.dev = root, dev
         self._chain: list[tuple[str, int]] = []  # [(name, fd)]: root, then each part
+        self._mount: int | None = None  # the root's mount id, once opened
 
     def open(self, parts: tuple[str, ...]) -> int:
         wanted = ("", *parts)
@@ -99,9 +100,12 @@ class _Folders:
         return chain[-1][1]
 
     def _check(self, fd: int, name: str) -> None:
-        if os.fstat(fd).st_dev != self.dev:
+        mount = mount_id(fd)
+        if self._mount is None:
+            self._mount = mount  # the root's
+        if os.fstat(fd).st_dev != self.dev or mount != self._mount:
             self.close()
-            raise Refused(f"{name} is on another filesystem")
+            raise Refused(f"{name} is a mount point (another filesystem or a bind mount)")
 
     def close(self) -> None:
         while self._chain:
@@ -168,7 +172,7 @@ class Executor:
             if st.st_ino != ino:
                 raise Refused(f"{name} changed since the plan was made")
             if stat.S_ISDIR(st.st_mode):
-                files = _remove_tree(fd, name, self.plan.devs[group.root])
+                files = _remove_tree(fd, name, self.plan.devs[group.root], mount_id(fd))
             elif stat.S_ISREG(st.st_mode):
                 os.unlink(name, dir_fd=fd)
                 files = 1
@@ -185,7 +189,12 @@ class Executor:
         path = os.path.join(self.plan.roots[step.root], *step.folder)
         try:
             parent = step.parent_fd if step.parent_fd is not None else self._opener(step.root).open(step.folder[:-1])
-            os.rmdir(step.folder[-1], dir_fd=parent)
+            if step.tree:
+                removed, whole = empty_tree(parent, step.folder[-1], step.tree, None)
+                if not whole:
+                    raise Refused("the empty folder tree changed since the plan was made")
+            else:
+                os.rmdir(step.folder[-1], dir_fd=parent)
         except Refused as exc:
             self.outcome.skip(path, str(exc))
         except OSError as exc:
@@ -223,18 +232,19 @@ def _verify(fd: int, members: list[Member]) -> None:
             raise Refused(f"{member.name} changed since the plan was made")
 
 
-def _remove_tree(parent_fd: int, name: str, dev: int) -> int:
-    """rm -r of parent/name through directory file descriptors: symlinks are unlinked, never followed."""
+def _remove_tree(parent_fd: int, name: str, dev: int, mount: int | None) -> int:
+    """rm -r of parent/name through directory file descriptors: symlinks are unlinked, never followed, and
+    no folder on another mount (*mount*: the parent's mount id) is entered, a bind mount included."""
     fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     files = 0
     try:
-        if os.fstat(fd).st_dev != dev:
-            raise Refused(f"{name} is on another filesystem")
+        if os.fstat(fd).st_dev != dev or mount_id(fd) != mount:
+            raise Refused(f"{name} is a mount point (another filesystem or a bind mount)")
         with os.scandir(fd) as it:
             children = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
         for child, is_dir in children:
             if is_dir:
-                files += _remove_tree(fd, child, dev)
+                files += _remove_tree(fd, child, dev, mount)
             else:
                 os.unlink(child, dir_fd=fd)
                 files += 1

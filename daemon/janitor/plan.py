@@ -6,7 +6,9 @@ open, so the two can never differ. Only the documented layout is managed:
   outputs/YYYY-MM-DD/<user>/<stem>.mp4 + .json + .jpg   (one output: its files go together)
   failed/YYYY-MM-DD/<user>/<stem>/                       (one failed entry: the folder goes as a whole)
 Anything else under those roots is reported as unmanaged and left alone. Symlinks are never followed,
-and folders on another filesystem (st_dev differs from the root's) are never entered.
+and mount points are never entered nor deleted: folders on another filesystem (st_dev differs from the
+root's), and bind mounts, which share st_dev and are only told apart by the mount table (read once per
+pass from /proc/self/mountinfo).
 
 Rules, in order: pinned (<file>.keep, <stem>.keep, or the keep marker in any folder above) is kept;
 younger than janitor.min_age_hours is kept; older than its retention (the first matching rule, else
@@ -19,6 +21,7 @@ spool, are in flight and kept; older ones are "abandoned-temp".
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fnmatch
 import os
 import re
@@ -31,6 +34,15 @@ from typing import Any, NamedTuple
 from daemon.config import Config, RetentionRule
 from daemon.disk import FsUsage
 from daemon.names import CLAIM_PREFIX
+
+# The mount table of this process: every mount point below the roots is refused (bind mounts included).
+MOUNTINFO = "/proc/self/mountinfo"
+_MOUNT_ESCAPE = re.compile(rb"\\([0-7]{3})")  # mountinfo writes space, tab, newline and \ as \ooo
+MOUNT_WHY = "a mount point (another filesystem or a bind mount): never entered"
+
+# Empty folder trees (holding nothing but folders) below outputs/ are removed; a pass looks at no more than
+# this many such folders in all, so a huge tree costs bounded time (one larger than this is left alone).
+EMPTY_FOLDERS_PER_PASS = 10_000
 
 DATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 OUTPUT_SUFFIXES = (".mp4", ".json", ".jpg")
@@ -95,13 +107,16 @@ class Step:
     stamp: int | None = None  # the folder's mtime_ns while it was read (None: unknown)
     fd: int | None = None
     parent_fd: int | None = None
+    tree: int = 0  # remove: an empty folder tree of this many folders (EmptyFolder.tree), deepest first
 
 
 class EmptyFolder(NamedTuple):
-    """A folder the pass removes: emptied by it, or empty and older than min_age_hours."""
+    """A folder the pass removes: emptied by it, or empty and older than min_age_hours; or (tree > 0) a tree
+    of that many folders holding nothing but folders, each older than min_age_hours."""
 
     root: str
-    parts: tuple[str, ...]  # (date, user) or (date,)
+    parts: tuple[str, ...]  # (date, user) or (date,); a tree's own path below the root
+    tree: int = 0
 
 
 class _Measured(NamedTuple):
@@ -163,9 +178,9 @@ class Plan:
             detail = g.describe(self.now)
             for name, size, _freed, _mtime, _ino in g.members:
                 yield {"path": self.path_of(g, name), "size": size, "reason": g.reason, "detail": detail}
-        for root, parts in self.folders:
+        for root, parts, tree in self.folders:
             yield {"path": os.path.join(self.roots[root], *parts), "size": 0, "reason": EMPTY_FOLDER,
-                   "detail": "emptied folder"}
+                   "detail": f"empty folder tree, {tree} folders" if tree else "emptied folder"}
 
     def actions(self) -> list[dict[str, Any]]:
         return list(self.iter_actions())
@@ -223,6 +238,17 @@ class _Rules:
         return self.default_days, "default_days"
 
 
+def _is_date(name: str) -> bool:
+    """A date folder's name: YYYY-MM-DD and a real day (2026-13-45 and 2026-02-30 are not in the layout)."""
+    if DATE_NAME.match(name) is None:
+        return False
+    try:
+        datetime.date(int(name[:4]), int(name[5:7]), int(name[8:10]))
+    except ValueError:
+        return False
+    return True
+
+
 def _is_temp(name: str) -> bool:
     return name.startswith(".") and any(mark in name for mark in TEMP_MARKS)
 
@@ -234,6 +260,101 @@ def _temp_job_id(name: str) -> str:
         if core.endswith(suffix):
             core = core[: -len(suffix)]
     return core.rsplit(".", 1)[-1]
+
+
+def mount_points(roots: Iterable[str]) -> set[str]:
+    """Every mount point strictly below *roots*, spelled as the planner spells paths (root + relative part).
+
+    The mount table has real paths: a root reached through a symlinked parent is mapped back."""
+    try:
+        with open(MOUNTINFO, "rb") as handle:
+            table = handle.read()
+    except OSError:
+        return set()
+    reals = [(os.path.realpath(root).rstrip("/") + "/", root.rstrip("/")) for root in roots]
+    found: set[str] = set()
+    for line in table.splitlines():
+        fields = line.split(b" ", 5)
+        if len(fields) < 5:
+            continue
+        point = os.fsdecode(_MOUNT_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4]))
+        for real, root in reals:
+            if point.startswith(real):
+                found.add(f"{root}/{point[len(real):]}")
+    return found
+
+
+def _holding(mounts: set[str]) -> set[str]:
+    """Every folder with a mount point somewhere below it (checked entry by entry when scanned)."""
+    above: set[str] = set()
+    for point in mounts:
+        folder = os.path.dirname(point)
+        while folder not in above and folder not in ("", "/"):
+            above.add(folder)
+            folder = os.path.dirname(folder)
+    return above
+
+
+def mount_id(fd: int) -> int | None:
+    """The mount an open folder is on (/proc/self/fdinfo's mnt_id): a bind mount differs from its parent's
+    even where st_dev is the same. None where the kernel does not say."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def empty_tree(parent_fd: int, name: str, budget: int, recent: float | None) -> tuple[int, bool]:
+    """Walk parent/name, deepest first, through descriptors (O_NOFOLLOW; up again by "..", checked to be the
+    folder it came from), never into another filesystem or mount. Returns (folders seen, empty): empty when
+    it holds nothing but folders, at most *budget* of them, none modified after *recent*.
+
+    recent None removes instead: each folder (rmdir: only ever an empty one) once its own folders are gone;
+    whatever appeared meanwhile (ENOTEMPTY) stops it there, leaving the rest."""
+    top = os.fstat(parent_fd)
+    mount = mount_id(parent_fd)
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    frames: list[tuple[tuple[int, int], str, list[str]]] = []  # open levels: (dev, ino), name, folders to do
+    seen = 0
+    entering = name
+    try:
+        while True:
+            st = os.fstat(fd)
+            seen += 1
+            if seen > budget or st.st_dev != top.st_dev or mount_id(fd) != mount:
+                return seen, False
+            if recent is not None and st.st_mtime >= recent:
+                return seen, False
+            subs: list[str] = []
+            with os.scandir(fd) as it:
+                for entry in it:
+                    if not entry.is_dir(follow_symlinks=False):
+                        return seen, False
+                    subs.append(entry.name)
+            frames.append(((st.st_dev, st.st_ino), entering, subs))
+            while not frames[-1][2]:  # this folder is done: go up, and remove it when asked
+                _ident, done, _ = frames.pop()
+                up = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = up
+                up_st = os.fstat(fd)
+                expected = frames[-1][0] if frames else (top.st_dev, top.st_ino)
+                if (up_st.st_dev, up_st.st_ino) != expected:
+                    return seen, False  # moved meanwhile: stop here
+                if recent is None:
+                    os.rmdir(done, dir_fd=fd)
+                if not frames:
+                    return seen, True
+            entering = frames[-1][2].pop()
+            child = os.open(entering, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
 
 
 def _freed(st: os.stat_result) -> int:
@@ -259,12 +380,16 @@ class Planner:
         self.plan = Plan(now=now, roots={"outputs": os.path.abspath(config.paths.outputs),
                                          "failed": os.path.abspath(config.paths.failed)})
         self.spool_jobs = self._spool_job_ids(config.paths.spool)
+        self.mounts = mount_points(self.plan.roots.values())
+        self.holding_mounts = _holding(self.mounts)
         self._folders: list[_Folder] = []
         self._candidates: list[Group] = []  # outputs that may go early when the disk is critical
         self._young_freed = 0
         self._pinned_freed = 0
         self._deleted_counts: dict[tuple[str, str, str], int] = {}
         self._removed: set[tuple[str, tuple[str, ...]]] = set()  # folders a step already removes
+        self._trees: dict[tuple[str, str, str], int] = {}  # (root, date, user) -> empty trees planned in it
+        self._tree_budget = EMPTY_FOLDERS_PER_PASS
         self._last_stamp = 0  # st_mtime_ns and st_mtime of the folder _open_dir opened last
         self._last_mtime = 0.0
 
@@ -305,7 +430,7 @@ class Planner:
         self._plan_empty_folders()
         for folder in self.plan.folders:
             if (folder.root, folder.parts) not in self._removed:
-                yield Step(folder.root, folder.parts, [], remove=True)
+                yield Step(folder.root, folder.parts, [], remove=True, tree=folder.tree)
         self.plan.deletions.sort(key=attrgetter("root", "folder", "name"))
 
     def _scan_dates(self, root_name: str, root: str, dev: int, pinned: bool) -> Iterator[Step]:
@@ -321,7 +446,9 @@ class Planner:
                 if name == marker:
                     continue
                 path = os.path.join(root, name)
-                if not self._managed_dir(date, path, dev, DATE_NAME.match(name) is not None):
+                if not self._managed_dir(date, path, dev, _is_date(name)):
+                    if root_name == "outputs" and path not in self.mounts and self._unmanaged_is_dir(date):
+                        self._plan_tree(root_fd, root_name, (name,), path)
                     continue
                 date_fd = self._open_dir(root_fd, name, path, dev)
                 if date_fd is None:
@@ -353,13 +480,13 @@ class Planner:
             why = f"cannot open it: {exc.strerror}"
             with contextlib.suppress(OSError):
                 if os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_dev != dev:
-                    why = "another filesystem (mount point)"
+                    why = MOUNT_WHY
             self.plan.refused.append({"path": path, "why": why})
             return None
         st = os.fstat(fd)
         if st.st_dev != dev:
             os.close(fd)
-            self.plan.refused.append({"path": path, "why": "another filesystem (mount point)"})
+            self.plan.refused.append({"path": path, "why": MOUNT_WHY})
             return None
         self._last_stamp = st.st_mtime_ns
         self._last_mtime = st.st_mtime
@@ -367,6 +494,9 @@ class Planner:
 
     def _managed_dir(self, entry: os.DirEntry[str], path: str, dev: int, name_ok: bool) -> bool:
         """True for a real folder on the root's filesystem with a managed name; records why not otherwise."""
+        if path in self.mounts:
+            self.plan.refused.append({"path": path, "why": MOUNT_WHY})
+            return False
         if entry.is_symlink():
             self.plan.refused.append({"path": path, "why": "symlink (never followed)"})
             return False
@@ -375,7 +505,7 @@ class Planner:
             return False
         if not name_ok:
             if entry.stat(follow_symlinks=False).st_dev != dev:
-                self.plan.refused.append({"path": path, "why": "another filesystem (mount point)"})
+                self.plan.refused.append({"path": path, "why": MOUNT_WHY})
             else:
                 self.plan.unmanaged.append(path)
             return False
@@ -394,18 +524,25 @@ class Planner:
         folder_marker = False
         groups: dict[str, list[tuple[str, os.stat_result]]] = {}  # stem -> its files
         temps: list[tuple[str, os.stat_result]] | None = None
-        entries = videos = 0
+        entries = videos = trees = 0
         user_fd = self._open_dir(date_fd, user, user_path, dev)
         if user_fd is None:
             return
         stamp = plan.stamps[("outputs", date, user)] = self._last_stamp
         folder_mtime = self._last_mtime
+        mounts = self.mounts if user_path in self.holding_mounts else None  # None: no mount point in here
         try:
             with os.scandir(user_fd) as it:
                 for entry in it:
                     entries += 1
+                    if mounts is not None and f"{user_path}/{entry.name}" in mounts:
+                        plan.refused.append({"path": f"{user_path}/{entry.name}", "why": MOUNT_WHY})
+                        continue
                     if not entry.is_file(follow_symlinks=False):
                         self._odd_entry(entry, os.path.join(user_path, entry.name))
+                        if plan.unmanaged and plan.unmanaged[-1] == f"{user_path}/{entry.name}" and \
+                                self._plan_tree(user_fd, "outputs", (date, user, entry.name), plan.unmanaged[-1]):
+                            trees += 1
                         continue
                     try:
                         st = entry.stat(follow_symlinks=False)
@@ -428,7 +565,8 @@ class Planner:
                                 temps = []
                             temps.append((name, st))
                             continue
-                        stem = name
+                        plan.unmanaged.append(f"{user_path}/{name}")  # not an output's file: left alone
+                        continue
                     elif suffix == "mp4":
                         videos += 1  # a stem has one .mp4 at most: this counts outputs with their video
                     found = groups.get(stem)
@@ -440,6 +578,8 @@ class Planner:
             if folder_marker and not pinned_above:
                 plan.pinned["markers"].append(os.path.join(user_path, marker))
             self._folders.append(_Folder("outputs", date, user, entries, folder_mtime))
+            if trees:
+                self._trees[("outputs", date, user)] = trees
             gone: list[Group] = []
             for name, st in temps or ():
                 temp = self._temp(date, user, name, st)
@@ -541,9 +681,10 @@ class Planner:
         plan.pinned["bytes"] += size
         if self.collect_candidates:
             self._pinned_freed += sum(_freed(st) for _, st in found)
-        if not folder_pinned and pins is not None:
-            plan.pinned["markers"].append(
-                os.path.join(user_path, (stem if stem in pins else found[0][0]) + self.marker))
+        if not folder_pinned and pins is not None:  # each marker by the name it was made with
+            names = [stem] if stem in pins else []
+            names += [name for name, _ in found if name in pins]
+            plan.pinned["markers"] += [os.path.join(user_path, name + self.marker) for name in names]
 
     def _odd_entry(self, entry: os.DirEntry[str], path: str) -> None:
         """Anything in a user folder that is not a plain file: reported, never touched."""
@@ -553,6 +694,27 @@ class Planner:
             self.plan.unmanaged.append(path)
         else:
             self.plan.refused.append({"path": path, "why": "not a regular file"})
+
+    @staticmethod
+    def _unmanaged_is_dir(entry: os.DirEntry[str]) -> bool:
+        return not entry.is_symlink() and entry.is_dir(follow_symlinks=False)
+
+    def _plan_tree(self, parent_fd: int, root: str, parts: tuple[str, ...], path: str) -> bool:
+        """Plan the removal of parent/parts[-1] when it is an empty folder tree (was just listed as unmanaged:
+        it is taken off that list). Bounded by EMPTY_FOLDERS_PER_PASS folders in all per pass."""
+        if self._tree_budget <= 0:
+            return False
+        try:
+            seen, empty = empty_tree(parent_fd, parts[-1], self._tree_budget, self.now - self.min_age)
+        except OSError:
+            return False
+        self._tree_budget -= seen
+        if not empty:
+            return False
+        if self.plan.unmanaged and self.plan.unmanaged[-1] == path:
+            self.plan.unmanaged.pop()
+        self.plan.folders.append(EmptyFolder(root, parts, seen))
+        return True
 
     def _temp(self, date: str, user: str, name: str, st: os.stat_result) -> Group | None:
         """An abandoned temp file to delete, or None while it is in flight."""
@@ -594,7 +756,7 @@ class Planner:
         marker = self.marker
         folder_st = user_entry.stat(follow_symlinks=False)
         if folder_st.st_dev != dev:  # (outputs/ checks this on the folder's fd, in _open_dir)
-            self.plan.refused.append({"path": user_path, "why": "another filesystem (mount point)"})
+            self.plan.refused.append({"path": user_path, "why": MOUNT_WHY})
             return
         with os.scandir(user_path) as it:
             entries = list(it)
@@ -606,6 +768,9 @@ class Planner:
         gone: list[Group] = []
         for entry in entries:
             if entry.name == marker or entry.name.endswith(marker):
+                continue
+            if entry.path in self.mounts:
+                self.plan.refused.append({"path": entry.path, "why": MOUNT_WHY})
                 continue
             if entry.is_symlink():
                 self.plan.refused.append({"path": entry.path, "why": "symlink (never followed)"})
@@ -652,8 +817,8 @@ class Planner:
             with os.scandir(folder) as it:
                 for child in it:
                     cst = child.stat(follow_symlinks=False)
-                    if cst.st_dev != dev:
-                        self.plan.refused.append({"path": child.path, "why": "another filesystem (mount point)"})
+                    if cst.st_dev != dev or child.path in self.mounts:
+                        self.plan.refused.append({"path": child.path, "why": MOUNT_WHY})
                         return None
                     if child.name == self.marker:
                         pinned = True
@@ -703,7 +868,7 @@ class Planner:
         for f in self._folders:
             if not f.user:
                 continue
-            deleted = counts.get((f.root, f.date, f.user), 0)
+            deleted = counts.get((f.root, f.date, f.user), 0) + self._trees.get((f.root, f.date, f.user), 0)
             if f.entries - deleted == 0 and (deleted or f.mtime < recent):
                 self.plan.folders.append(EmptyFolder(f.root, (f.date, f.user)))
                 removed_users[(f.root, f.date)] = removed_users.get((f.root, f.date), 0) + 1
@@ -713,5 +878,5 @@ class Planner:
             gone = removed_users.get((f.root, f.date), 0)
             if f.entries - gone == 0 and (gone or f.mtime < recent):
                 self.plan.folders.append(EmptyFolder(f.root, (f.date,)))
-        self.plan.folders.sort(key=lambda item: (-len(item[1]), item))
+        self.plan.folders.sort(key=lambda item: (-len(item.parts), item))
 

@@ -14,6 +14,8 @@ from daemon.notify.messages import human
 
 # A real pass (run by the timer, read in the journal) lists this many paths; a dry run lists them all.
 REAL_PASS_LINES = 50
+# Entries left alone (not in the layout) named one a line; the rest only counted.
+UNMANAGED_LINES = 10
 
 
 def render_text(doc: dict[str, Any], actions: Iterable[dict[str, Any]] | None = None) -> str:
@@ -58,9 +60,15 @@ def render_text(doc: dict[str, Any], actions: Iterable[dict[str, Any]] | None = 
         lines.append(f"Refused: {item['path']}: {item['why']}")
     if doc.get("unmanaged_count"):
         lines.append(f"Left alone (not in the outputs/DATE/USER or failed/DATE/USER/NAME layout): "
-                     f"{doc['unmanaged_count']} entries, e.g. {doc['unmanaged'][0]}")
+                     f"{doc['unmanaged_count']} entries:")
+        lines += [f"  {path}" for path in doc["unmanaged"][:UNMANAGED_LINES]]
+        if doc["unmanaged_count"] > UNMANAGED_LINES:
+            lines.append(f"  ... and {doc['unmanaged_count'] - UNMANAGED_LINES} more (--json lists the first 100)")
     for item in doc.get("stale_spool", []):
         lines.append(f"Stale spool folder (reported, not deleted): {item['path']}: {item['why']}")
+    for item in doc.get("dead_workers", []):
+        verb = "would remove" if doc["dry_run"] else "removed"
+        lines.append(f"Dead worker ({verb} its heartbeat file, silent {item['silent_hours']:g} h): {item['path']}")
     jobs = doc.get("jobs") or {}
     if jobs:
         lines.append("Jobs: " + ", ".join(f"{state} {count}" for state, count in sorted(jobs.items())))

@@ -88,6 +88,7 @@ class PassResult:
             "users": {u: {"bytes": b, "files": f} for u, (b, f) in sorted(plan.users.items())} if plan else {},
             "jobs": self.jobs(),
             "stale_spool": self.spool.stale if self.spool else [],
+            "dead_workers": self.spool.dead_workers if self.spool else [],
             "filesystems": self.filesystems,
             "log_file": self.log_file,
             "pending_notifications": self.pending,
@@ -171,9 +172,18 @@ def run_pass(config: Config, *, dry_run: bool = False, now: float | None = None)
                 result.problems += [f"could not delete {error['path']}: {error['error']}"
                                     for error in result.outcome.errors]
         result.plan = planner.plan
+        if planner.plan.unmanaged:  # once per pass, however many there are
+            log.info("left alone %d entries not in the outputs/failed layout, e.g. %r",
+                     len(planner.plan.unmanaged), planner.plan.unmanaged[0])
         freed = _freed_by_dev(planner.plan, result.outcome)
         after = _estimate_after(before, freed) if dry_run else disk.filesystems(paths.folders())
         result.spool = spoolreport.scan(paths.spool, started, config.queue.lease_seconds)
+        try:
+            result.spool.dead_workers = spoolreport.dead_workers(str(paths.spool), started,
+                                                                 config.queue.lease_seconds, remove=not dry_run)
+        except OSError as exc:
+            result.problems.append(f"cannot remove dead workers' heartbeat files in {paths.spool}: "
+                                   f"{exc.strerror or exc}")
         result.log_file = log_file_size(config.logging.file)
         decision = alerts.decide_pass(config, state, before, after, freed, _facts(config, result), started)
         result.filesystems = decision.filesystems
@@ -258,7 +268,13 @@ def _announce(decision: alerts.Decision, after: list[disk.FsUsage], dry_run: boo
                 elif not dry_run:
                     log.warning("disk %s message for %s could not be sent to %s; it is retried next pass",
                                 message.kind, fs.mount, target.label)
-        if not dry_run and record["level"] != record["previous_level"]:
+        if dry_run:
+            continue
+        if record.get("pruned_from_level"):
+            log.warning("disk %s reached %s (%.1f%% used); the pass pruned it to %.1f%%: %s -> %s", fs.mount,
+                        record["pruned_from_level"], record["percent_before"], fs.percent, record["previous_level"],
+                        record["level"])
+        elif record["level"] != record["previous_level"]:
             log.warning("disk %s: %s -> %s (%.1f%% used)", fs.mount, record["previous_level"], record["level"],
                         fs.percent)
 

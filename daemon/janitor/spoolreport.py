@@ -1,14 +1,17 @@
-"""What the janitor sees in spool/: jobs by state, and folders that look abandoned. Reads only.
+"""What the janitor sees in spool/: jobs by state, folders that look abandoned, dead workers' heartbeats.
 
-The janitor never deletes in the spool (a job there still holds a person's inputs); it reports a folder
-whose lease has been stale for a long time while its job is not queued (no daemon reaped it), a job
-folder without a readable job.json, and a claim (.claim-<id>) left half done, so a person can look.
+Reads only, but for dead_workers' removal of heartbeat files. The janitor never deletes a job in the
+spool (a job there still holds a person's inputs); it reports a folder whose lease has been stale for a
+long time while its job is not queued (no daemon reaped it), a job folder without a readable job.json,
+and a claim (.claim-<id>) left half done, so a person can look.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,13 +23,17 @@ STALE_LEASE_PERIODS = 10
 STALE_MIN_SECONDS = 3600
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 @dataclass
 class SpoolReport:
     states: Counter[str] = field(default_factory=Counter)  # job.json "state" -> count
     stale: list[dict[str, Any]] = field(default_factory=list)
+    dead_workers: list[dict[str, Any]] = field(default_factory=list)  # heartbeat files removed (or, dry run, to be)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"states": dict(self.states), "stale": self.stale}
+        return {"states": dict(self.states), "stale": self.stale, "dead_workers": self.dead_workers}
 
 
 def stale_after(lease_seconds: float) -> float:
@@ -72,3 +79,43 @@ def scan(spool: str, now: float, lease_seconds: float) -> SpoolReport:
             report.stale.append({"path": entry.path, "job_id": entry.name, "user": job.get("user"),
                                  "state": state, "why": "marked running but has no lease"})
     return report
+
+
+def dead_workers(spool: str, now: float, lease_seconds: float, remove: bool) -> list[dict[str, Any]]:
+    """Heartbeat files (spool/.workers/<name>.json) of workers silent for longer than stale_after(): their
+    process or host is gone (a live worker rewrites its file every few seconds, and its job's lease was
+    stale long before, so the reaper has re-queued it). Removed when *remove*; a worker that was only
+    paused simply writes its file again. Until then `lipsyncd status` shows such a worker as not heartbeating."""
+    limit = stale_after(lease_seconds)
+    folder = os.path.join(spool, WORKERS_DIR)
+    try:
+        fd = os.open(folder, _DIR_FLAGS)
+    except OSError:
+        return []
+    dead: list[dict[str, Any]] = []
+    try:
+        with os.scandir(fd) as it:
+            names = sorted(e.name for e in it if e.name.endswith(".json") and not e.name.startswith("."))
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                updated = st.st_mtime
+                with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+                    with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd),
+                              encoding="utf-8") as handle:
+                        when = json.load(handle).get("updated")
+                    if isinstance(when, (int, float)) and not isinstance(when, bool):
+                        updated = max(updated, float(when))
+                age = now - updated
+                if age <= limit:
+                    continue
+                if remove:
+                    os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            dead.append({"path": os.path.join(folder, name), "silent_hours": round(age / 3600, 1)})
+    finally:
+        os.close(fd)
+    return dead
