@@ -140,8 +140,15 @@ class Ingest:
         claimed = 0
         for folder in due:
             paths = by_folder.get(folder)
-            if paths:
+            if not paths:
+                continue
+            try:
                 claimed += self._decide_folder(Path(folder), paths, now_mono, now_wall)
+            except Exception as exc:  # noqa: BLE001 - one folder's trouble must not hold up the others
+                log.error("could not handle the drops in %s (%s: %s); they stay there and are tried again at the "
+                          "next rescan. This is a bug in lipsyncd, please report it.", folder, type(exc).__name__,
+                          exc, extra=fields(stage="pair"))
+                log.debug("traceback of the error above", exc_info=True)
         return claimed
 
     def _settled_since(self, path: str, since: float, now: float) -> bool:
@@ -242,8 +249,21 @@ def _read_manifest(path: Path, allowed_engines: list[str]) -> Manifest:
     """The manifest *path*, read only if it is a plain file of its own and not over MAX_BYTES."""
     try:
         claim.check_plain_file(path)
-        with open(path, "rb", buffering=0) as handle:
+        # Checked again on what was opened: swapped for a FIFO after the lstat, a blocking open would hang
+        # the main loop until someone writes to it; O_NONBLOCK returns at once and fstat tells what it is.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with open(fd, "rb", buffering=0) as handle:
+            problem = claim.plain_file_problem(path.name, os.fstat(fd))
+            if problem:
+                raise claim.UnsafeFile(problem)
             data = handle.read(MAX_BYTES + 1)
     except (OSError, claim.UnsafeFile) as exc:
         raise ManifestError(f"it cannot be read ({exc})") from None
-    return parse_manifest(data, names.parse(path.name).stem, allowed_engines)
+    try:
+        return parse_manifest(data, names.parse(path.name).stem, allowed_engines)
+    except ManifestError:
+        raise
+    except (RecursionError, MemoryError, ValueError, TypeError) as exc:
+        # Whatever the YAML library does with a hostile file is that file's failure, never the main loop's.
+        raise ManifestError(f"it could not be read as a manifest ({type(exc).__name__}); keep it short and "
+                            "simple") from None

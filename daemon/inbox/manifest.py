@@ -7,11 +7,15 @@
     options: {mouth_gain: 1.2}
 
 A manifest is untrusted input: it is size-limited, may not use YAML anchors/aliases (the "billion
-laughs" bomb), and may only name plain files in its own folder or a saved avatar, never a path.
+laughs" bomb), may not nest deeper than MAX_DEPTH, must be read within MAX_SECONDS, and may only name plain
+files in its own folder or a saved avatar, never a path. The bounds are checked on the event stream before
+anything is built: PyYAML's scanner slows quadratically with flow nesting and its composer recurses, so a
+few KB of "[[[[..." would otherwise take minutes and end in RecursionError, in the daemon's main loop.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +26,16 @@ from daemon import names
 from daemon.config import UniqueKeyLoader
 
 MAX_BYTES = 64 * 1024
+# A real manifest nests 2 levels (options: {...}); engine options may add a few. Deeper is refused unread.
+MAX_DEPTH = 16
+# Scalars, keys and collections together; a real manifest has a few dozen.
+MAX_EVENTS = 1_000
+# Reading one manifest may hold up the ingest loop at most this long (a real one takes a millisecond).
+MAX_SECONDS = 1.0
+# libyaml's parser for the bounds check when PyYAML has it: some 50x faster on hostile input than the pure-Python
+# one, which stays the fallback (bounded by the limits above all the same). What passes is small and shallow,
+# so building it with UniqueKeyLoader (pure Python) is quick.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 KEYS = ("audio", "video", "avatar", "name", "engine", "options")
 
 
@@ -47,11 +61,11 @@ def parse(text: bytes, stem: str, allowed_engines: Sequence[str]) -> Manifest:
     except UnicodeDecodeError:
         raise ManifestError("the manifest is not UTF-8 text") from None
     try:
-        for event in yaml.parse(source, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                raise ManifestError("the manifest uses YAML anchors/aliases (&, *), which are not allowed")
+        _check_events(source)  # libyaml (LOADER), fast, refuses what is too deep or too big before it is built
         data = yaml.load(source, Loader=UniqueKeyLoader)  # a SafeLoader that refuses duplicate keys
     except yaml.YAMLError as exc:
+        if "nesting depth" in str(getattr(exc, "problem", "")):  # libyaml's own limit, met while reading ahead
+            raise ManifestError(f"the manifest nests lists/mappings more than {MAX_DEPTH} levels deep") from None
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ManifestError(f"the manifest is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
@@ -78,6 +92,25 @@ def parse(text: bytes, stem: str, allowed_engines: Sequence[str]) -> Manifest:
     if not isinstance(options, dict):
         raise ManifestError("options must be a mapping")
     return Manifest(audio=audio, video=video, avatar=avatar, name=name, engine=engine, options=options)
+
+
+def _check_events(source: str) -> None:
+    """Refuse anchors/aliases, nesting deeper than MAX_DEPTH, and more than MAX_EVENTS or MAX_SECONDS of work."""
+    deadline = time.monotonic() + MAX_SECONDS
+    depth = 0
+    for count, event in enumerate(yaml.parse(source, Loader=LOADER)):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise ManifestError("the manifest uses YAML anchors/aliases (&, *), which are not allowed")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ManifestError(f"the manifest nests lists/mappings more than {MAX_DEPTH} levels deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        if count > MAX_EVENTS:
+            raise ManifestError(f"the manifest has more than {MAX_EVENTS} entries")
+        if time.monotonic() > deadline:
+            raise ManifestError(f"the manifest could not be read within {MAX_SECONDS:g} s; keep it short and simple")
 
 
 def _file_name(data: dict[str, Any], key: str, kind: str) -> str:

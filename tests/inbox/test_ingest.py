@@ -255,6 +255,8 @@ def test_manifest_pairs_differently_named_files(env, pair) -> None:
 @pytest.mark.parametrize("text,expect", [
     ("audio: ../../etc/x.wav\nvideo: f.mp4\n", "is a path"),
     ("a: &a [x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: [*b,*b,*b,*b,*b,*b,*b,*b]\n", "anchors"),
+    ("options: {x: [" + ",".join(["1"] * 20000) + "]}\n", "more than 1000 entries"),
+    ("audio: a.wav\nvideo: a.mp4\n#" + "x" * 70000 + "\n", "larger than 64 KiB"),
 ])
 def test_hostile_manifests_fail_and_touch_nothing_outside(env, text: str, expect: str) -> None:
     root, _ = env
@@ -264,6 +266,21 @@ def test_hostile_manifests_fail_and_touch_nothing_outside(env, text: str, expect
     (folder / "evil.job.yaml").write_text(text)
     failed = wait_failure(root, user)
     assert expect in error_of(failed)
+
+
+def test_deep_manifest_fails_its_drop_and_holds_up_no_one(env, pair) -> None:
+    """A few KB of YAML nesting once raised RecursionError out of the main loop at every rescan, blocking it."""
+    root, daemon = env
+    audio, video = pair
+    folder = root / "inbox" / "deep-yaml"
+    folder.mkdir()
+    (folder / "deep.job.yaml").write_bytes(b"audio: a.wav\nvideo: a.mp4\noptions: " + b"[" * 4000 + b"]" * 4000)
+    drop_pair(root / "inbox" / "next-to-deep", "n", audio, video)
+    failed = wait_failure(root, "deep-yaml", timeout=20)
+    assert "nests lists/mappings more than" in error_of(failed)
+    wait_output(root, "next-to-deep", timeout=20)
+    assert not (folder / "deep.job.yaml").exists()
+    assert "RecursionError" not in daemon.log() and "carrying on" not in daemon.log()
 
 
 def test_avatar_audio_uses_saved_avatar_and_keeps_it(env, pair) -> None:

@@ -125,6 +125,82 @@ def test_bad_manifests_are_refused(text: bytes, reason: str) -> None:
         parse(text, "job", ENGINES)
 
 
+DEEP_MANIFESTS = {
+    "flow-lists": b"audio: a.wav\nvideo: a.mp4\noptions: " + b"[" * 3000 + b"]" * 3000 + b"\n",
+    "flow-maps-64k": b"options: " + b"{a: " * 16000 + b"}" * 16000,
+    "flow-one-per-line": b"options: " + b"[\n" * 20000 + b"]" * 20000,
+    "block-lists": b"".join(b" " * i + b"- \n" for i in range(300)),
+    "block-maps": b"".join(b" " * i + b"k:\n" for i in range(300)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DEEP_MANIFESTS))
+def test_deeply_nested_manifest_is_refused_quickly(kind: str) -> None:
+    """A few KB of nesting once took 8-80 s and ended in RecursionError in the daemon's main loop."""
+    import time
+
+    text = DEEP_MANIFESTS[kind][:64 * 1024]
+    started = time.monotonic()
+    with pytest.raises(ManifestError, match="nests lists/mappings more than"):
+        parse(text, "job", ENGINES)
+    assert time.monotonic() - started < 1.0
+
+
+def test_manifest_with_too_many_entries_is_refused_quickly() -> None:
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(ManifestError, match="more than 1000 entries"):
+        parse(b"options: {x: [" + b",".join([b"1"] * 30000) + b"]}\n", "job", ENGINES)
+    assert time.monotonic() - started < 1.5
+
+
+def test_deep_manifest_is_refused_quickly_by_the_pure_python_parser_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without libyaml, PyYAML's own parser is used: bounded the same way (it is slower, so the bound matters)."""
+    import time
+
+    import yaml
+
+    from daemon.inbox import manifest
+
+    monkeypatch.setattr(manifest, "LOADER", yaml.SafeLoader)
+    for text in DEEP_MANIFESTS.values():
+        started = time.monotonic()
+        with pytest.raises(ManifestError, match="nests lists/mappings more than"):
+            parse(text[:64 * 1024], "job", ENGINES)
+        assert time.monotonic() - started < 1.0
+
+
+def test_manifest_swapped_for_a_fifo_after_its_check_does_not_hang(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race between the lstat and the open, made to happen: a blocking open of a FIFO would never return."""
+    import os
+    import time
+
+    from daemon.inbox import claim, ingest
+
+    manifest = tmp_path / "j.job.yaml"
+    manifest.write_text("audio: a.wav\nvideo: a.mp4\n")
+    os.mkfifo(tmp_path / "fifo")
+    real_check = claim.check_plain_file
+
+    def check_then_swap(path: Path) -> os.stat_result:
+        st = real_check(path)
+        os.rename(tmp_path / "fifo", path)  # what another user's process could do right here
+        return st
+
+    monkeypatch.setattr(claim, "check_plain_file", check_then_swap)
+    started = time.monotonic()
+    with pytest.raises(ManifestError, match="not a regular file"):
+        ingest._read_manifest(manifest, ENGINES)
+    assert time.monotonic() - started < 1.0
+
+
+def test_manifest_of_normal_depth_is_still_read() -> None:
+    text = b"audio: a.wav\nvideo: a.mp4\noptions: {a: {b: {c: [1, [2, [3]]]}}}\n"
+    assert parse(text, "job", ENGINES).options == {"a": {"b": {"c": [1, [2, [3]]]}}}
+
+
 def test_bad_manifest_fails_the_manifest_only() -> None:
     found = entries("j.job.yaml", "a.wav", "a.mp4")
     decisions = run(found, manifests={"j.job.yaml": b"audio: ../../etc/x.wav\nvideo: a.mp4\n"})
