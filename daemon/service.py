@@ -22,7 +22,7 @@ from daemon import config as configmod
 from daemon import log as logmod
 from daemon.inbox.claim import recover_claims
 from daemon.inbox.ingest import Ingest
-from daemon.inbox.watcher import Watcher
+from daemon.inbox.watcher import LOST_CHECK_SECONDS, Watcher
 from daemon.jobs import lease
 from daemon.jobs.queue import JobQueue
 from daemon.jobs.reaper import SpoolSummary, reap
@@ -137,6 +137,8 @@ class Service:
             wake.append(nxt["watchdog"])
         if not self.ready:
             wake.append(now + 0.2)  # workers are starting: look at their heartbeats soon
+        if self.watcher.lost:
+            wake.append(now + LOST_CHECK_SECONDS)  # the inbox was deleted: look for a new one soon
         deadline = self.ingest.next_deadline()
         if deadline is not None:
             wake.append(deadline + 0.01)
@@ -145,6 +147,8 @@ class Service:
             return True
         if self.reload_requested:
             self._reload()
+        if self.watcher.check():
+            self.ingest.scan()  # what arrived in the new inbox before it was watched
         now = time.monotonic()
         all_folders = now >= nxt["rescan"]
         if all_folders:

@@ -5,18 +5,24 @@ loop decides what the change means. When the kernel runs out of inotify watches 
 watcher says so with the sysctl to raise and falls back to polling, so drops are still seen.
 The queue is a SimpleQueue, whose put() is reentrant: the daemon's signal handlers put None on it to
 wake its main loop, where a queue.Queue (a plain lock) could deadlock.
+An inotify watch belongs to the folder's inode, not its name: when the inbox is deleted (IN_DELETE_SELF,
+then IN_IGNORED) or moved away and a new one made, the old watch sees nothing more. check(), called by
+the main loop, compares the inbox's inode with the watched one and watches the new folder when it changed.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import queue
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileClosedNoWriteEvent,
@@ -29,6 +35,8 @@ from watchdog.events import (
 log = logging.getLogger("lipsyncd.watcher")
 
 POLL_INTERVAL_SECONDS = 1.0
+# While the inbox is gone, the main loop looks for a new one this often (a stat, nothing more).
+LOST_CHECK_SECONDS = 0.5
 _IGNORED = (FileOpenedEvent, FileClosedNoWriteEvent)
 
 
@@ -40,13 +48,19 @@ class Change:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, changes: queue.SimpleQueue[Change | None]) -> None:
+    def __init__(self, changes: queue.SimpleQueue[Change | None], root: str, on_lost: Callable[[], None]) -> None:
         self.changes = changes
+        self.root = root
+        self.on_lost = on_lost
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, _IGNORED):
             return
         src = _text(event.src_path)
+        if src == self.root and isinstance(event, DirDeletedEvent | FileSystemMovedEvent):
+            self.on_lost()  # the watched inbox itself went away: its watch is dead
+            self.changes.put(None)
+            return
         if isinstance(event, FileSystemMovedEvent):
             dest = _text(event.dest_path)
             self.changes.put(Change(src, is_dir=isinstance(event, DirMovedEvent)))
@@ -69,6 +83,9 @@ class Watcher:
         self.poll = poll
         self._observer = None
         self.mode = ""
+        self.lost = False  # the inbox we watched was deleted or moved away; a new one is not watched yet
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder being watched
+        self._gone_said = False  # the log already says the inbox is gone
 
     def start(self) -> None:
         if not self.poll:
@@ -98,8 +115,32 @@ class Watcher:
 
             observer = InotifyObserver()
         self._observer = observer
-        observer.schedule(_Handler(self.changes), str(self.inbox), recursive=True)
+        self._identity = _identity(self.inbox)
+        observer.schedule(_Handler(self.changes, str(self.inbox), self._on_lost), str(self.inbox), recursive=True)
         observer.start()
+
+    def _on_lost(self) -> None:
+        self.lost = True
+
+    def check(self) -> bool:
+        """Watch the inbox again if it was deleted/moved and re-created. True when it did (the caller rescans)."""
+        now = _identity(self.inbox)
+        if now is None:
+            if not self._gone_said:
+                log.warning("the inbox %s was deleted or moved away; drops are not seen until it is back",
+                            self.inbox)
+                self._gone_said = True
+            self.lost = True
+            return False
+        if now == self._identity and not self.lost:
+            return False
+        # The flag, not only the inode: a file system may give the new folder the old one's inode number.
+        log.warning("the inbox %s was deleted or moved away and re-created (a new folder the old watch does not "
+                    "see); watching it again", self.inbox)
+        self._stop_observer()
+        self.lost = self._gone_said = False
+        self.start()
+        return True
 
     def _stop_observer(self) -> None:
         observer, self._observer = self._observer, None
@@ -117,3 +158,11 @@ class Watcher:
 
     def stop(self) -> None:
         self._stop_observer()
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
