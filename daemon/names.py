@@ -2,6 +2,12 @@
 
 User and stem names may be any Unicode (Chinese names are normal); names with path separators, `..`,
 control characters or a leading dot are refused, because they end up as folder names under outputs/.
+
+A name that came from a user is shown one way everywhere (logs, journald fields, job.json, error.txt, status,
+alerts, and the folder names under failed/ and outputs/): escape() writes each control or format character
+and each byte that is not UTF-8 (a surrogateescape'd byte from the file system) as %XX, e.g. "caf%E9" for
+the Latin-1 bytes b"caf\xe9" and "a%0Ab" for "a<newline>b". So no name can forge a log line or crash a
+UTF-8 writer.
 """
 
 from __future__ import annotations
@@ -102,17 +108,23 @@ def refusal(name: str) -> str | None:
     return None
 
 
-def printable(name: str) -> str:
-    """A form of *name* that is safe to use as a folder name and to print (control characters escaped)."""
+def escape(name: str, also: str = "") -> str:
+    """*name* as it is shown anywhere (see the module's docstring): control/format characters, lone surrogates
+    and undecodable bytes as %XX, so the text is one printable line that encodes as UTF-8; *also*: more to escape."""
     out = []
     for ch in name:
-        if ch in "/\\\0" or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
-            out.append(f"%{ord(ch):02X}")
-        elif "\udc80" <= ch <= "\udcff":  # undecodable byte kept by surrogateescape
+        if "\udc80" <= ch <= "\udcff":  # undecodable byte kept by surrogateescape
             out.append(f"%{ord(ch) - 0xDC00:02X}")
+        elif ch in also or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
+            out.append(f"%{ord(ch):02X}")
         else:
             out.append(ch)
-    text = "".join(out).lstrip(".") or "unnamed"
+    return "".join(out)
+
+
+def printable(name: str) -> str:
+    """A form of *name* that is safe to use as a folder name and to print: escape() plus path separators."""
+    text = escape(name, also="/\\\0").lstrip(".") or "unnamed"
     return text[:120]
 
 

@@ -43,7 +43,9 @@ def main(config: Config, target: str) -> int:
         record = json.loads((folder / names.JOB_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         record = {}
-    user = record.get("user") or folder.parent.name
+    user = str(record.get("user") or folder.parent.name)
+    if names.refusal(user):  # a hand-edited job.json: never a path out of the inbox
+        user = names.printable(user)
     inbox = config.paths.inbox
     dest = inbox if user == config.ingest.default_user and not (inbox / user).is_dir() else inbox / user
     dest.mkdir(parents=True, exist_ok=True)

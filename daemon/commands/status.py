@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from daemon import names
 from daemon.config import Config, layout_problems
 from daemon.disk import filesystems
 from daemon.jobs import spool
@@ -28,7 +29,8 @@ def collect(config: Config) -> dict[str, Any]:
     queued, running = [], []
     for entry in spool.jobs(config.paths.spool):
         job = entry.job
-        item = {"job": entry.id, "user": job.user if job else None, "name": job.stem if job else None,
+        item = {"job": entry.id, "user": names.escape(job.user) if job else None,
+                "name": names.escape(job.stem) if job else None,
                 "attempts": job.attempts if job else None, "age_seconds": round(now - job.created, 1) if job else None}
         if entry.lease is not None and entry.lease_age is not None and entry.lease_age < lease_seconds:
             item.update({k: entry.lease.get(k) for k in ("worker", "host", "device", "stage", "progress")})
@@ -69,8 +71,9 @@ def recent_failures(failed: Path, limit: int = RECENT_FAILURES) -> list[dict[str
         reason = ""
         with contextlib.suppress(OSError, ValueError):
             reason = json.loads((entry / JOB_FILE).read_text(encoding="utf-8")).get("error", "")
-        out.append({"folder": str(entry), "user": entry.parent.name, "name": entry.name, "time": mtime,
-                    "reason": reason.strip().splitlines()[0] if reason.strip() else ""})
+        out.append({"folder": names.escape(str(entry)), "user": names.escape(entry.parent.name),
+                    "name": names.escape(entry.name), "time": mtime,
+                    "reason": names.escape(reason.strip().splitlines()[0]) if reason.strip() else ""})
     return out
 
 

@@ -218,6 +218,9 @@ class Ingest:
 
     def _fail(self, folder: Path, user: str, decision: Fail) -> None:
         files = [(folder / name, name) for name in decision.files]
+        # A refused folder name may hold anything (bytes that are not UTF-8, a newline): job.json, error.txt,
+        # status and alerts get the escaped form, the same one failed/<date>/<user>/ is named with.
+        user = names.escape(user)
         try:
             where = filing.file_failure(self.failed, user, decision.stem, files, decision.reason)
         except OSError as exc:

@@ -178,6 +178,45 @@ def test_newline_in_name_is_refused_with_an_error(env, pair) -> None:
     assert len(kept) == 1 and kept[0].read_bytes() == audio.read_bytes()
 
 
+def lipsyncd(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(os.sys.executable).parent / "lipsyncd"), "--config", str(root / "lipsyncd.yaml"),
+                           *args], capture_output=True, text=True, timeout=60)
+
+
+def test_folder_name_not_utf8_is_failed_escaped_and_can_be_retried(env, pair) -> None:
+    """A Latin-1 folder name once crashed failure filing (UnicodeEncodeError): no error.txt, no job.json."""
+    root, daemon = env
+    audio, video = pair
+    folder = os.fsencode(root / "inbox") + b"/caf\xe9-latin1"
+    os.mkdir(folder)
+    shutil.copy(video, folder + b"/n.mp4")
+    shutil.copy(audio, folder + b"/n.wav")
+    os.mkdir(os.fsencode(root / "inbox") + b"/latin1-file")
+    shutil.copy(audio, os.fsencode(root / "inbox") + b"/latin1-file/bad\xff.wav")
+    both = wait_for(lambda: len(user_failures(root, "caf%E9-latin1")) == 2 and user_failures(root, "caf%E9-latin1"),
+                    30, "both files of the Latin-1 folder in failed/")
+    for failed in both:  # each file of a refused folder is filed on its own
+        text = error_of(failed)
+        assert "not valid UTF-8" in text and "User:    caf%E9-latin1" in text
+        record = json.loads((failed / "job.json").read_text(encoding="utf-8"))
+        assert record["user"] == "caf%E9-latin1" and len(record["files"]) == 1
+    assert sorted(p.name for f in both for p in f.iterdir() if p.suffix != ".txt" and p.name != "job.json") \
+        == ["n.mp4", "n.wav"]
+    bad_file = wait_failure(root, "latin1-file")
+    assert (bad_file / "bad%FF.wav").read_bytes() == audio.read_bytes()
+    assert "'bad%FF.wav'" in error_of(bad_file)
+    status = lipsyncd(root, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert any(f["user"] == "caf%E9-latin1" for f in json.loads(status.stdout)["recent_failures"])
+    assert "Logging error" not in daemon.log() and "UnicodeEncodeError" not in daemon.log()
+    # Retried, the files go to the escaped name's folder, a valid user name, and the output is filed under it.
+    for failed in both:
+        retried = lipsyncd(root, "retry", str(failed))
+        assert retried.returncode == 0, retried.stderr
+    [out] = wait_output(root, "caf%E9-latin1")
+    assert json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))["user"] == "caf%E9-latin1"
+
+
 def test_symlink_to_shadow_is_never_followed(env, pair) -> None:
     root, _ = env
     _, video = pair
