@@ -3,6 +3,8 @@
 Structured fields are passed through `extra=` with the names in FIELDS; only those reach the journal
 (JournalHandler would forward every LogRecord attribute, which are not valid journal field names), so
 `journalctl SYSLOG_IDENTIFIER=lipsyncd JOB_ID=...` shows one job.
+Names that came from users are logged through daemon.names.escape (fields() does it for the user), so a
+folder named "x<newline>CRITICAL ..." is one line with "x%0ACRITICAL ...", never a forged second line.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any
+
+from daemon import names
 
 if TYPE_CHECKING:
     from daemon.config import LoggingConfig
@@ -24,7 +28,7 @@ _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERRO
 
 def fields(job_id: str | None = None, user: str | None = None, stage: str | None = None) -> dict[str, str]:
     """The `extra=` mapping for a log call about one job."""
-    out = {"job_id": job_id, "user": user, "stage": stage}
+    out = {"job_id": job_id, "user": names.escape(user) if user is not None else None, "stage": stage}
     return {k: v for k, v in out.items() if v is not None}
 
 

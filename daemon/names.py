@@ -122,6 +122,11 @@ def escape(name: str, also: str = "") -> str:
     return "".join(out)
 
 
+def quoted(name: str) -> str:
+    """escape(*name*) in single quotes, for a name inside a sentence (error.txt, a log line)."""
+    return f"'{escape(name)}'"
+
+
 def printable(name: str) -> str:
     """A form of *name* that is safe to use as a folder name and to print: escape() plus path separators."""
     text = escape(name, also="/\\\0").lstrip(".") or "unnamed"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from daemon import config as configmod
 from daemon import log as logmod
+from daemon import names
 from daemon.inbox.claim import recover_claims
 from daemon.inbox.ingest import Ingest
 from daemon.inbox.watcher import LOST_CHECK_SECONDS, Watcher
@@ -239,7 +240,8 @@ class Service:
         summary = self.summary
         parts = [f"{summary.queued} queued", f"{len(summary.running)} running"]
         for job in summary.running[:3]:
-            parts.append(f"{job.get('user')}/{job.get('stem')} {job.get('stage', '?')} "
+            parts.append(f"{names.escape(str(job.get('user')))}/{names.escape(str(job.get('stem')))} "
+                         f"{job.get('stage', '?')} "
                          f"{100 * float(job.get('progress') or 0):.0f}%")
         parts.append(f"{self.ingest.claimed} claimed since start")
         return "; ".join(parts)

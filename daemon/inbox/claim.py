@@ -31,12 +31,13 @@ class UnsafeFile(Exception):
 def plain_file_problem(name: str, st: os.stat_result) -> str | None:
     """Why a dropped file (lstat *st*) must be refused without being opened, or None for a plain file of its own."""
     if stat.S_ISLNK(st.st_mode):
-        return (f"{name!r} is a symbolic link; lipsyncd never follows links (they could point anywhere on the "
-                "server). Copy the real file into the inbox instead.")
+        return (f"{names.quoted(name)} is a symbolic link; lipsyncd never follows links (they could point anywhere "
+                "on the server). Copy the real file into the inbox instead.")
     if not stat.S_ISREG(st.st_mode):
-        return f"{name!r} is not a regular file (a folder, pipe, socket or device); copy a real file into the inbox."
+        return (f"{names.quoted(name)} is not a regular file (a folder, pipe, socket or device); copy a real file "
+                "into the inbox.")
     if st.st_nlink > 1:
-        return (f"{name!r} is a hard link to a file elsewhere; lipsyncd only takes files of their own. "
+        return (f"{names.quoted(name)} is a hard link to a file elsewhere; lipsyncd only takes files of their own. "
                 "Copy the file (cp, not ln) and drop it again.")
     return None
 
@@ -105,13 +106,13 @@ def _undo_claim(staging: Path) -> None:
                 target = inbox_dir / f"{Path(src_name).stem} (recovered){Path(src_name).suffix}"
             inbox_dir.mkdir(parents=True, exist_ok=True)
             move(held, target)
-            log.warning("returned %s to the inbox after an interrupted claim", target)
+            log.warning("returned %s to the inbox after an interrupted claim", names.escape(str(target)))
     # What an interrupted claim may leave of its own: the plan, job.json, or their half-written temp files.
     leftovers = [p for p in staging.iterdir()
                  if p.name not in (CLAIM_PLAN, JOB_FILE) and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
     if leftovers:
         log.error("interrupted claim %s still holds %s; left in place for a person to look at",
-                  staging, [p.name for p in leftovers])
+                  staging, ", ".join(names.quoted(p.name) for p in leftovers))
         return
     shutil.rmtree(staging, ignore_errors=True)
 

@@ -146,7 +146,8 @@ class Ingest:
                 claimed += self._decide_folder(Path(folder), paths, now_mono, now_wall)
             except Exception as exc:  # noqa: BLE001 - one folder's trouble must not hold up the others
                 log.error("could not handle the drops in %s (%s: %s); they stay there and are tried again at the "
-                          "next rescan. This is a bug in lipsyncd, please report it.", folder, type(exc).__name__,
+                          "next rescan. This is a bug in lipsyncd, please report it.", names.escape(folder),
+                          type(exc).__name__,
                           exc, extra=fields(stage="pair"))
                 log.debug("traceback of the error above", exc_info=True)
         return claimed
@@ -193,12 +194,13 @@ class Ingest:
             self._fail(folder, user, Fail(names.printable(decision.stem), decision.files, str(exc)))
             return 0
         except FileNotFoundError:
-            log.info("files of %r vanished while being claimed; waiting for them to come back", decision.stem)
+            log.info("files of %s vanished while being claimed; waiting for them to come back",
+                     names.quoted(decision.stem))
             return 0
         except OSError as exc:
             # ENOSPC (no room for a folder in the spool), EACCES...: the files stay in the inbox untouched.
-            log.error("cannot claim %r into %s: %s; the files stay in the inbox and are tried again",
-                      decision.stem, self.spool, exc, extra=fields(user=user, stage="claim"))
+            log.error("cannot claim %s into %s: %s; the files stay in the inbox and are tried again",
+                      names.quoted(decision.stem), self.spool, exc, extra=fields(user=user, stage="claim"))
             self._dirty.add(str(folder))
             return 0
         for name in decision.files:
@@ -206,8 +208,8 @@ class Ingest:
         priority = -self.in_flight.get(user, 0)
         self.in_flight[user] = self.in_flight.get(user, 0) + 1
         self.claimed += 1
-        inputs = ", ".join(repr(n) for n in decision.files)
-        log.info("claimed %s for %s (%s)", decision.stem, user, inputs,
+        inputs = ", ".join(map(names.quoted, decision.files))
+        log.info("claimed %s for %s (%s)", names.escape(decision.stem), names.escape(user), inputs,
                  extra=fields(job_id=job.id, user=user, stage="claim"))
         try:
             self.queue.put(job.id, priority=priority)
@@ -225,11 +227,12 @@ class Ingest:
             where = filing.file_failure(self.failed, user, decision.stem, files, decision.reason)
         except OSError as exc:
             log.error("could not move %s to failed/ (%s); leaving them in the inbox. Reason they failed: %s",
-                      decision.files, exc, decision.reason, extra=fields(user=user, stage="pair"))
+                      ", ".join(map(names.quoted, decision.files)), exc, names.escape(decision.reason),
+                      extra=fields(user=user, stage="pair"))
             return
         for name in decision.files:
             self.settle.forget(str(folder / name))
-        log.error("%s: %s -> %s", names.printable(decision.stem), decision.reason, where,
+        log.error("%s: %s -> %s", names.escape(decision.stem), names.escape(decision.reason), names.escape(str(where)),
                   extra=fields(user=user, stage="pair"))
         if self.on_failure is not None:
             self.on_failure(user, decision.stem, str(where), decision.reason)

@@ -73,12 +73,14 @@ def decide(entries: dict[str, Entry], *, now: float, pair_timeout: float, find_a
         if drop.kind == "other":
             supported = ", ".join(names.AUDIO_EXTENSIONS + names.VIDEO_EXTENSIONS)
             decisions.append(Fail(names.printable(drop.stem), [entry.name],
-                                  f"{entry.name!r} is not a supported audio or video file (supported: {supported}, "
-                                  f"plus <name>{names.MANIFEST_SUFFIX} manifests). Convert it and drop it again."))
+                                  f"{names.quoted(entry.name)} is not a supported audio or video file "
+                                  f"(supported: {supported}, plus <name>{names.MANIFEST_SUFFIX} manifests). "
+                                  "Convert it and drop it again."))
             taken.add(entry.name)
         elif entry.size == 0:
             decisions.append(Fail(names.printable(drop.stem), [entry.name],
-                                  f"{entry.name!r} is empty (0 bytes): the copy probably failed. Drop it again."))
+                                  f"{names.quoted(entry.name)} is empty (0 bytes): the copy probably failed. "
+                                  "Drop it again."))
             taken.add(entry.name)
         elif drop.kind == "manifest":
             decisions.extend(_manifest(entry, entries, taken, now, pair_timeout, find_avatar, read_manifest))
@@ -110,7 +112,8 @@ def _stem_group(stem: str, group: list[Entry], now: float, pair_timeout: float,
     if len(audios) > 1 or len(videos) > 1:
         which = "audio" if len(audios) > 1 else "video"
         many = audios if len(audios) > 1 else videos
-        return Fail(label, files, f"more than one {which} file is named {stem!r} ({', '.join(sorted(many))}), so "
+        listed = ", ".join(map(names.quoted, sorted(many)))
+        return Fail(label, files, f"more than one {which} file is named {names.quoted(stem)} ({listed}), so "
                                   "lipsyncd cannot tell which to use. Keep one and drop the pair again.")
     if audios and videos:
         return Claim(stem=stem, audio=audios[0], video=videos[0])
@@ -122,16 +125,18 @@ def _stem_group(stem: str, group: list[Entry], now: float, pair_timeout: float,
             if isinstance(found, Path):
                 return Claim(stem=title, audio=audios[0], video=None, avatar=found)
             available = ", ".join(found) if found else "none saved yet"
-            return Fail(label, files, f"{audios[0]!r} asks for the avatar {avatar_name!r}, but there is no saved "
-                                      f"avatar video of that name (available: {available}). Save the video as "
-                                      f"avatars/<user>/{avatar_name}.mp4 or rename the audio, then drop it again.")
+            return Fail(label, files, f"{names.quoted(audios[0])} asks for the avatar {names.quoted(avatar_name)}, "
+                                      f"but there is no saved avatar video of that name (available: {available}). "
+                                      f"Save the video as avatars/<user>/{names.escape(avatar_name)}.mp4 or rename the "
+                                      "audio, then drop it again.")
     lone = group[0]
     if now - lone.arrived >= pair_timeout:
         missing = "video" if audios else "audio"
         minutes = pair_timeout / 60
-        return Fail(label, files, f"no {missing} file named {stem!r} arrived within {minutes:g} minutes of "
-                                  f"{lone.name!r}. Drop both files with the same name (e.g. {stem}.wav and "
-                                  f"{stem}.mp4) into the same folder.")
+        shown = names.escape(stem)
+        return Fail(label, files, f"no {missing} file named '{shown}' arrived within {minutes:g} minutes of "
+                                  f"{names.quoted(lone.name)}. Drop both files with the same name (e.g. {shown}.wav "
+                                  f"and {shown}.mp4) into the same folder.")
     return None
 
 
@@ -143,8 +148,9 @@ def _manifest(entry: Entry, entries: dict[str, Entry], taken: set[str], now: flo
         manifest = read_manifest(entry.name)
     except ManifestError as exc:
         taken.add(entry.name)
-        return [Fail(label, [entry.name], f"the manifest {entry.name!r} cannot be used: {exc}. Fix it and drop it "
-                                          "again (see the README for the manifest format).")]
+        why = names.escape(str(exc))  # it may quote the manifest's own text
+        return [Fail(label, [entry.name], f"the manifest {names.quoted(entry.name)} cannot be used: {why}. Fix it "
+                                          "and drop it again (see the README for the manifest format).")]
     wanted = [n for n in (manifest.audio, manifest.video) if n]
     present = [n for n in wanted if n in entries and n not in taken]
     taken.add(entry.name)
@@ -153,7 +159,7 @@ def _manifest(entry: Entry, entries: dict[str, Entry], taken: set[str], now: flo
         if now - entry.arrived >= pair_timeout:
             missing = ", ".join(n for n in wanted if n not in present)
             return [Fail(label, [entry.name, *present],
-                         f"the manifest {entry.name!r} names {missing}, which did not arrive within "
+                         f"the manifest {names.quoted(entry.name)} names {missing}, which did not arrive within "
                          f"{pair_timeout / 60:g} minutes. Drop the missing file(s) with the manifest again.")]
         return []
     if any(not entries[n].settled for n in present):
@@ -164,7 +170,8 @@ def _manifest(entry: Entry, entries: dict[str, Entry], taken: set[str], now: flo
         if not isinstance(found, Path):
             available = ", ".join(found) if found else "none saved yet"
             return [Fail(label, [entry.name, *present],
-                         f"the manifest {entry.name!r} asks for the avatar {manifest.avatar!r}, which does not exist "
+                         f"the manifest {names.quoted(entry.name)} asks for the avatar "
+                         f"{names.quoted(manifest.avatar)}, which does not exist "
                          f"(available: {available}).")]
         avatar = found
     return [Claim(stem=manifest.name, audio=manifest.audio, video=manifest.video, avatar=avatar,

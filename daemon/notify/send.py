@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon import names
 from daemon.config import Config
 from daemon.files import write_atomic
 from daemon.notify import messages
@@ -149,6 +150,7 @@ def notify_job(config: Config, event: str, user: str, stem: str, job_id: str, de
     Returns True when every target accepted it, or when there is nothing to send (event not enabled,
     no targets); False when a target failed: the message is then parked for the janitor to retry.
     """
+    user, stem = names.escape(user), names.escape(stem)  # from a user: no newline may forge a line of an alert
     try:
         if event not in JOB_EVENTS:
             log.error("notify_job: unknown event %r (known: %s)", event, ", ".join(JOB_EVENTS))

@@ -217,6 +217,31 @@ def test_folder_name_not_utf8_is_failed_escaped_and_can_be_retried(env, pair) ->
     assert json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))["user"] == "caf%E9-latin1"
 
 
+def test_user_names_cannot_forge_log_lines(env, pair) -> None:
+    """A folder named with a newline once wrote a second log line of its own choosing; tabs went through too."""
+    from daemon.log import fields
+
+    root, daemon = env
+    audio, _ = pair
+    forged = "CRITICAL lipsyncd: forged by a folder name"
+    for user in (f"evil\n{forged}", "tab\tuser"):
+        folder = root / "inbox" / user
+        folder.mkdir()
+        shutil.copy(audio, folder / "x.wav")
+    # A manifest's own text is quoted back in its error: a YAML "\n" escape must not forge a line either.
+    (root / "inbox" / "yaml-newline").mkdir()
+    (root / "inbox" / "yaml-newline" / "m.job.yaml").write_text(f'audio: "x\\n{forged}/a.wav"\nvideo: v.mp4\n')
+    wait_failure(root, "yaml-newline")
+    wait_failure(root, f"evil%0A{forged}")
+    wait_failure(root, "tab%09user")
+    lines = daemon.log().splitlines()
+    assert not [line for line in lines if line.startswith("CRITICAL")]
+    assert len([line for line in lines if f"[evil%0A{forged} pair]" in line]) == 1
+    assert len([line for line in lines if "[tab%09user pair]" in line]) == 1
+    assert "\t" not in daemon.log()
+    assert fields(user="a\nb\tc") == {"user": "a%0Ab%09c"}  # the journald field LIPSYNC_USER as well
+
+
 def test_symlink_to_shadow_is_never_followed(env, pair) -> None:
     root, _ = env
     _, video = pair
