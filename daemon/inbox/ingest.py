@@ -222,20 +222,20 @@ class Ingest:
         files = [(folder / name, name) for name in decision.files]
         # A refused folder name may hold anything (bytes that are not UTF-8, a newline): job.json, error.txt,
         # status and alerts get the escaped form, the same one failed/<date>/<user>/ is named with.
-        user = names.escape(user)
+        user, reason = names.escape(user), names.escape(decision.reason)  # the reason may quote a name
         try:
-            where = filing.file_failure(self.failed, user, decision.stem, files, decision.reason)
+            where = filing.file_failure(self.failed, user, decision.stem, files, reason)
         except OSError as exc:
             log.error("could not move %s to failed/ (%s); leaving them in the inbox. Reason they failed: %s",
-                      ", ".join(map(names.quoted, decision.files)), exc, names.escape(decision.reason),
+                      ", ".join(map(names.quoted, decision.files)), exc, reason,
                       extra=fields(user=user, stage="pair"))
             return
         for name in decision.files:
             self.settle.forget(str(folder / name))
-        log.error("%s: %s -> %s", names.escape(decision.stem), names.escape(decision.reason), names.escape(str(where)),
+        log.error("%s: %s -> %s", names.escape(decision.stem), reason, names.escape(str(where)),
                   extra=fields(user=user, stage="pair"))
         if self.on_failure is not None:
-            self.on_failure(user, decision.stem, str(where), decision.reason)
+            self.on_failure(user, decision.stem, str(where), reason)
 
 
 def _problem(name: str, st: os.stat_result, folder_problem: str | None) -> str | None:

@@ -124,7 +124,7 @@ def _stem_group(stem: str, group: list[Entry], now: float, pair_timeout: float,
             found = find_avatar(avatar_name)
             if isinstance(found, Path):
                 return Claim(stem=title, audio=audios[0], video=None, avatar=found)
-            available = ", ".join(found) if found else "none saved yet"
+            available = ", ".join(map(names.escape, found)) if found else "none saved yet"
             return Fail(label, files, f"{names.quoted(audios[0])} asks for the avatar {names.quoted(avatar_name)}, "
                                       f"but there is no saved avatar video of that name (available: {available}). "
                                       f"Save the video as avatars/<user>/{names.escape(avatar_name)}.mp4 or rename the "
@@ -168,7 +168,7 @@ def _manifest(entry: Entry, entries: dict[str, Entry], taken: set[str], now: flo
     if manifest.avatar is not None:
         found = find_avatar(manifest.avatar)
         if not isinstance(found, Path):
-            available = ", ".join(found) if found else "none saved yet"
+            available = ", ".join(map(names.escape, found)) if found else "none saved yet"
             return [Fail(label, [entry.name, *present],
                          f"the manifest {names.quoted(entry.name)} asks for the avatar "
                          f"{names.quoted(manifest.avatar)}, which does not exist "

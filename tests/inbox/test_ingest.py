@@ -202,6 +202,13 @@ def test_folder_name_not_utf8_is_failed_escaped_and_can_be_retried(env, pair) ->
         assert record["user"] == "caf%E9-latin1" and len(record["files"]) == 1
     assert sorted(p.name for f in both for p in f.iterdir() if p.suffix != ".txt" and p.name != "job.json") \
         == ["n.mp4", "n.wav"]
+    # A saved avatar whose name is not UTF-8 is listed, escaped, when another one is asked for.
+    avatars = os.fsencode(root / "avatars") + b"/latin1-avatar"
+    os.makedirs(avatars)
+    shutil.copy(video, avatars + b"/ann\xe9.mp4")
+    (root / "inbox" / "latin1-avatar").mkdir()
+    shutil.copy(audio, root / "inbox" / "latin1-avatar" / "hi@bob.wav")
+    assert "available: ann%E9" in error_of(wait_failure(root, "latin1-avatar"))
     bad_file = wait_failure(root, "latin1-file")
     assert (bad_file / "bad%FF.wav").read_bytes() == audio.read_bytes()
     assert "'bad%FF.wav'" in error_of(bad_file)
