@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import EngineError
-from pipeline.media.probe import probe, require_tool
+from pipeline.media.probe import check_complete, probe, require_tool
 
 SAMPLE_RATE = 16000  # Hz: speech needs nothing above 8 kHz
 N_FFT = 400  # 25 ms analysis window
@@ -81,6 +81,8 @@ def load_audio(path: str | Path, role: str = "audio") -> Audio:
     if len(samples) < SAMPLE_RATE // 10:
         raise EngineError(f"the {role} {path.name!r} holds less than 0.1 s of sound; "
                           "check that it was exported completely")
+    # Sample 0 is time 0 of the file, so the sound read is what follows the track's own start.
+    check_complete(path, role, len(samples) / SAMPLE_RATE - info.audio_start, info.audio_duration)
     return Audio(samples=samples, path=path)
 
 

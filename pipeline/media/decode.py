@@ -4,8 +4,10 @@ Public API (shared by the engines and the sync score; keep it stable):
 
 - open_video(path) -> VideoInfo: probe a video, with plain-words EngineErrors (no picture, unreadable).
 - read_frames(info, batch_frames, limit=None, max_side=None, pixels="rgb") -> iterator of writable uint8
-  arrays: (B, H, W, 3) RGB by default. Every frame at the constant rate info.fps, rotation metadata
-  applied (phone video comes out upright), any pixel format (10-bit included) converted to 8 bits.
+  arrays: (B, H, W, 3) RGB by default. A video that ends well before its container says (an interrupted
+  copy) raises EngineError "... is cut short" when the decoder reaches its end. Every frame at the
+  constant rate info.fps, rotation metadata applied (phone video comes out upright), any pixel format
+  (10-bit included) converted to 8 bits.
   Variable frame rate input is resampled to info.fps (frames repeated or dropped, as a player shows
   them). max_side: scaled down by ffmpeg to fit (for analysis).
 
@@ -33,7 +35,7 @@ from typing import IO, Any
 import numpy as np
 
 from pipeline.errors import EngineError
-from pipeline.media.probe import probe, require_tool
+from pipeline.media.probe import check_complete, probe, require_tool
 
 STANDARD_RATES = (Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
                   Fraction(48), Fraction(50), Fraction(60000, 1001), Fraction(60))
@@ -63,6 +65,7 @@ class VideoInfo:
     pix_fmt: str = ""
     color_tags: tuple[str, str, str] = ("", "", "")  # colour space, primaries, transfer as ffprobe names them
     full_range: bool = False  # YUV levels 0-255 (some phones) rather than 16-235
+    promised: float = 0.0  # seconds of picture the container promises (0: unknown); checked when decoded
 
     @property
     def frame_bytes(self) -> int:
@@ -100,6 +103,7 @@ def open_video(path: str | Path, role: str = "video") -> VideoInfo:
         color_tags=tuple(_known(stream.get(key)) for key in ("color_space", "color_primaries",
                                                               "color_transfer")),  # type: ignore[arg-type]
         full_range=stream.get("color_range") == "pc" or media.pix_fmt.startswith("yuvj"),
+        promised=media.video_duration,
     )
 
 
@@ -160,6 +164,9 @@ def read_frames(info: VideoInfo, batch_frames: int, limit: int | None = None,
         process.stdout.close()
         code = process.wait()
         stderr.join()
+        if limit is None or delivered < limit:  # the decoder reached the end: all of the picture?
+            # First: a cut-off file often ends in a decoding error, and "cut short" says what to do.
+            check_complete(info.path, "video", delivered / float(info.fps), info.promised)
         if code != 0 and (limit is None or delivered < limit):
             raise EngineError(f"the video {info.path.name!r} could not be decoded ({stderr.last_line()}); "
                               "export it again (H.264 MP4 works everywhere) and drop it again")

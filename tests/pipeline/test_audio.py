@@ -95,3 +95,15 @@ def test_a_sound_track_that_starts_after_the_picture_is_padded(tmp_path: Path, s
     new_level = np.maximum(audio.frame_loudness(delayed.samples, FPS, n + 20), -60)
     best = max(range(0, 20), key=lambda lag: _envelope_correlation(ref_level, new_level[lag:]))
     assert best == 10  # 0.4 s at 25 fps
+
+
+@pytest.mark.parametrize(("name", "extra"), [("notes.m4a", ("-c:a", "aac")), ("notes.mp3", ()), ("notes.wav", ()),
+                                             ("notes.mkv", ("-c:a", "libopus"))])
+def test_a_cut_short_audio_is_refused_in_plain_words(tmp_path: Path, name: str, extra: tuple[str, ...]) -> None:
+    """Issue 13.4: an interrupted copy (the first 45% of the file) is not decoded into a shorter job."""
+    whole = media.faststart(media.tone(tmp_path / "tone.wav", seconds=6.0), tmp_path / f"whole-{name}", *extra)
+    assert audio.load_audio(whole).duration == pytest.approx(6.0, abs=0.1)
+    cut = media.truncated(whole, tmp_path / name)
+    with pytest.raises(EngineError, match=rf"the audio {name} is cut short: only 2\.\d s of 6\.0 s could be read"
+                                          r".* copy it again"):
+        audio.load_audio(cut)

@@ -222,3 +222,13 @@ def test_a_still_photo_works_as_the_video(tmp_path: Path, speech_wav: Path) -> N
     result = render(sound, photo, output)
     _assert_lasts_as_long_as(output, sound, 25.0)
     assert result.details["source_frames"] == 1 and result.details["frames_changed"] > 10
+
+
+def test_a_cut_short_video_fails_instead_of_playing_back_and_forth(tmp_path: Path, speech_wav: Path) -> None:
+    """Issue 13.4: the first 45% of a faststart MP4 (container: 6 s) under 5 s of speech is no 'done' output."""
+    clip = media.face_clip(tmp_path / "face.mp4", seconds=6.0)
+    whole = media.faststart(clip, tmp_path / "whole.mp4", "-c", "copy")
+    cut = media.truncated(whole, tmp_path / "notes.mp4")
+    output = tmp_path / "out.mp4"
+    with pytest.raises(EngineError, match=r"the video notes\.mp4 is cut short: only \d\.\d s of 6\.0 s"):
+        render(_cut(speech_wav, tmp_path / "five.wav", 5.0), cut, output)
