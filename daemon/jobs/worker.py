@@ -385,7 +385,7 @@ class Worker:
         work.mkdir(parents=True)
         output = work / "output.mp4"
         spec = JobSpec(audio=run.audio, video=run.video, output=output, device=self.device, workdir=work,
-                       options=run.job.options)
+                       options=engine.check_options(run.job.options))  # a bad option: the drop's plain error
         with self._stage(run, "engine"):
             result = engine.render(spec, self._progress)
         return output, result

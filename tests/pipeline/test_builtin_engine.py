@@ -232,3 +232,27 @@ def test_a_cut_short_video_fails_instead_of_playing_back_and_forth(tmp_path: Pat
     output = tmp_path / "out.mp4"
     with pytest.raises(EngineError, match=r"the video notes\.mp4 is cut short: only \d\.\d s of 6\.0 s"):
         render(_cut(speech_wav, tmp_path / "five.wav", 5.0), cut, output)
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"detect_every": float("inf")}, "detect_every must be a whole number from 1 to 100, not inf"),
+    ({"detect_every": 2.5}, "detect_every must be a whole number from 1 to 100, not 2.5"),
+    ({"detect_every": 0}, "detect_every must be a whole number from 1 to 100, not 0"),
+    ({"mouth_gain": "x"}, "mouth_gain must be a number from 0 to 4, not 'x'"),
+    ({"mouth_gain": float("nan")}, "mouth_gain must be a number from 0 to 4, not nan"),
+    ({"mouth_gain": True}, "mouth_gain must be a number from 0 to 4, not True"),
+    ({"mouth_gian": 1.2}, "'mouth_gian' is not an option of the builtin engine"),
+])
+def test_bad_job_options_fail_in_plain_words(tmp_path: Path, face_mp4: Path, short_wav: Path, options: dict,
+                                             words: str) -> None:
+    """Issue 13.6: each engine declares its options; a bad value is the drop's plain error, not an internal one."""
+    from daemon.config import DEFAULTS
+    from pipeline.engines import JobSpec, get_engine
+
+    engine = get_engine("builtin", DEFAULTS["pipeline"])
+    spec = JobSpec(audio=short_wav, video=face_mp4, output=tmp_path / "out.mp4", workdir=tmp_path, options=options)
+    with pytest.raises(EngineError, match="the job's options cannot be used") as caught:
+        engine.render(spec)
+    assert words in str(caught.value)
+    assert "Fix `options:` in the manifest" in str(caught.value)
+    assert engine.check_options({"detect_every": 3, "mouth_gain": 1}) == {"detect_every": 3, "mouth_gain": 1}

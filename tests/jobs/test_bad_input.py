@@ -1,0 +1,49 @@
+"""Hostile and broken drops through the real daemon (issue 13): each fails as that drop's own plain error,
+naming the user's files, never as an internal error or with the spool's names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import media
+from tests.daemon_harness import Daemon, failures, wait_for, write_config
+
+pytestmark = pytest.mark.timeout(300)
+
+BUILTIN = {"engine": "builtin", "allowed_engines": ["builtin", "command"]}
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("pair")
+    return media.tone(folder / "a.wav", seconds=1.0), media.color_clip(folder / "v.mp4", seconds=1.0)
+
+
+def _drop(folder: Path, files: dict[str, bytes]) -> None:
+    """Write the drop's files (the manifest last, as people save it after the media)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
+@pytest.mark.parametrize(("engine", "options", "words"), [
+    ("builtin", "{detect_every: .inf}", "detect_every must be a whole number from 1 to 100, not inf"),
+    ("builtin", "{mouth_gain: x}", "mouth_gain must be a number from 0 to 4, not 'x'"),
+    ("command", "{mouth_gain: 1.2}", "'mouth_gain' is not an option of the command engine"),
+])
+def test_a_bad_manifest_option_is_the_drops_plain_error(tmp_path: Path, pair, engine: str, options: str,
+                                                        words: str) -> None:
+    """Issue 13.6: `detect_every: .inf` was reported as "internal error ... This is a bug"."""
+    config = write_config(tmp_path, pipeline=BUILTIN)
+    manifest = f"audio: take.wav\nvideo: face.mp4\nengine: {engine}\noptions: {options}\n".encode()
+    with Daemon(config):
+        _drop(tmp_path / "inbox" / "dana", {"take.wav": pair[0].read_bytes(), "face.mp4": pair[1].read_bytes(),
+                                            "promo.job.yaml": manifest})
+        [failed] = wait_for(lambda: failures(tmp_path), 120, "the failure")
+    text = (failed / "error.txt").read_text()
+    assert "the job's options cannot be used" in text and words in text
+    assert "internal error" not in text and "bug" not in text
+    assert sorted(p.name for p in failed.iterdir() if p.name not in ("error.txt", "job.json")) == [
+        "face.mp4", "promo.job.yaml", "take.wav"]
