@@ -370,10 +370,16 @@ class Worker:
         return True
 
     def _verify(self, run: Run) -> dict[str, dict[str, Any]]:
-        """Fingerprint the inputs (name, size, sha256) for the record; a vanished input ends the job here."""
+        """Fingerprint the inputs (name, size, sha256) for the record; a vanished input ends the job here, and
+        so does one longer or larger than pipeline.max_seconds / max_pixels (from the probe, before any engine
+        decodes it: the audio is held in memory whole)."""
+        from pipeline.media.probe import Limits
+
         with self._stage(run, "verify"):
-            return {"audio": record.fingerprint(run.job.audio.name, run.audio),
-                    "video": record.fingerprint(run.job.video.name, run.video)}
+            inputs = {"audio": record.fingerprint(run.job.audio.name, run.audio),
+                      "video": record.fingerprint(run.job.video.name, run.video)}
+            Limits.from_settings(self.config.pipeline.settings).check_inputs(run.audio, run.video)
+            return inputs
 
     def _render(self, run: Run) -> tuple[Path, RenderResult]:
         """The engine writes the video into this attempt's own work folder (a dead worker's engine writes elsewhere)."""

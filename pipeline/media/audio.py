@@ -11,13 +11,13 @@ frame i covers [i / fps, (i + 1) / fps).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import EngineError
-from pipeline.media.probe import check_complete, probe, require_tool
+from pipeline.media.probe import Limits, check_complete, probe, require_tool
 
 SAMPLE_RATE = 16000  # Hz: speech needs nothing above 8 kHz
 N_FFT = 400  # 25 ms analysis window
@@ -54,8 +54,12 @@ class FrameFeatures:
         return len(self.loudness)
 
 
-def load_audio(path: str | Path, role: str = "audio") -> Audio:
-    """Decode the first audio stream of *path* to 16 kHz mono float32; EngineError names the file if it can't."""
+def load_audio(path: str | Path, role: str = "audio", max_seconds: float | None = None) -> Audio:
+    """Decode the first audio stream of *path* to 16 kHz mono float32; EngineError names the file if it can't.
+
+    The whole sound is held in memory, so *max_seconds* (pipeline.max_seconds) is checked from the probe
+    before decoding, and decoding stops just past it should the container understate its length.
+    """
     import ffmpeg
 
     path = Path(path)
@@ -63,11 +67,14 @@ def load_audio(path: str | Path, role: str = "audio") -> Audio:
     if not info.has_audio:
         raise EngineError(f"the {role} {path.name!r} has no sound track; give an audio file "
                           "(wav, mp3, m4a, ogg, flac) or a video that has sound")
+    limits = Limits(max_seconds=max_seconds, max_pixels=None)
+    limits.check_sound(info, role)
     require_tool("ffmpeg")
+    cap = {} if max_seconds is None else {"t": max_seconds + 1.0}
     stream = (
         ffmpeg.input(f"file:{path.absolute()}")
         .audio.filter("aresample", first_pts=0)  # sample 0 = time 0 of the file
-        .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE)
+        .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE, **cap)
         .global_args("-nostdin", "-v", "error")
     )
     try:
@@ -83,6 +90,7 @@ def load_audio(path: str | Path, role: str = "audio") -> Audio:
                           "check that it was exported completely")
     # Sample 0 is time 0 of the file, so the sound read is what follows the track's own start.
     check_complete(path, role, len(samples) / SAMPLE_RATE - info.audio_start, info.audio_duration)
+    limits.check_sound(replace(info, audio_duration=len(samples) / SAMPLE_RATE), role)  # the container lied
     return Audio(samples=samples, path=path)
 
 

@@ -35,7 +35,7 @@ from typing import IO, Any
 import numpy as np
 
 from pipeline.errors import EngineError
-from pipeline.media.probe import check_complete, probe, require_tool
+from pipeline.media.probe import Limits, check_complete, probe, require_tool
 
 STANDARD_RATES = (Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
                   Fraction(48), Fraction(50), Fraction(60000, 1001), Fraction(60))
@@ -77,8 +77,9 @@ class VideoInfo:
         return max(1, round(self.duration * float(self.fps)))
 
 
-def open_video(path: str | Path, role: str = "video") -> VideoInfo:
-    """Probe *path* as the video of a job; EngineError in plain words when it has no usable picture."""
+def open_video(path: str | Path, role: str = "video", max_pixels: int | None = None) -> VideoInfo:
+    """Probe *path* as the video of a job; EngineError in plain words when it has no usable picture or one
+    larger than *max_pixels* (pipeline.max_pixels)."""
     import ffmpeg
 
     path = Path(path)
@@ -90,6 +91,7 @@ def open_video(path: str | Path, role: str = "video") -> VideoInfo:
     if media.width < 16 or media.height < 16:
         raise EngineError(f"the {role} {path.name!r} is only {media.width}x{media.height} pixels; "
                           "use a video in which the face is at least 100 pixels high")
+    Limits(max_seconds=None, max_pixels=max_pixels).check_picture(media, role)
     probed = ffmpeg.probe(f"file:{path.absolute()}", select_streams="v")
     stream = next(s for s in probed["streams"] if not s.get("disposition", {}).get("attached_pic"))
     fps = choose_rate(_fraction(stream.get("avg_frame_rate")), _fraction(stream.get("r_frame_rate")))

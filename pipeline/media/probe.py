@@ -6,9 +6,11 @@ import json
 import shutil
 import struct
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import EngineError
 
@@ -17,7 +19,12 @@ PROBE_TIMEOUT_SECONDS = 60
 # the larger of the two. Generous enough for encoder priming, edit lists and frame-rate rounding.
 CUT_SHORT_SECONDS = 0.5
 CUT_SHORT_SHARE = 0.02
-WAV_MAX_CHUNKS = 64  # RIFF chunks read looking for a WAV's data chunk
+WAV_MAX_CHUNKS = 64
+# What one job may ask of the server (pipeline.max_seconds, pipeline.max_pixels), checked from the probe before
+# anything is decoded: the audio is decoded whole (16 kHz float32, about 4 MB a minute, several times that
+# while its features are computed), so its length bounds the worker's memory; 4K UHD is the largest picture.
+DEFAULT_MAX_SECONDS = 1800.0
+DEFAULT_MAX_PIXELS = 3840 * 2160  # RIFF chunks read looking for a WAV's data chunk
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,49 @@ class MediaInfo:
         if self.rotation % 180:
             return self.height, self.width
         return self.width, self.height
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The longest audio and the largest picture a job may have; None: no limit."""
+
+    max_seconds: float | None = DEFAULT_MAX_SECONDS
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def from_settings(cls, pipeline: Mapping[str, Any]) -> Limits:
+        """From the `pipeline` config section (validated by the daemon's config)."""
+        seconds, pixels = pipeline.get("max_seconds", DEFAULT_MAX_SECONDS), pipeline.get("max_pixels",
+                                                                                          DEFAULT_MAX_PIXELS)
+        return cls(max_seconds=None if seconds is None else float(seconds),
+                   max_pixels=None if pixels is None else int(pixels))
+
+    def check_sound(self, info: MediaInfo, role: str) -> None:
+        """EngineError when the sound of *info* is longer than max_seconds."""
+        seconds = info.audio_duration or info.duration
+        if self.max_seconds is not None and seconds > self.max_seconds:
+            raise EngineError(f"the {role} {info.path.name} lasts {clock(seconds)}; this server renders at most "
+                              f"{clock(self.max_seconds)} of sound in one job (pipeline.max_seconds) - split it "
+                              "into shorter parts and drop them one by one")
+
+    def check_picture(self, info: MediaInfo, role: str) -> None:
+        """EngineError when the picture of *info* has more than max_pixels pixels."""
+        if self.max_pixels is not None and info.width * info.height > self.max_pixels:
+            raise EngineError(f"the {role} {info.path.name} is {info.width}x{info.height} pixels; this server "
+                              f"takes at most {self.max_pixels / 1e6:.1f} megapixels (pipeline.max_pixels; "
+                              "3840x2160 is 8.3) - scale it down (1920x1080 is plenty for a face) and drop it again")
+
+    def check_inputs(self, audio: Path, video: Path) -> None:
+        """Probe a job's inputs and check both limits before any engine decodes them."""
+        self.check_sound(probe(audio, "audio"), "audio")
+        self.check_picture(probe(video, "video"), "video")
+
+
+def clock(seconds: float) -> str:
+    """A length as people read it: 0:45, 12:05, 3:00:00."""
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def require_tool(name: str) -> str:

@@ -47,3 +47,16 @@ def test_a_bad_manifest_option_is_the_drops_plain_error(tmp_path: Path, pair, en
     assert "internal error" not in text and "bug" not in text
     assert sorted(p.name for p in failed.iterdir() if p.name not in ("error.txt", "job.json")) == [
         "face.mp4", "promo.job.yaml", "take.wav"]
+
+
+def test_audio_longer_than_max_seconds_fails_before_any_engine_runs(tmp_path: Path, pair) -> None:
+    """Issue 13.7: a 3-hour silent m4a (0.7 MB) is refused from the probe in the verify stage, whatever the engine
+    (here the command engine, which would have muxed it happily)."""
+    config = write_config(tmp_path)
+    long_audio = media.long_silence(tmp_path / "talk.m4a")
+    with Daemon(config):
+        _drop(tmp_path / "inbox" / "dana", {"talk.mp4": pair[1].read_bytes(), "talk.m4a": long_audio.read_bytes()})
+        [failed] = wait_for(lambda: failures(tmp_path), 120, "the failure")
+    text = (failed / "error.txt").read_text()
+    assert "lasts 3:00:00; this server renders at most 30:00 of sound in one job (pipeline.max_seconds)" in text
+    assert not list((tmp_path / "outputs").rglob("*.mp4"))

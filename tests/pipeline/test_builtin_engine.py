@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -256,3 +257,38 @@ def test_bad_job_options_fail_in_plain_words(tmp_path: Path, face_mp4: Path, sho
     assert words in str(caught.value)
     assert "Fix `options:` in the manifest" in str(caught.value)
     assert engine.check_options({"detect_every": 3, "mouth_gain": 1}) == {"detect_every": 3, "mouth_gain": 1}
+
+
+# Peak memory of a child that imports torch and the pipeline and fails a job before decoding anything;
+# decoding 3 hours of audio and its features took 3.9 GB.
+EARLY_FAILURE_MAX_RSS_MB = 1000
+
+
+def test_a_three_hour_audio_is_refused_before_decoding(tmp_path: Path, face_mp4: Path) -> None:
+    """Issue 13.7: a 3-hour silent m4a drove the worker to 3.9 GB; pipeline.max_seconds (default 30 minutes)
+    refuses it from the probe. The render runs in a child so that its peak memory can be measured."""
+    sound = media.long_silence(tmp_path / "talk.m4a")
+    script = ("import resource, sys\nfrom pathlib import Path\nfrom pipeline.errors import EngineError\n"
+              "from tests.lipsync_support import render\n"
+              "try:\n    render(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))\n"
+              "except EngineError as exc:\n    print(exc)\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(sound), str(face_mp4), str(tmp_path / "out.mp4")],
+                          capture_output=True, text=True, timeout=600, check=True)
+    message, peak_mb = done.stdout.strip().splitlines()
+    assert message == ("the audio talk.m4a lasts 3:00:00; this server renders at most 30:00 of sound in one job "
+                       "(pipeline.max_seconds) - split it into shorter parts and drop them one by one")
+    assert int(peak_mb) < EARLY_FAILURE_MAX_RSS_MB
+
+
+def test_a_picture_larger_than_max_pixels_is_refused(tmp_path: Path, face_mp4: Path, short_wav: Path) -> None:
+    """Issue 13.7: pipeline.max_pixels is checked from the probe before a frame is decoded."""
+    from daemon.config import DEFAULTS
+    from pipeline.engines import JobSpec, get_engine
+
+    engine = get_engine("builtin", {**DEFAULTS["pipeline"], "max_pixels": 320 * 240})
+    spec = JobSpec(audio=short_wav, video=face_mp4, output=tmp_path / "out.mp4", workdir=tmp_path)
+    with pytest.raises(EngineError, match=r"the video face\.mp4 is 320x320 pixels; this server takes at most 0\.1 "
+                                          r"megapixels \(pipeline\.max_pixels; .*scale it down"):
+        engine.render(spec)
+    assert not spec.output.exists()
