@@ -60,3 +60,35 @@ def test_audio_longer_than_max_seconds_fails_before_any_engine_runs(tmp_path: Pa
     text = (failed / "error.txt").read_text()
     assert "lasts 3:00:00; this server renders at most 30:00 of sound in one job (pipeline.max_seconds)" in text
     assert not list((tmp_path / "outputs").rglob("*.mp4"))
+
+
+@pytest.fixture(scope="module")
+def cut_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 45% of a faststart MP4 whose container says 6 s: an interrupted copy."""
+    folder = tmp_path_factory.mktemp("cut")
+    clip = media.no_face_clip(folder / "clip.mp4", seconds=6.0, size=(160, 120))
+    return media.truncated(media.faststart(clip, folder / "whole.mp4", "-c", "copy"), folder / "cut.mp4")
+
+
+@pytest.mark.parametrize(("case", "words"), [
+    ("junk", "the video 'notes.mp4' is not a readable media file (notes.mp4: "),
+    ("cut", "the video notes.mp4 is cut short: only "),
+    ("long", "the audio notes.m4a lasts 3:00:00"),
+])
+def test_error_txt_names_the_users_own_files(tmp_path: Path, pair, cut_video: Path, case: str, words: str) -> None:
+    """Issue 13.5: error.txt said 'video.mp4' and file:/…/spool/<job>/video.mp4, the spool's names for the files."""
+    config = write_config(tmp_path, pipeline=BUILTIN)
+    video = {"junk": b"this is not a video\n" * 200, "cut": cut_video.read_bytes()}.get(case, pair[1].read_bytes())
+    files = {"notes.mp4": video}
+    if case == "long":
+        files["notes.m4a"] = media.long_silence(tmp_path / "long.m4a").read_bytes()
+    else:
+        files["notes.wav"] = media.tone(tmp_path / "five.wav", seconds=5.0).read_bytes()
+    with Daemon(config):
+        _drop(tmp_path / "inbox" / "dana", files)
+        [failed] = wait_for(lambda: failures(tmp_path), 120, "the failure")
+    text = (failed / "error.txt").read_text()
+    assert words in text
+    spool = str(tmp_path / "spool")
+    assert "video.mp4" not in text and "audio." not in text and spool not in text and "file:" not in text
+    assert "video.mp4" not in (failed / "job.json").read_text().split('"error"')[1].split("\n")[0]
