@@ -9,6 +9,7 @@ treated by the daemon as an internal error.
 from __future__ import annotations
 
 import math
+import reprlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,9 +43,9 @@ class Option:
         """Why *value* cannot be used (None: it can). YAML gives bools, strings, .inf and .nan too."""
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or (self.kind is int and not isinstance(value, int)):
-            return f"must be {self.describe()}, not {value!r}"
-        if not math.isfinite(value) or not self.low <= value <= self.high:
-            return f"must be {self.describe()}, not {value!r}"
+            return f"must be {self.describe()}, not {reprlib.repr(value)}"
+        if (isinstance(value, float) and not math.isfinite(value)) or not self.low <= value <= self.high:
+            return f"must be {self.describe()}, not {reprlib.repr(value)}"
         return None
 
     def describe(self) -> str:
@@ -93,7 +94,7 @@ class Engine(ABC):
         for key, value in options.items():
             option = cls.options.get(key) if isinstance(key, str) else None
             if option is None:
-                problems.append(f"{key!r} is not an option of the {cls.name} engine")
+                problems.append(f"{reprlib.repr(key)} is not an option of the {cls.name} engine")
             else:
                 why = option.problem(value)
                 if why:

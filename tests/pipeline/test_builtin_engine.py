@@ -239,6 +239,7 @@ def test_a_cut_short_video_fails_instead_of_playing_back_and_forth(tmp_path: Pat
     ({"detect_every": float("inf")}, "detect_every must be a whole number from 1 to 100, not inf"),
     ({"detect_every": 2.5}, "detect_every must be a whole number from 1 to 100, not 2.5"),
     ({"detect_every": 0}, "detect_every must be a whole number from 1 to 100, not 0"),
+    ({"detect_every": 10 ** 400}, "detect_every must be a whole number from 1 to 100, not 1000"),
     ({"mouth_gain": "x"}, "mouth_gain must be a number from 0 to 4, not 'x'"),
     ({"mouth_gain": float("nan")}, "mouth_gain must be a number from 0 to 4, not nan"),
     ({"mouth_gain": True}, "mouth_gain must be a number from 0 to 4, not True"),
