@@ -49,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
         "batch_frames": 32,
         "crf": 20,
         "preset": "veryfast",
+        "max_seconds": 1800,
+        "max_pixels": 3840 * 2160,
         "builtin": {
             "detect_every": 5,
             "mouth_gain": 1.0,
@@ -506,6 +508,11 @@ def _positive(value: Any) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def _limit(value: Any) -> str | None:
+    """A limit on what a job may ask (pipeline.max_seconds, max_pixels): a real, positive number."""
+    return None if 0 < value < float("inf") else "must be a number greater than 0 (not .inf or .nan)"
+
+
 def _not_negative(value: Any) -> str | None:
     return None if value >= 0 else "must be 0 or more"
 
@@ -560,6 +567,8 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "pipeline.device": _devices,
     "pipeline.allowed_engines": _allowed_engines,
     "pipeline.batch_frames": _positive,
+    "pipeline.max_seconds": _limit,
+    "pipeline.max_pixels": _limit,
     "pipeline.command.argv": _strings,
     "queue.url": _queue_url,
     "queue.lease_seconds": _positive,

@@ -181,7 +181,12 @@ def _mouth_openness(info: videomod.VideoInfo, fps: float, detect_every: int,
 
 
 def _detrend(values: np.ndarray, window: int) -> np.ndarray:
-    """Subtract a centred moving average (over frames with a face only)."""
+    """Subtract a centred moving average (over frames with a face only).
+
+    The window never exceeds the clip: np.convolve(mode="same") returns max(len(values), window) values, so a
+    clip shorter than the window (outputs under 2 s) would not line up with its own average.
+    """
+    window = max(1, min(window, len(values)))
     valid = np.isfinite(values)
     filled = np.where(valid, values, 0.0)
     kernel = np.ones(window)

@@ -51,3 +51,25 @@ def color_clip(path: Path, seconds: float = 2.0, fps: float = 25.0, size: tuple[
                     f"color=c=gray:size={size[0]}x{size[1]}:rate={fps}:duration={seconds}",
                     "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", str(path)], check=True)
     return path
+
+
+def truncated(src: Path, dst: Path, share: float = 0.45) -> Path:
+    """The first *share* of *src*'s bytes, as an interrupted copy leaves it (`head -c`)."""
+    size = src.stat().st_size
+    with open(dst, "wb") as out:
+        subprocess.run(["head", "-c", str(int(size * share)), str(src)], stdout=out, check=True)
+    return dst
+
+
+def faststart(src: Path, dst: Path, *extra: str) -> Path:
+    """*src* re-encoded with the MP4 index at the front, as phones and editors export it."""
+    subprocess.run([_ffmpeg(), "-v", "error", "-y", "-i", str(src), *extra, "-movflags", "+faststart", str(dst)],
+                   check=True)
+    return dst
+
+
+def long_silence(path: Path, seconds: float = 3 * 3600.0) -> Path:
+    """Hours of silence in a small file (AAC at 8 kbit/s: about 0.7 MB for 3 hours), made by ffmpeg's lavfi."""
+    subprocess.run([_ffmpeg(), "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t",
+                    str(seconds), "-c:a", "aac", "-b:a", "8k", str(path)], check=True)
+    return path

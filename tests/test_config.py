@@ -213,3 +213,15 @@ def test_a_folder_bind_mounted_as_another_is_the_same_folder(tmp_path: Path) -> 
     finally:
         subprocess.run(["umount", str(mount)], check=True)
     assert problem.key == "paths.outputs" and "overlaps paths.inbox: it is the same folder as" in str(problem)
+
+
+@pytest.mark.parametrize("text", ["pipeline:\n  max_seconds: .inf\n", "pipeline:\n  max_pixels: 0\n",
+                                  "pipeline:\n  max_seconds: .nan\n"])
+def test_job_limits_must_be_real_positive_numbers(tmp_path: Path, text: str) -> None:
+    """Issue 13.7: pipeline.max_seconds and pipeline.max_pixels bound what one job may ask of the server."""
+    assert configmod.DEFAULTS["pipeline"]["max_seconds"] == 1800
+    assert configmod.DEFAULTS["pipeline"]["max_pixels"] == 3840 * 2160
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(configmod.ConfigError, match=r"pipeline\.max_(seconds|pixels).*greater than 0"):
+        configmod.load(path)

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -340,7 +341,7 @@ class Worker:
         except Exception as exc:
             if self._no_room(exc):
                 raise
-            self._fail(run, self._failure_reason(run, exc), engine=run.engine)
+            self._fail(run, users_words(run, self._failure_reason(run, exc)), engine=run.engine)
             return
         self._publish(run, output, *self._record(run, inputs, output, result))
 
@@ -370,10 +371,16 @@ class Worker:
         return True
 
     def _verify(self, run: Run) -> dict[str, dict[str, Any]]:
-        """Fingerprint the inputs (name, size, sha256) for the record; a vanished input ends the job here."""
+        """Fingerprint the inputs (name, size, sha256) for the record; a vanished input ends the job here, and
+        so does one longer or larger than pipeline.max_seconds / max_pixels (from the probe, before any engine
+        decodes it: the audio is held in memory whole)."""
+        from pipeline.media.probe import Limits
+
         with self._stage(run, "verify"):
-            return {"audio": record.fingerprint(run.job.audio.name, run.audio),
-                    "video": record.fingerprint(run.job.video.name, run.video)}
+            inputs = {"audio": record.fingerprint(run.job.audio.name, run.audio),
+                      "video": record.fingerprint(run.job.video.name, run.video)}
+            Limits.from_settings(self.config.pipeline.settings).check_inputs(run.audio, run.video)
+            return inputs
 
     def _render(self, run: Run) -> tuple[Path, RenderResult]:
         """The engine writes the video into this attempt's own work folder (a dead worker's engine writes elsewhere)."""
@@ -385,7 +392,7 @@ class Worker:
         work.mkdir(parents=True)
         output = work / "output.mp4"
         spec = JobSpec(audio=run.audio, video=run.video, output=output, device=self.device, workdir=work,
-                       options=run.job.options)
+                       options=engine.check_options(run.job.options))  # a bad option: the drop's plain error
         with self._stage(run, "engine"):
             result = engine.render(spec, self._progress)
         return output, result
@@ -544,6 +551,33 @@ def _kill_children() -> None:
                 os.killpg(pid, signal.SIGKILL)
             else:
                 os.kill(pid, signal.SIGKILL)
+
+
+def users_words(run: Run, text: str) -> str:
+    """*text* about the job's files as the person knows them: engines only see the spool's copies, so their
+    messages say 'video.mp4' and ffmpeg's say file:/…/spool/<job>/video.mp4; each becomes the name that was
+    dropped, and any other path inside the job's folder (its work files) just its own name."""
+    folder = str(run.folder)
+    names_of: dict[str, str] = {}
+    for item in run.job.inputs():
+        path = str(run.folder / item.file) if item.consumed else item.file
+        names_of[path] = item.name
+        if item.consumed:
+            names_of[item.file] = item.name
+    paths = "|".join(re.escape(p) for p in sorted(names_of, key=len, reverse=True) if p.startswith("/"))
+    bare = "|".join(re.escape(p) for p in sorted(names_of, key=len, reverse=True) if not p.startswith("/"))
+    pattern = re.compile("|".join(part for part in (
+        f"(?:file:)?(?P<path>{paths})(?![^\\s'\",:;)])" if paths else "",
+        f"(?:file:)?(?P<other>{re.escape(folder)}/[^\\s'\",:;)]*)",
+        f"(?<![\\w./-])(?P<bare>{bare})(?![\\w-]|\\.\\w)" if bare else "",
+    ) if part))
+
+    def name(match: re.Match[str]) -> str:
+        if match.group("other"):
+            return Path(match.group("other")).name
+        return names_of[match.group("path") or match.group("bare")]
+
+    return pattern.sub(name, text)
 
 
 def _notify(config: configmod.Config, event: str, user: str, stem: str, job_id: str, detail: str) -> None:

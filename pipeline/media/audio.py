@@ -11,13 +11,15 @@ frame i covers [i / fps, (i + 1) / fps).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import subprocess
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import EngineError
-from pipeline.media.probe import probe, require_tool
+from pipeline.media.probe import Limits, check_complete, probe, require_tool
 
 SAMPLE_RATE = 16000  # Hz: speech needs nothing above 8 kHz
 N_FFT = 400  # 25 ms analysis window
@@ -26,7 +28,8 @@ N_MELS = 80
 FMAX = SAMPLE_RATE / 2
 SILENCE_DBFS = -55.0  # loudest frame below this: the audio is treated as silent
 LOUDNESS_FLOOR_DBFS = -100.0  # digital silence is reported as this, not -inf
-DECODE_TIMEOUT_SECONDS = 600
+BLOCK_FRAMES = 4096  # video frames of loudness summed at a time
+BLOCK_COLUMNS = 6000  # mel columns (60 s) computed at a time: memory stays flat in the audio's length
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,12 @@ class FrameFeatures:
         return len(self.loudness)
 
 
-def load_audio(path: str | Path, role: str = "audio") -> Audio:
-    """Decode the first audio stream of *path* to 16 kHz mono float32; EngineError names the file if it can't."""
+def load_audio(path: str | Path, role: str = "audio", max_seconds: float | None = None) -> Audio:
+    """Decode the first audio stream of *path* to 16 kHz mono float32; EngineError names the file if it can't.
+
+    The whole sound is held in memory, so *max_seconds* (pipeline.max_seconds) is checked from the probe
+    before decoding, and decoding stops just past it should the container understate its length.
+    """
     import ffmpeg
 
     path = Path(path)
@@ -63,25 +70,56 @@ def load_audio(path: str | Path, role: str = "audio") -> Audio:
     if not info.has_audio:
         raise EngineError(f"the {role} {path.name!r} has no sound track; give an audio file "
                           "(wav, mp3, m4a, ogg, flac) or a video that has sound")
+    limits = Limits(max_seconds=max_seconds, max_pixels=None)
+    limits.check_sound(info, role)
     require_tool("ffmpeg")
+    cap = {} if max_seconds is None else {"t": max_seconds + 1.0}
     stream = (
         ffmpeg.input(f"file:{path.absolute()}")
         .audio.filter("aresample", first_pts=0)  # sample 0 = time 0 of the file
-        .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE)
+        .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE, **cap)
         .global_args("-nostdin", "-v", "error")
     )
-    try:
-        out, _ = stream.run(capture_stdout=True, capture_stderr=True)
-    except ffmpeg.Error as exc:
-        tail = (exc.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+    expected = info.duration if max_seconds is None else min(info.duration, max_seconds)
+    samples, code, stderr = _decode_into_array(stream.compile(), int((expected + 1.0) * SAMPLE_RATE))
+    if code != 0:
+        tail = stderr.decode("utf-8", "replace").strip().splitlines()
         detail = tail[-1] if tail else "ffmpeg could not decode it"
         raise EngineError(f"the {role} {path.name!r} could not be decoded ({detail}); "
                           "export it again as WAV or MP3 and drop it again") from None
-    samples = np.frombuffer(out, dtype=np.float32).copy()
     if len(samples) < SAMPLE_RATE // 10:
         raise EngineError(f"the {role} {path.name!r} holds less than 0.1 s of sound; "
                           "check that it was exported completely")
+    # Sample 0 is time 0 of the file, so the sound read is what follows the track's own start.
+    check_complete(path, role, len(samples) / SAMPLE_RATE - info.audio_start, info.audio_duration)
+    limits.check_sound(replace(info, audio_duration=len(samples) / SAMPLE_RATE), role)  # the container lied
     return Audio(samples=samples, path=path)
+
+
+def _decode_into_array(argv: list[str], capacity: int) -> tuple[np.ndarray, int, bytes]:
+    """Run ffmpeg and read its float32 output straight into one array (grown only if the probe was short):
+    the samples are held once, not also as the bytes of the pipe. Returns samples, exit status, stderr."""
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        assert process.stdout is not None
+        buffer = np.empty(max(capacity, SAMPLE_RATE), dtype=np.float32)
+        filled = 0  # bytes
+        try:
+            while True:
+                if filled == buffer.nbytes:
+                    grown = np.empty(2 * len(buffer), dtype=np.float32)
+                    grown[:len(buffer)] = buffer
+                    buffer = grown
+                count = process.stdout.readinto(memoryview(buffer).cast("B")[filled:])
+                if not count:
+                    break
+                filled += count
+        finally:
+            process.stdout.close()
+            code = process.wait()
+        errors.seek(0)
+        stderr = errors.read()
+    return buffer[:filled // 4], code, stderr
 
 
 def frame_count(duration: float, fps: float) -> int:
@@ -90,37 +128,59 @@ def frame_count(duration: float, fps: float) -> int:
 
 
 def frame_loudness(samples: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
-    """RMS level in dBFS of the samples under each video frame (a frame past the end is silent)."""
+    """RMS level in dBFS of the samples under each video frame (a frame past the end is silent).
+
+    Summed a block of frames at a time, so the extra memory does not grow with the audio's length.
+    """
     edges = np.round(np.arange(n_frames + 1) * SAMPLE_RATE / fps).astype(np.int64)
     edges = np.clip(edges, 0, len(samples))
-    energy = np.concatenate([[0.0], np.cumsum(samples.astype(np.float64) ** 2)])
+    energy = np.zeros(n_frames, dtype=np.float64)
+    for first in range(0, n_frames, BLOCK_FRAMES):
+        last = min(n_frames, first + BLOCK_FRAMES)
+        block = samples[edges[first]:edges[last]].astype(np.float64) ** 2
+        cumulative = np.concatenate([[0.0], np.cumsum(block)])
+        local = edges[first:last + 1] - edges[first]
+        energy[first:last] = cumulative[local[1:]] - cumulative[local[:-1]]
     counts = np.maximum(edges[1:] - edges[:-1], 1)
-    mean_square = (energy[edges[1:]] - energy[edges[:-1]]) / counts
+    mean_square = energy / counts
     with np.errstate(divide="ignore"):
         level = 10.0 * np.log10(mean_square)
     return np.maximum(level, LOUDNESS_FLOOR_DBFS).astype(np.float32)
 
 
 def frame_mel(samples: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
-    """Log-mel power (dB) averaged over the mel columns whose centres fall inside each video frame."""
+    """Log-mel power (dB) averaged over the mel columns whose centres fall inside each video frame.
+
+    The columns are those of librosa.feature.melspectrogram(center=True, zero padding), computed
+    BLOCK_COLUMNS at a time from just the samples each block needs, so memory does not grow with the
+    audio's length beyond the samples themselves.
+    """
     import librosa
 
-    power = librosa.feature.melspectrogram(y=samples, sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH,
-                                           n_mels=N_MELS, fmax=FMAX, power=2.0)  # (N_MELS, columns)
-    column_times = np.arange(power.shape[1]) * HOP_LENGTH / SAMPLE_RATE
+    n_columns = 1 + len(samples) // HOP_LENGTH
+    mel_basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmax=FMAX)
+    column_times = np.arange(n_columns) * HOP_LENGTH / SAMPLE_RATE
     frame_of_column = np.floor(column_times * fps).astype(np.int64)
-    inside = frame_of_column < n_frames
-    sums = np.zeros((n_frames, N_MELS), dtype=np.float64)
-    np.add.at(sums, frame_of_column[inside], power[:, inside].T)
-    counts = np.bincount(frame_of_column[inside], minlength=n_frames)[:n_frames]
+    counts = np.bincount(frame_of_column[frame_of_column < n_frames], minlength=n_frames)[:n_frames]
     # Frames shorter than a hop (fps > 100) or past the end take the nearest column.
-    empty = counts == 0
-    if empty.any():
-        centres = (np.flatnonzero(empty) + 0.5) / fps
-        nearest = np.clip(np.round(centres * SAMPLE_RATE / HOP_LENGTH).astype(np.int64), 0, power.shape[1] - 1)
-        sums[empty] = power[:, nearest].T
-        counts = np.where(empty, 1, counts)
-    mean_power = sums / counts[:, None]
+    empty = np.flatnonzero(counts == 0)
+    nearest = np.clip(np.round((empty + 0.5) / fps * SAMPLE_RATE / HOP_LENGTH).astype(np.int64), 0, n_columns - 1)
+    sums = np.zeros((n_frames, N_MELS), dtype=np.float64)
+    half = N_FFT // 2
+    for first in range(0, n_columns, BLOCK_COLUMNS):
+        last = min(n_columns, first + BLOCK_COLUMNS)
+        start, stop = first * HOP_LENGTH - half, (last - 1) * HOP_LENGTH + half
+        segment = np.zeros(stop - start, dtype=np.float32)
+        segment[max(0, -start):len(segment) - max(0, stop - len(samples))] = samples[max(0, start):min(stop,
+                                                                                                       len(samples))]
+        spectrum = np.abs(librosa.stft(segment, n_fft=N_FFT, hop_length=HOP_LENGTH, center=False)) ** 2
+        power = mel_basis @ spectrum  # (N_MELS, last - first)
+        frames = frame_of_column[first:last]
+        inside = frames < n_frames
+        np.add.at(sums, frames[inside], power[:, inside].T)
+        wanted = (nearest >= first) & (nearest < last)
+        sums[empty[wanted]] = power[:, nearest[wanted] - first].T
+    mean_power = sums / np.maximum(counts, 1)[:, None]
     return librosa.power_to_db(mean_power, ref=1.0, amin=1e-10, top_db=None).astype(np.float32)
 
 

@@ -4,8 +4,10 @@ Public API (shared by the engines and the sync score; keep it stable):
 
 - open_video(path) -> VideoInfo: probe a video, with plain-words EngineErrors (no picture, unreadable).
 - read_frames(info, batch_frames, limit=None, max_side=None, pixels="rgb") -> iterator of writable uint8
-  arrays: (B, H, W, 3) RGB by default. Every frame at the constant rate info.fps, rotation metadata
-  applied (phone video comes out upright), any pixel format (10-bit included) converted to 8 bits.
+  arrays: (B, H, W, 3) RGB by default. A video that ends well before its container says (an interrupted
+  copy) raises EngineError "... is cut short" when the decoder reaches its end. Every frame at the
+  constant rate info.fps, rotation metadata applied (phone video comes out upright), any pixel format
+  (10-bit included) converted to 8 bits.
   Variable frame rate input is resampled to info.fps (frames repeated or dropped, as a player shows
   them). max_side: scaled down by ffmpeg to fit (for analysis).
 
@@ -33,7 +35,7 @@ from typing import IO, Any
 import numpy as np
 
 from pipeline.errors import EngineError
-from pipeline.media.probe import probe, require_tool
+from pipeline.media.probe import Limits, check_complete, probe, require_tool
 
 STANDARD_RATES = (Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
                   Fraction(48), Fraction(50), Fraction(60000, 1001), Fraction(60))
@@ -63,6 +65,7 @@ class VideoInfo:
     pix_fmt: str = ""
     color_tags: tuple[str, str, str] = ("", "", "")  # colour space, primaries, transfer as ffprobe names them
     full_range: bool = False  # YUV levels 0-255 (some phones) rather than 16-235
+    promised: float = 0.0  # seconds of picture the container promises (0: unknown); checked when decoded
 
     @property
     def frame_bytes(self) -> int:
@@ -74,8 +77,9 @@ class VideoInfo:
         return max(1, round(self.duration * float(self.fps)))
 
 
-def open_video(path: str | Path, role: str = "video") -> VideoInfo:
-    """Probe *path* as the video of a job; EngineError in plain words when it has no usable picture."""
+def open_video(path: str | Path, role: str = "video", max_pixels: int | None = None) -> VideoInfo:
+    """Probe *path* as the video of a job; EngineError in plain words when it has no usable picture or one
+    larger than *max_pixels* (pipeline.max_pixels)."""
     import ffmpeg
 
     path = Path(path)
@@ -87,6 +91,7 @@ def open_video(path: str | Path, role: str = "video") -> VideoInfo:
     if media.width < 16 or media.height < 16:
         raise EngineError(f"the {role} {path.name!r} is only {media.width}x{media.height} pixels; "
                           "use a video in which the face is at least 100 pixels high")
+    Limits(max_seconds=None, max_pixels=max_pixels).check_picture(media, role)
     probed = ffmpeg.probe(f"file:{path.absolute()}", select_streams="v")
     stream = next(s for s in probed["streams"] if not s.get("disposition", {}).get("attached_pic"))
     fps = choose_rate(_fraction(stream.get("avg_frame_rate")), _fraction(stream.get("r_frame_rate")))
@@ -100,6 +105,7 @@ def open_video(path: str | Path, role: str = "video") -> VideoInfo:
         color_tags=tuple(_known(stream.get(key)) for key in ("color_space", "color_primaries",
                                                               "color_transfer")),  # type: ignore[arg-type]
         full_range=stream.get("color_range") == "pc" or media.pix_fmt.startswith("yuvj"),
+        promised=media.video_duration,
     )
 
 
@@ -160,6 +166,9 @@ def read_frames(info: VideoInfo, batch_frames: int, limit: int | None = None,
         process.stdout.close()
         code = process.wait()
         stderr.join()
+        if limit is None or delivered < limit:  # the decoder reached the end: all of the picture?
+            # First: a cut-off file often ends in a decoding error, and "cut short" says what to do.
+            check_complete(info.path, "video", delivered / float(info.fps), info.promised)
         if code != 0 and (limit is None or delivered < limit):
             raise EngineError(f"the video {info.path.name!r} could not be decoded ({stderr.last_line()}); "
                               "export it again (H.264 MP4 works everywhere) and drop it again")

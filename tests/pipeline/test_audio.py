@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +96,34 @@ def test_a_sound_track_that_starts_after_the_picture_is_padded(tmp_path: Path, s
     new_level = np.maximum(audio.frame_loudness(delayed.samples, FPS, n + 20), -60)
     best = max(range(0, 20), key=lambda lag: _envelope_correlation(ref_level, new_level[lag:]))
     assert best == 10  # 0.4 s at 25 fps
+
+
+@pytest.mark.parametrize(("name", "extra"), [("notes.m4a", ("-c:a", "aac")), ("notes.mp3", ()), ("notes.wav", ()),
+                                             ("notes.mkv", ("-c:a", "libopus"))])
+def test_a_cut_short_audio_is_refused_in_plain_words(tmp_path: Path, name: str, extra: tuple[str, ...]) -> None:
+    """Issue 13.4: an interrupted copy (the first 45% of the file) is not decoded into a shorter job."""
+    whole = media.faststart(media.tone(tmp_path / "tone.wav", seconds=6.0), tmp_path / f"whole-{name}", *extra)
+    assert audio.load_audio(whole).duration == pytest.approx(6.0, abs=0.1)
+    cut = media.truncated(whole, tmp_path / name)
+    with pytest.raises(EngineError, match=rf"the audio {name} is cut short: only 2\.\d s of 6\.0 s could be read"
+                                          r".* copy it again"):
+        audio.load_audio(cut)
+
+
+def _peak_mb_of_features(sound: Path) -> tuple[float, float]:
+    """Decode *sound* and compute its per-frame features in a child: (its samples' MB, its peak RSS in MB)."""
+    script = ("import resource, sys\nfrom pipeline.media import audio\nimport librosa\n"
+              "sound = audio.load_audio(sys.argv[1], max_seconds=3600)\naudio.frame_features(sound, 25.0)\n"
+              "print(sound.samples.nbytes / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(sound)], capture_output=True, text=True, check=True,
+                          timeout=300)
+    samples_mb, peak_mb = (float(v) for v in done.stdout.split())
+    return samples_mb, peak_mb
+
+
+def test_memory_beyond_the_samples_is_flat_in_audio_length(tmp_path: Path) -> None:
+    """Issue 13.7: features of a long audio took 30 MB a minute (the pipe's bytes and a copy, float64 sums over
+    every sample, the whole spectrogram); now only the samples themselves (3.8 MB a minute) grow."""
+    short = _peak_mb_of_features(media.long_silence(tmp_path / "short.m4a", seconds=180))
+    long = _peak_mb_of_features(media.long_silence(tmp_path / "long.m4a", seconds=1200))
+    assert long[1] - short[1] < 2 * (long[0] - short[0]) + 40

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -222,3 +223,73 @@ def test_a_still_photo_works_as_the_video(tmp_path: Path, speech_wav: Path) -> N
     result = render(sound, photo, output)
     _assert_lasts_as_long_as(output, sound, 25.0)
     assert result.details["source_frames"] == 1 and result.details["frames_changed"] > 10
+
+
+def test_a_cut_short_video_fails_instead_of_playing_back_and_forth(tmp_path: Path, speech_wav: Path) -> None:
+    """Issue 13.4: the first 45% of a faststart MP4 (container: 6 s) under 5 s of speech is no 'done' output."""
+    clip = media.face_clip(tmp_path / "face.mp4", seconds=6.0)
+    whole = media.faststart(clip, tmp_path / "whole.mp4", "-c", "copy")
+    cut = media.truncated(whole, tmp_path / "notes.mp4")
+    output = tmp_path / "out.mp4"
+    with pytest.raises(EngineError, match=r"the video notes\.mp4 is cut short: only \d\.\d s of 6\.0 s"):
+        render(_cut(speech_wav, tmp_path / "five.wav", 5.0), cut, output)
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"detect_every": float("inf")}, "detect_every must be a whole number from 1 to 100, not inf"),
+    ({"detect_every": 2.5}, "detect_every must be a whole number from 1 to 100, not 2.5"),
+    ({"detect_every": 0}, "detect_every must be a whole number from 1 to 100, not 0"),
+    ({"detect_every": 10 ** 400}, "detect_every must be a whole number from 1 to 100, not 1000"),
+    ({"mouth_gain": "x"}, "mouth_gain must be a number from 0 to 4, not 'x'"),
+    ({"mouth_gain": float("nan")}, "mouth_gain must be a number from 0 to 4, not nan"),
+    ({"mouth_gain": True}, "mouth_gain must be a number from 0 to 4, not True"),
+    ({"mouth_gian": 1.2}, "'mouth_gian' is not an option of the builtin engine"),
+])
+def test_bad_job_options_fail_in_plain_words(tmp_path: Path, face_mp4: Path, short_wav: Path, options: dict,
+                                             words: str) -> None:
+    """Issue 13.6: each engine declares its options; a bad value is the drop's plain error, not an internal one."""
+    from daemon.config import DEFAULTS
+    from pipeline.engines import JobSpec, get_engine
+
+    engine = get_engine("builtin", DEFAULTS["pipeline"])
+    spec = JobSpec(audio=short_wav, video=face_mp4, output=tmp_path / "out.mp4", workdir=tmp_path, options=options)
+    with pytest.raises(EngineError, match="the job's options cannot be used") as caught:
+        engine.render(spec)
+    assert words in str(caught.value)
+    assert "Fix `options:` in the manifest" in str(caught.value)
+    assert engine.check_options({"detect_every": 3, "mouth_gain": 1}) == {"detect_every": 3, "mouth_gain": 1}
+
+
+# Peak memory of a child that imports torch and the pipeline and fails a job before decoding anything;
+# decoding 3 hours of audio and its features took 3.9 GB.
+EARLY_FAILURE_MAX_RSS_MB = 1000
+
+
+def test_a_three_hour_audio_is_refused_before_decoding(tmp_path: Path, face_mp4: Path) -> None:
+    """Issue 13.7: a 3-hour silent m4a drove the worker to 3.9 GB; pipeline.max_seconds (default 30 minutes)
+    refuses it from the probe. The render runs in a child so that its peak memory can be measured."""
+    sound = media.long_silence(tmp_path / "talk.m4a")
+    script = ("import resource, sys\nfrom pathlib import Path\nfrom pipeline.errors import EngineError\n"
+              "from tests.lipsync_support import render\n"
+              "try:\n    render(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))\n"
+              "except EngineError as exc:\n    print(exc)\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(sound), str(face_mp4), str(tmp_path / "out.mp4")],
+                          capture_output=True, text=True, timeout=600, check=True)
+    message, peak_mb = done.stdout.strip().splitlines()
+    assert message == ("the audio talk.m4a lasts 3:00:00; this server renders at most 30:00 of sound in one job "
+                       "(pipeline.max_seconds) - split it into shorter parts and drop them one by one")
+    assert int(peak_mb) < EARLY_FAILURE_MAX_RSS_MB
+
+
+def test_a_picture_larger_than_max_pixels_is_refused(tmp_path: Path, face_mp4: Path, short_wav: Path) -> None:
+    """Issue 13.7: pipeline.max_pixels is checked from the probe before a frame is decoded."""
+    from daemon.config import DEFAULTS
+    from pipeline.engines import JobSpec, get_engine
+
+    engine = get_engine("builtin", {**DEFAULTS["pipeline"], "max_pixels": 320 * 240})
+    spec = JobSpec(audio=short_wav, video=face_mp4, output=tmp_path / "out.mp4", workdir=tmp_path)
+    with pytest.raises(EngineError, match=r"the video face\.mp4 is 320x320 pixels; this server takes at most 0\.1 "
+                                          r"megapixels \(pipeline\.max_pixels; .*scale it down"):
+        engine.render(spec)
+    assert not spec.output.exists()

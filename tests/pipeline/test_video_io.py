@@ -166,3 +166,18 @@ def test_full_range_input_is_brought_to_video_levels(tmp_path: Path) -> None:
     frames = next(video.read_frames(info, 4, pixels="yuv420p"))
     luma = video.yuv_planes(frames, 64, 48)[0]
     assert abs(float(luma.mean()) - 16) < 2  # black is 16 in video levels, 0 in full range
+
+
+def test_a_cut_short_video_is_refused_when_its_end_is_decoded(tmp_path: Path) -> None:
+    """Issue 13.4: the first 45% of a faststart MP4 still probes as 6 s; decoding to its end tells it is cut."""
+    clip = media.no_face_clip(tmp_path / "clip.mp4", seconds=6.0, size=(160, 120))
+    whole = media.faststart(clip, tmp_path / "whole.mp4", "-c", "copy")
+    assert sum(len(b) for b in video.read_frames(video.open_video(whole), 32)) == 150
+    info = video.open_video(media.truncated(whole, tmp_path / "notes.mp4"))
+    assert info.promised == pytest.approx(6.0)
+    with pytest.raises(EngineError, match=r"the video notes\.mp4 is cut short: only \d\.\d s of 6\.0 s could be "
+                                          r"read .* copy it again"):
+        for _ in video.read_frames(info, 32):
+            pass
+    # A limit the decoded part covers needs nothing more: those frames are whole.
+    assert sum(len(b) for b in video.read_frames(info, 32, limit=10)) == 10

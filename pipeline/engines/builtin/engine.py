@@ -6,13 +6,17 @@ builtin.mouth_gain); a job's options may override mouth_gain and detect_every.
 
 from __future__ import annotations
 
-from pipeline.engines.base import Engine, JobSpec, ProgressFn, RenderResult, no_progress
+from pipeline.engines.base import Engine, JobSpec, Option, ProgressFn, RenderResult, no_progress
 from pipeline.errors import EngineUnavailable
 from pipeline.media.probe import require_tool
 
 
 class BuiltinEngine(Engine):
     name = "builtin"
+    options = {
+        "mouth_gain": Option(float, 0.0, 4.0, "how far the mouth opens; 1 is as measured"),
+        "detect_every": Option(int, 1, 100, "frames between full face detections"),
+    }
 
     def check(self) -> None:
         """ffmpeg, torch and OpenCV's face cascade must be there."""
@@ -36,6 +40,6 @@ class BuiltinEngine(Engine):
     def render(self, spec: JobSpec, progress: ProgressFn = no_progress) -> RenderResult:
         from pipeline.engines.builtin.lipsync import BuiltinSettings, lipsync
 
-        settings = BuiltinSettings.from_config(self.settings, spec.options)
+        settings = BuiltinSettings.from_config(self.settings, self.check_options(spec.options))
         return lipsync(spec.audio, spec.video, spec.output, settings=settings, device=spec.device,
                        workdir=spec.workdir, progress=progress)

@@ -33,6 +33,7 @@ from pipeline.face import FaceBox, FaceTracker
 from pipeline.lips import Lips, LipTracker, LowerFace
 from pipeline.media import audio, encode, pingpong, threads
 from pipeline.media import decode as video
+from pipeline.media.probe import Limits
 
 PIXELS = "yuv420p"  # frames inside the pipeline: see pipeline.media.decode
 
@@ -44,6 +45,7 @@ class BuiltinSettings:
     preset: str = "veryfast"
     detect_every: int = 5
     mouth_gain: float = 1.0
+    limits: Limits = Limits()  # pipeline.max_seconds and pipeline.max_pixels
 
     @classmethod
     def from_config(cls, pipeline: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> BuiltinSettings:
@@ -57,6 +59,7 @@ class BuiltinSettings:
                 preset=str(pipeline.get("preset", cls.preset)),
                 detect_every=max(1, int(builtin.get("detect_every", cls.detect_every))),
                 mouth_gain=float(builtin.get("mouth_gain", cls.mouth_gain)),
+                limits=Limits.from_settings(pipeline),
             )
         except (TypeError, ValueError) as exc:
             raise EngineError(f"a builtin engine setting is not a number ({exc}); check pipeline.batch_frames, "
@@ -92,9 +95,9 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
 
     # 1. Inputs and audio features, one row per output frame.
     with clock.stage("probe"):
-        info = video.open_video(video_path)
+        info = video.open_video(video_path, max_pixels=settings.limits.max_pixels)
     with clock.stage("audio"):
-        sound = audio.load_audio(audio_path)
+        sound = audio.load_audio(audio_path, max_seconds=settings.limits.max_seconds)
         n_frames = audio.frame_count(sound.duration, float(info.fps))
         features = audio.frame_features(sound, float(info.fps), n_frames)
         audio.require_sound(features, audio_path)

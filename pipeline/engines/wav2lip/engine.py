@@ -118,14 +118,16 @@ class Wav2LipEngine(Engine):
         from pipeline.media.decode import open_video
         from pipeline.media.encode import VideoWriter
         from pipeline.media.pingpong import frames_for_audio
+        from pipeline.media.probe import Limits
         from pipeline.media.threads import prefetch
 
         timings: dict[str, float] = {}
         mark = time.monotonic()
         model = self._model(spec.device)
-        info = open_video(spec.video)
+        limits = Limits.from_settings(self.settings)
+        info = open_video(spec.video, max_pixels=limits.max_pixels)
         fps = float(info.fps)
-        audio = load_audio(spec.audio)
+        audio = load_audio(spec.audio, max_seconds=limits.max_seconds)
         mel = melspectrogram(audio.samples)
         n_frames = frame_count(audio.duration, fps)
         timings["audio"] = time.monotonic() - mark
