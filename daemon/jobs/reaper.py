@@ -2,8 +2,10 @@
 
 Every pass looks at the spool: a running job whose lease went stale (its worker died) and a queued job
 that is not on the queue (Redis was down, or the daemon died between claim and enqueue) are put back
-on the queue. It also counts each user's jobs in flight, which the fairness priorities use, and removes
-job folders that hold nothing but a stale lease (a heartbeat that raced the removal of a finished job).
+on the queue; so is, every little while, a rendered job waiting for the server to let it be published
+(spool.WAITING_FILE: outputs/ read-only, missing, full...). It also counts each user's jobs in flight,
+which the fairness priorities use, and removes job folders that hold nothing but a stale lease (a
+heartbeat that raced the removal of a finished job).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from daemon.names import JOB_FILE, LEASE_FILE
 
 log = logging.getLogger("lipsyncd.reaper")
 
-
+PUBLISH_RETRY_MAX = 30.0  # seconds; a job waiting to be published is tried again after 2 leases, at most this
 
 @dataclass
 class SpoolSummary:
@@ -65,6 +67,11 @@ def reap(config: Config, queue: JobQueue, *, grace_seconds: float | None = None)
             why = (f"its worker {entry.lease.get('worker', '?')} (pid {entry.lease.get('pid', '?')} on "
                    f"{entry.lease.get('host', '?')}) stopped heartbeating {entry.lease_age:.0f} s ago: the worker "
                    "or its host died")
+        elif entry.waiting is not None:
+            # Rendered, but the server could not take the output (the worker said why, once): try again later.
+            if now - _mtime(entry.folder / spool.WAITING_FILE) < min(PUBLISH_RETRY_MAX, 2 * lease_seconds):
+                continue
+            why = ""
         else:
             # A job that just left the queue has no lease for a moment: wait a grace period.
             changed = _mtime(entry.folder / JOB_FILE)
@@ -79,6 +86,10 @@ def reap(config: Config, queue: JobQueue, *, grace_seconds: float | None = None)
             break
         _touch(entry.folder / JOB_FILE)
         summary.requeued.append(job.id)
+        if not why:
+            log.debug("job %s is tried again: %s", job.id, entry.waiting.get("reason") if entry.waiting else "",
+                      extra=fields(job_id=job.id, user=job.user, stage="reap"))
+            continue
         log.warning("re-queued job %s (%s) because %s", job.id, job.stem, why,
                     extra=fields(job_id=job.id, user=job.user, stage="reap"))
     return summary
