@@ -370,8 +370,9 @@ class Worker:
             save(run.folder, job)
         if job.attempts > self.config.queue.max_attempts:
             self._fail(run, f"the worker processing this job stopped unexpectedly {job.attempts - 1} times "
-                            "(crashed or was killed), so lipsyncd gave up on it. The input may make the engine "
-                            "crash; check the log of this job.", engine=None)
+                            "while lipsyncd kept running (crashed, or was killed by the system, e.g. for lack of "
+                            "memory), so lipsyncd gave up on it. The input may make the engine crash; check the "
+                            "log of this job.", engine=None)
             return False
         run.started = time.time()
         run.timings["queued"] = max(0.0, run.started - job.created)
