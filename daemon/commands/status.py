@@ -37,6 +37,8 @@ def collect(config: Config) -> dict[str, Any]:
             running.append(item)
         else:
             item["lease_stale_seconds"] = round(entry.lease_age, 1) if entry.lease_age is not None else None
+            if entry.waiting is not None:  # rendered, but the server cannot take the output now
+                item["waiting"] = {k: entry.waiting.get(k) for k in ("reason", "since", "stage")}
             queued.append(item)
     queue_info: dict[str, Any] = {"queued": len(queued), "running": len(running)}
     try:
@@ -106,6 +108,11 @@ def render_text(status: dict[str, Any]) -> str:
                      f"{100 * float(job.get('progress') or 0):.0f}%  on {job.get('host')} {job.get('device')}")
     for job in status["queued"][:20]:
         lines.append(f"  waiting  {job['job']}  {job['user']}/{job['name']}")
+        if job.get("waiting"):
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(job["waiting"].get("since") or 0)))
+            what = {"publish": "rendered, cannot be published",
+                    "fail": "failed, cannot be filed under failed/"}.get(job["waiting"].get("stage") or "", "waits")
+            lines.append(f"           {what} since {since}: {job['waiting'].get('reason')}")
     if len(status["queued"]) > 20:
         lines.append(f"  ... and {len(status['queued']) - 20} more")
     lines.append("Workers:" if status["workers"] else "Workers: none has reported yet")

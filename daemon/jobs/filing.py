@@ -8,6 +8,7 @@ one name each get their own; a partial file never appears under a real name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import time
@@ -100,8 +101,13 @@ def publish(outputs_root: Path, job: Job, video: Path, *, sidecars: dict[str, Pa
             publish_dir: Path | None = None) -> Path:
     """Put *video* into outputs/<date>/<user>/ under a free name; sidecars (".json", ".jpg") follow its name.
 
-    Idempotent for one job: if an earlier attempt already linked the video (same inode), that name is reused.
+    Idempotent for one job: if an earlier attempt already linked the video (same inode), that name is reused,
+    and a sidecar file an interrupted try already moved to its temp is taken from there.
+    The outputs folder itself is never created here: a missing one is a fault of the server (an unmounted
+    share) to wait out, not a folder to make anew on whatever disk lies below.
     """
+    if not outputs_root.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "the outputs folder is missing", str(outputs_root))
     folder = publish_dir or outputs_root / today() / names.printable(job.user)
     folder.mkdir(parents=True, exist_ok=True)
     temp = folder / f".{names.printable(job.stem)}.{job.id}.part"
@@ -116,7 +122,10 @@ def publish(outputs_root: Path, job: Job, video: Path, *, sidecars: dict[str, Pa
             write_json_atomic(target, content)
         else:
             side_temp = folder / f".{target.name}.{job.id}.part"
-            _copy_or_move(content, side_temp)
+            if content.exists():
+                _copy_or_move(content, side_temp)
+            elif not side_temp.exists():
+                continue  # no such sidecar (no poster), or an earlier try already put it in place
             os.replace(side_temp, target)
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()

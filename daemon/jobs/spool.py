@@ -5,6 +5,7 @@ Claims that put folders here are daemon.inbox.claim's; leases and heartbeats are
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -17,6 +18,10 @@ from daemon.jobs.job import Job, load
 from daemon.jobs.lease import read_lease
 from daemon.names import DONE_PREFIX
 
+RENDERED_DIR = "rendered"  # spool/<id>/rendered/: a finished render (output.mp4, poster.jpg, record.json) to publish
+RECORD_FILE = "record.json"  # in RENDERED_DIR, written last: the render is complete
+WAITING_FILE = "waiting.json"  # spool/<id>/waiting.json: why a rendered job cannot be published now, and since when
+
 
 @dataclass
 class SpoolEntry:
@@ -25,6 +30,7 @@ class SpoolEntry:
     job: Job | None  # None when job.json is unreadable
     lease: dict[str, Any] | None
     lease_age: float | None  # seconds since the lease was last touched
+    waiting: dict[str, Any] | None = None  # WAITING_FILE: the server fault that keeps it from being published
 
 
 def jobs(spool: Path) -> Iterator[SpoolEntry]:
@@ -43,7 +49,16 @@ def jobs(spool: Path) -> Iterator[SpoolEntry]:
         except (OSError, ValueError, TypeError, KeyError):
             job = None
         lease, age = read_lease(folder, now)
-        yield SpoolEntry(child.name, folder, job, lease, age)
+        yield SpoolEntry(child.name, folder, job, lease, age, read_waiting(folder))
+
+
+def read_waiting(folder: Path) -> dict[str, Any] | None:
+    """Why the rendered job in *folder* waits to be published ({"reason", "since"}), or None."""
+    try:
+        data = json.loads((folder / WAITING_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def remove_job_folder(folder: Path) -> None:

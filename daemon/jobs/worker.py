@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -31,9 +32,9 @@ from daemon import config as configmod
 from daemon import log as logmod
 from daemon import names
 from daemon.jobs import filing, lease, record
-from daemon.jobs.job import Job, JobState, load, save
+from daemon.jobs.job import Job, JobState, load, save, write_json_atomic
 from daemon.jobs.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
-from daemon.jobs.spool import remove_job_folder
+from daemon.jobs.spool import RECORD_FILE, RENDERED_DIR, WAITING_FILE, read_waiting, remove_job_folder
 from daemon.log import fields
 from daemon.sdnotify import Notifier
 
@@ -48,6 +49,8 @@ HEARTBEAT_MAX_SECONDS = 2.0
 MIN_FREE_BYTES = 16 * 1024 * 1024  # below this on spool/ or outputs/, jobs wait instead of failing
 DISK_FULL_WAIT_MAX = 30.0
 HEARTBEAT_JOIN_SECONDS = 5.0  # at exit, how long to wait for the heartbeat thread's last write
+# Publish errors that are the output's name, not the server: the job fails (a rename fixes it), it does not wait.
+NAME_ERRNOS = (errno.ENAMETOOLONG, errno.EILSEQ)
 
 
 class NoRoom(Exception):
@@ -320,7 +323,9 @@ class Worker:
             why = self._no_room(exc)
             if why is None:
                 raise
-            self._requeue(run, f"{why}; the job waits (it is not failed) until there is room")
+            new = self._note_waiting(run, why, stage="start")
+            self._requeue(run, f"{why}; the job waits (it is not failed) until there is room",
+                          level=logging.WARNING if new else logging.DEBUG)
             self._sleep(min(DISK_FULL_WAIT_MAX, 2 * lease_seconds))
         finally:
             self.current = None
@@ -333,17 +338,27 @@ class Worker:
         why = self._low_space()
         if why:
             raise NoRoom(why)  # before an attempt is counted
-        if not self._begin_attempt(run):
+        if self._already_published(run):
             return
-        try:
-            inputs = self._verify(run)
-            output, result = self._render(run)
-        except Exception as exc:
-            if self._no_room(exc):
-                raise
-            self._fail(run, users_words(run, self._failure_reason(run, exc)), engine=run.engine)
+        waiting = read_waiting(run.folder)
+        if waiting and waiting.get("stage") == "fail":  # failed earlier, and failed/ could not take the report
+            self._fail(run, str(waiting.get("error") or "unknown error"), engine=waiting.get("engine"))
             return
-        self._publish(run, output, *self._record(run, inputs, output, result))
+        kept = self._rendered(run)  # rendered by an earlier attempt that could not publish: not rendered again
+        if kept is None:
+            if not self._begin_attempt(run):
+                return
+            self._waited(run)  # it had waited for room (a full disk) before it started
+            try:
+                inputs = self._verify(run)
+                output, result = self._render(run)
+            except Exception as exc:
+                if self._no_room(exc):
+                    raise
+                self._fail(run, users_words(run, self._failure_reason(run, exc)), engine=run.engine)
+                return
+            kept = self._keep(run, output, *self._record(run, inputs, output, result))
+        self._publish(run, kept)
 
     def _begin_attempt(self, run: Run) -> bool:
         """Count the attempt (job.json: running); False when there is nothing to render: lipsyncd gave up
@@ -355,20 +370,51 @@ class Worker:
             save(run.folder, job)
         if job.attempts > self.config.queue.max_attempts:
             self._fail(run, f"the worker processing this job stopped unexpectedly {job.attempts - 1} times "
-                            "(crashed or was killed), so lipsyncd gave up on it. The input may make the engine "
-                            "crash; check the log of this job.", engine=None)
-            return False
-        if job.published and Path(job.published).exists():
-            log.info("job %s was already published as %s; finishing", job.id, job.published,
-                     extra=fields(job_id=job.id, user=job.user))
-            with self._commit_lock:
-                self._remove_job_folder(run.folder)
+                            "while lipsyncd kept running (crashed, or was killed by the system, e.g. for lack of "
+                            "memory), so lipsyncd gave up on it. The input may make the engine crash; check the "
+                            "log of this job.", engine=None)
             return False
         run.started = time.time()
         run.timings["queued"] = max(0.0, run.started - job.created)
         log.info("rendering %s with %s on %s (attempt %d)", job.stem, run.engine, self.device, job.attempts,
                  extra=fields(job_id=job.id, user=job.user, stage="render"))
         return True
+
+    def _already_published(self, run: Run) -> bool:
+        """True (and the job folder removed) when an earlier attempt published the job before it was stopped."""
+        job = run.job
+        if not (job.published and Path(job.published).exists()):
+            return False
+        log.info("job %s was already published as %s; finishing", job.id, job.published,
+                 extra=fields(job_id=job.id, user=job.user))
+        with self._commit_lock:
+            self._remove_job_folder(run.folder)
+        return True
+
+    def _rendered(self, run: Run) -> Path | None:
+        """The folder of a render that an earlier attempt finished but could not publish (a server fault), or
+        None. Publishing it counts no attempt: the engine's work is done."""
+        kept = run.folder / RENDERED_DIR
+        try:
+            started = json.loads((kept / RECORD_FILE).read_text(encoding="utf-8")).get("started")
+        except (OSError, ValueError, AttributeError):
+            return None
+        run.started = float(started or time.time())
+        log.debug("publishing %s, rendered by an earlier attempt (not rendered again)", run.job.stem,
+                 extra=fields(job_id=run.job.id, user=run.job.user, stage="publish"))
+        return kept
+
+    def _keep(self, run: Run, output: Path, job_record: dict[str, Any], poster: Path | None) -> Path:
+        """Keep the finished render in the job folder (spool/<id>/rendered/, its record written last), so that a
+        publish that has to wait for the server publishes it later instead of rendering it again."""
+        work = output.parent
+        if poster is None:
+            (work / "poster.jpg").unlink(missing_ok=True)  # a failed attempt's leftovers are no poster
+        write_json_atomic(work / RECORD_FILE, job_record)
+        kept = run.folder / RENDERED_DIR
+        shutil.rmtree(kept, ignore_errors=True)
+        os.rename(work, kept)
+        return kept
 
     def _verify(self, run: Run) -> dict[str, dict[str, Any]]:
         """Fingerprint the inputs (name, size, sha256) for the record; a vanished input ends the job here, and
@@ -410,12 +456,15 @@ class Worker:
                             result=result, score=score, started=run.started, timings=run.timings,
                             output=output), poster if has_poster else None
 
-    def _publish(self, run: Run, output: Path, job_record: dict[str, Any], poster: Path | None) -> None:
-        """Into outputs/ under a free name, unless the lease was lost (then the other worker's result counts)."""
+    def _publish(self, run: Run, kept: Path) -> None:
+        """The render kept in *kept* into outputs/ under a free name, unless the lease was lost (then the other
+        worker's result counts). A server fault (read-only, permission, missing folder, full disk) makes the
+        job wait for the next try (_wait_to_publish), the render kept."""
         job, folder = run.job, run.folder
         outputs = self.config.paths.outputs
         self._progress("publish", 1.0)
-        sidecars: dict[str, Path | dict[str, Any]] = {".jpg": poster} if poster else {}
+        job_record = json.loads((kept / RECORD_FILE).read_text(encoding="utf-8"))
+        sidecars: dict[str, Path | dict[str, Any]] = {".jpg": kept / "poster.jpg"}  # skipped when there is none
         sidecars[".json"] = job_record  # last: a record means the output is complete
         with self._commit_lock:
             if job.publish_dir is None:
@@ -426,7 +475,18 @@ class Worker:
                           "longer than queue.lease_seconds); not publishing, the other worker's result counts",
                           job.id, extra=fields(job_id=job.id, user=job.user, stage="publish"))
                 return
-            final = filing.publish(outputs, job, output, sidecars=sidecars, publish_dir=Path(job.publish_dir))
+            try:
+                final = filing.publish(outputs, job, kept / "output.mp4", sidecars=sidecars,
+                                       publish_dir=Path(job.publish_dir))
+            except OSError as exc:
+                if exc.errno in NAME_ERRNOS:
+                    self._fail(run, f"the video was made but cannot be saved under the name {job.stem!r} in "
+                                    f"outputs/ ({exc.strerror}). Give the files a shorter, plain name and drop "
+                                    "them again.", engine=run.engine)
+                else:
+                    self._wait_to_publish(run, exc)
+                return
+            self._waited(run)
             job.published = str(final)
             save(folder, job)
             score = job_record["sync_score"]
@@ -435,6 +495,45 @@ class Worker:
                      extra=fields(job_id=job.id, user=job.user, stage="done"))
             self._remove_job_folder(folder)
         _notify(self.config, "job_done", job.user, job.stem, job.id, str(final))
+
+    def _wait_to_publish(self, run: Run, exc: OSError) -> None:
+        """The server cannot take the output now: the job waits, its render kept, and the daemon's reaper puts
+        it back on the queue every little while (it is not failed, no attempt is counted, nothing is rendered
+        again). Logged once per fault; `lipsyncd status` shows the reason from WAITING_FILE."""
+        job, folder = run.job, run.folder
+        why = server_fault(exc)
+        with self._commit_lock:
+            new = self._note_waiting(run, why, stage="publish")
+            job.state = JobState.QUEUED
+            job.attempts = run.attempts
+            with contextlib.suppress(OSError):
+                save(folder, job)
+            self._release()
+            lease.drop_lease(folder)
+        log.log(logging.WARNING if new else logging.DEBUG, "job %s (%s) is rendered but cannot be published: %s. "
+                "It waits and is published once this is fixed (it is not rendered again, and not failed)",
+                job.id, job.stem, why,
+                extra=fields(job_id=job.id, user=job.user, stage="publish"))
+
+    def _note_waiting(self, run: Run, why: str, *, stage: str, **extra: Any) -> bool:
+        """Record in WAITING_FILE why the job waits (for `lipsyncd status`, best effort: the disk may be full);
+        True when this fault is new for the job, which is then logged as a warning, and only then."""
+        before = read_waiting(run.folder)
+        since = float(before.get("since") or time.time()) if before else time.time()
+        with contextlib.suppress(OSError):
+            write_json_atomic(run.folder / WAITING_FILE, {"reason": why, "since": since, "stage": stage, **extra})
+        return before is None or _fault_key(str(before.get("reason"))) != _fault_key(why)
+
+    def _waited(self, run: Run) -> None:
+        """The job goes on after waiting for the server: say once that the fault is fixed, forget it."""
+        waited = read_waiting(run.folder)
+        if waited is None:
+            return
+        log.info("job %s goes on: what kept it waiting for %.0f s is fixed (%s)", run.job.id,
+                 time.time() - float(waited.get("since") or time.time()), waited.get("reason"),
+                 extra=fields(job_id=run.job.id, user=run.job.user, stage=self.stage))
+        with contextlib.suppress(OSError):
+            (run.folder / WAITING_FILE).unlink()
 
     def _failure_reason(self, run: Run, exc: Exception) -> str:
         """What error.txt tells the person when verify or render stopped with *exc*."""
@@ -463,6 +562,7 @@ class Worker:
     def _fail(self, run: Run, reason: str, *, engine: str | None) -> None:
         """File the job's inputs and error.txt under failed/ and tell its user."""
         job, folder = run.job, run.folder
+        verdict = reason  # kept, should failed/ not take the report now
         files = [(folder / f.file, f.name) for f in job.inputs() if f.consumed and (folder / f.file).exists()]
         if not job.video.consumed:
             reason += f"\n\n(The avatar video {job.video.file} was used and is unchanged.)"
@@ -471,14 +571,28 @@ class Worker:
                 where = filing.file_failure(self.config.paths.failed, job.user, job.stem, files,
                                             reason, job=job, engine=engine, device=self.device)
             except OSError as exc:
-                log.error("job %s failed (%s) and could not be filed under failed/ (%s); it stays in the spool",
-                          job.id, reason.splitlines()[0], exc, extra=fields(job_id=job.id, user=job.user))
-                lease.drop_lease(folder)
+                self._wait_to_file(run, verdict, engine, exc)
                 return
+            self._waited(run)
             log.error("failed %s: %s (inputs and error.txt in %s)", job.stem, reason.splitlines()[0], where,
                       extra=fields(job_id=job.id, user=job.user, stage="failed"))
             self._remove_job_folder(folder)
         _notify(self.config, "job_failed", job.user, job.stem, job.id, reason)
+
+    def _wait_to_file(self, run: Run, reason: str, engine: str | None, exc: OSError) -> None:
+        """failed/ cannot take the report now (a server fault): the job waits in the spool with its verdict, and
+        is filed when the reaper next hands it to a worker, without rendering it again."""
+        job = run.job
+        why = server_fault(exc)
+        new = self._note_waiting(run, why, stage="fail", error=reason, engine=engine)
+        job.state = JobState.QUEUED  # the verdict is kept: nothing runs, and no attempt is given back
+        with contextlib.suppress(OSError):
+            save(run.folder, job)
+        self._release()
+        lease.drop_lease(run.folder)
+        log.log(logging.WARNING if new else logging.DEBUG, "job %s (%s) failed (%s) but cannot be filed under "
+                "failed/: %s. It waits in the spool and is filed once this is fixed", job.id, job.stem,
+                reason.splitlines()[0], why, extra=fields(job_id=job.id, user=job.user, stage="failed"))
 
     def _fail_unreadable(self, folder: Path, job_id: str, why: str) -> None:
         files = [(p, p.name) for p in folder.iterdir()
@@ -513,7 +627,7 @@ class Worker:
                         f"at least {MIN_FREE_BYTES // (1024 * 1024)} MB needed")
         return None
 
-    def _requeue(self, run: Run, why: str) -> None:
+    def _requeue(self, run: Run, why: str, level: int = logging.WARNING) -> None:
         """Back on the queue, at the front, as if this attempt never started (a stop or a full disk is not the
         job's fault): job.json queued with the attempt count it had when taken, lease dropped."""
         job = run.job
@@ -527,11 +641,28 @@ class Worker:
             try:
                 assert self._queue is not None
                 self._queue.put(job.id, priority=REQUEUE_PRIORITY)
-                log.warning("%s; job %s is back on the queue", why, job.id,
+                log.log(level, "%s; job %s is back on the queue", why, job.id,
                             extra=fields(job_id=job.id, user=job.user))
             except QueueUnavailable as exc:
                 log.warning("%s; %s (the daemon queues it again later)", why, exc,
                             extra=fields(job_id=job.id, user=job.user))
+
+
+def _fault_key(reason: str) -> str:
+    """A waiting reason without its numbers ("12 MB free"), to tell a new fault from the same one again."""
+    return re.sub(r"\d+", "#", reason)
+
+
+def server_fault(exc: OSError) -> str:
+    """What keeps the server from publishing, in the operator's words (the folder, and what to fix)."""
+    where = exc.filename or "outputs/"
+    what = {errno.EROFS: "it is on a read-only filesystem (remount it read-write)",
+            errno.EPERM: "writing there is not permitted (an immutable folder? see lsattr)",
+            errno.EACCES: "permission denied (check its owner and mode)",
+            errno.ENOENT: "the folder is missing (mount or create it)",
+            errno.ENOTDIR: "the folder is missing (mount or create it)",
+            errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}.get(exc.errno or 0)
+    return f"{where}: {what or exc.strerror or exc}"
 
 
 def _kill_children() -> None:
@@ -589,6 +720,11 @@ def _notify(config: configmod.Config, event: str, user: str, stem: str, job_id: 
 
 def main(config: configmod.Config, device: str | None, config_path: str | os.PathLike[str] | None) -> int:
     logmod.setup(config.logging, service=True)
-    configmod.ensure_folders(config, ("spool", "outputs", "failed", "state"))
+    configmod.ensure_folders(config, ("spool", "state"))
+    for key in ("outputs", "failed"):  # the daemon creates them; here a fault makes jobs wait, not the worker exit
+        folder = config.paths.folders()[key]
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            log.warning("paths.%s (%s) is missing or not writable; finished jobs wait until it is fixed",
+                        key, folder)
     device = device or config.pipeline.devices[0]
     return Worker(config, device, config_path).main()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon import config as configmod
+from daemon.commands import status
 from tests import media
 from tests.daemon_harness import Daemon, drop_pair, failures, outputs, wait_for, write_config
 
@@ -46,8 +48,12 @@ def test_full_disk_makes_jobs_wait_then_resume(small_fs: Path, tmp_path: Path) -
         fill(filler, leave_bytes=2 * 1024 * 1024)
         drop_pair(small_fs / "inbox" / "ann", "full", audio, video)
         wait_for(lambda: "is full" in daemon.log(), 30, "the worker to notice the full disk")
-        time.sleep(3)
+        time.sleep(9)  # a few turns of waiting (every 2 leases)
         assert not outputs(small_fs) and not failures(small_fs)
+        said = [line for line in daemon.log().splitlines() if "is full" in line and " DEBUG " not in line]
+        assert len(said) == 1, f"one log line for the full disk, not one per retry: {said}"
+        [entry] = status.collect(configmod.load(config))["queued"]
+        assert "is full" in entry["waiting"]["reason"], entry
         [job] = list((small_fs / "spool").glob("2*"))
         assert sorted(p.name for p in job.iterdir() if p.name.startswith(("audio", "video"))) == \
             ["audio.wav", "video.mp4"], "the inputs are kept while the job waits"
@@ -55,3 +61,4 @@ def test_full_disk_makes_jobs_wait_then_resume(small_fs: Path, tmp_path: Path) -
         [out] = wait_for(lambda: outputs(small_fs), 60, "the job to finish once there is room")
     assert out.name == "full.mp4"
     assert not failures(small_fs)
+    assert "what kept it waiting" in daemon.log()
