@@ -659,18 +659,32 @@ def _inside(path: str, folder: str) -> bool:
     return path.startswith(folder.rstrip("/") + "/")
 
 
-def ensure_folders(config: Config, names: tuple[str, ...] | None = None) -> None:
+# Results wait in the spool while these cannot be written (a share remounted read-only, an immutable
+# folder): a server fault the worker waits out, not a reason to refuse to start.
+PUBLISHED = ("outputs", "failed")
+
+
+def ensure_folders(config: Config, names: tuple[str, ...] | None = None) -> list[str]:
     """Create the data folders (*names*, default all); one that cannot be created is a configuration error
-    (exit 2)."""
+    (exit 2), and so is one that cannot be written, except outputs/ and failed/ (PUBLISHED): for those
+    the problems are returned, and jobs wait to be published until they are fixed."""
     folders = config.paths.folders()
+    waiting = []
     for name in names or folders:
         folder = folders[name]
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if name in PUBLISHED and folder.is_dir():
+                waiting.append(f"paths.{name}: folder {folder} cannot be written ({exc.strerror})")
+                continue
             raise config.error(f"paths.{name}", f"folder {folder} cannot be created: {exc.strerror}") from None
         if not os.access(folder, os.W_OK | os.X_OK):
+            if name in PUBLISHED:
+                waiting.append(f"paths.{name}: folder {folder} is not writable by this user")
+                continue
             raise config.error(f"paths.{name}", f"folder {folder} is not writable by this user")
+    return waiting
 
 
 def _as_tuple(value: str | list[str]) -> tuple[str, ...]:

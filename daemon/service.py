@@ -252,11 +252,13 @@ class Service:
         try:
             new = configmod.load(self.config_path)
             configmod.check_layout(new)
-            configmod.ensure_folders(new)
+            problems = configmod.ensure_folders(new)
         except configmod.ConfigError as exc:
             log.error("configuration not reloaded, keeping the old one: %s", exc)
             self.notifier.ready(self._status_text())
             return
+        for problem in problems:
+            log.warning("%s: finished jobs will wait in the spool and be published once it is fixed", problem)
         if new.pipeline.devices != self.config.pipeline.devices or new.paths != self.config.paths \
                 or new.queue.url != self.config.queue.url \
                 or new.queue.local_workers != self.config.queue.local_workers:
@@ -304,7 +306,8 @@ class Service:
 def main(config: configmod.Config, config_path: str | os.PathLike[str] | None) -> int:
     logmod.setup(config.logging, service=True)
     configmod.check_layout(config)  # before any folder is made: a bad layout is exit 2, and nothing is created
-    configmod.ensure_folders(config)
+    for problem in configmod.ensure_folders(config):
+        log.warning("%s: finished jobs will wait in the spool and be published once it is fixed", problem)
     path = str(config_path) if config_path else None
     return Service(config, path).run()
 

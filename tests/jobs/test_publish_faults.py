@@ -169,3 +169,27 @@ def test_a_failure_that_failed_cannot_take_waits_and_is_filed_later(tmp_path: Pa
     said = [line for line in log.splitlines() if "cannot be filed under" in line and " DEBUG " not in line]
     assert len(said) == 1, said
     assert "Traceback" not in log and not outputs(root)
+
+
+def test_a_service_started_while_outputs_is_read_only_runs_and_publishes_once_fixed(tmp_path: Path) -> None:
+    """outputs/ read-only when lipsyncd starts (a share mounted read-only at boot): it starts, says so once,
+    renders, waits to publish, and publishes when the share is writable again; it does not exit 2."""
+    root = tmp_path / "srv"
+    root.mkdir()
+    config = write_config(root, queue={"lease_seconds": 2})
+    audio = media.tone(tmp_path / "a.wav", seconds=1.0)
+    video = media.color_clip(tmp_path / "v.mp4", seconds=1.0)
+    (root / "outputs").mkdir(exist_ok=True)  # write_config makes the folders
+    clear = _read_only(root)
+    try:
+        with Daemon(config) as daemon:
+            assert "cannot be written" in daemon.log() or "not writable" in daemon.log()
+            drop_pair(root / "inbox" / "ann", "talk", audio, video)
+            wait_for(lambda: WAIT_LINE in daemon.log(), 60, "the job to wait for outputs/")
+            assert daemon.proc is not None and daemon.proc.poll() is None
+            clear()
+            clear = lambda: None  # noqa: E731
+            [out] = wait_for(lambda: outputs(root), 60, "the job to be published once outputs/ is writable")
+    finally:
+        clear()
+    assert out.name == "talk.mp4" and not failures(root)
