@@ -355,6 +355,9 @@ class Worker:
             except Exception as exc:
                 if self._no_room(exc):
                     raise
+                if self.stopping:  # a stop signal reaches the engine's ffmpeg/ffprobe too: not the input's fault
+                    self._requeue(run, f"the worker was stopped while the job ran ({type(exc).__name__})")
+                    return
                 self._fail(run, users_words(run, self._failure_reason(run, exc)), engine=run.engine)
                 return
             kept = self._keep(run, output, *self._record(run, inputs, output, result))

@@ -117,6 +117,9 @@ def probe(path: str | Path, role: str = "file") -> MediaInfo:
     except subprocess.TimeoutExpired:
         raise EngineError(f"the {role} {path.name!r} could not be read within {PROBE_TIMEOUT_SECONDS} s; "
                           "it may be damaged: export it again and drop it again") from None
+    if done.returncode < 0:  # killed (a stop, the OOM killer): says nothing about the file
+        raise EngineError(f"ffprobe was stopped by signal {-done.returncode} while reading the {role} "
+                          f"{path.name!r}; that was the server, not the file: retry the job")
     if done.returncode != 0:
         reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
         detail = reason[-1] if reason else "unknown format"
