@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from daemon.config import DEFAULTS  # noqa: E402
 from tests import media  # noqa: E402
+from tests.lipsync_support import own_peak_mb  # noqa: E402
 
 BASELINE = "ffmpeg decode + re-encode (libx264 + AAC, same settings)"
 
@@ -71,7 +71,7 @@ def run_engine(checkpoint: Path, audio: Path, video: Path, out: Path, device: st
     wall = time.perf_counter() - started
     return {"device": device, "load": load, "wall": wall, "frames": result.frames, "timings": result.timings,
             "faces": result.details["faces_rendered"],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": own_peak_mb()}
 
 
 def fp16_check(checkpoint: Path, video: Path, device: str) -> tuple[float, float]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -464,9 +464,8 @@ class LipTracker:
             if relative is None or face is None:
                 result.append(None)
                 continue
-            placed = Lips.on_face(relative, face, 0.0, confidence)
-            gap = opening(pictures[g - first], placed)
-            result.append(replace(placed, gap=gap or 0.0, bottom=placed.bottom + (gap or 0.0)))
+            gap = opening(pictures[g - first], Lips.on_face(relative, face, 0.0, confidence)) or 0.0
+            result.append(Lips.on_face(relative, face, gap, confidence))
         last = ordered[-1]
         self._carry = (last, *points[last])
         self.frames_seen += count

@@ -63,20 +63,24 @@ def output(outputs: Path, date: str, user: str, stem: str, age_days: float, size
 
 
 @contextlib.contextmanager
-def mounted_tmpfs(path: Path, size: str = "20m") -> Iterator[Path]:
-    """A real size-limited tmpfs (needs root); skips the test with the reason when it cannot be mounted."""
-    path.mkdir(parents=True, exist_ok=True)
+def mounted(argv: list[str], target: Path, what: str) -> Iterator[Path]:
+    """`mount *argv* target` for real (needs root), unmounted after; skips the test saying why when it cannot."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (run the suite as root, as CI does)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+        pytest.skip(f"{what} needs root (run the suite as root, as CI does)")
+    done = subprocess.run(["mount", *argv, str(target)], capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        pytest.skip(f"cannot do {what} here: {done.stderr.strip()}")
     try:
-        yield path
+        yield target
     finally:
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def mounted_tmpfs(path: Path, size: str = "20m") -> contextlib.AbstractContextManager[Path]:
+    """A real size-limited tmpfs at *path*."""
+    path.mkdir(parents=True, exist_ok=True)
+    return mounted(["-t", "tmpfs", "-o", f"size={size}", "tmpfs"], path, "mounting a tmpfs")
 
 
 def fill(folder: Path, leave_bytes: int = 0) -> None:

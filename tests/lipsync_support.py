@@ -62,3 +62,15 @@ def stream_facts(path: Path) -> dict:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     error = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if error == 0 else 10.0 * np.log10(255.0 ** 2 / error)
+
+
+def own_peak_mb() -> float:
+    """This process's own peak resident memory (VmHWM), in MB.
+
+    Not getrusage's ru_maxrss: Linux keeps that across fork and exec, so a child started by a big process
+    (pytest after decoding clips, a bench after its warm-up) reports its parent's peak as its own."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("/proc/self/status has no VmHWM")

@@ -5,37 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from daemon import janitor
 from daemon.janitor.report import render_text
-from tests.janitor_support import make_config, output, put
+from tests.janitor_support import make_config, mounted, output, put
 
 DATE = "2026-09-01"
 
 
-@contextlib.contextmanager
-def bind_mounted(source: Path, target: Path) -> Iterator[Path]:
-    """A real `mount --bind source target` (needs root); skips the test with the reason when it cannot."""
+def bind_mounted(source: Path, target: Path) -> contextlib.AbstractContextManager[Path]:
+    """A real `mount --bind source target`."""
     if source.is_dir():
         target.mkdir(parents=True, exist_ok=True)
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.touch()
-    if os.geteuid() != 0:
-        pytest.skip("a bind mount needs root (run the suite as root, as CI does)")
-    done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot bind mount here: {done.stderr.strip()}")
-    try:
-        yield target
-    finally:
-        if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+    return mounted(["--bind", str(source)], target, "a bind mount")
 
 
 def test_a_bind_mount_inside_the_roots_is_never_entered(tmp_path: Path) -> None:

@@ -112,9 +112,10 @@ def test_a_cut_short_audio_is_refused_in_plain_words(tmp_path: Path, name: str, 
 
 def _peak_mb_of_features(sound: Path) -> tuple[float, float]:
     """Decode *sound* and compute its per-frame features in a child: (its samples' MB, its peak RSS in MB)."""
-    script = ("import resource, sys\nfrom pipeline.media import audio\nimport librosa\n"
+    script = ("import sys\nfrom pipeline.media import audio\nimport librosa\n"
+              "from tests.lipsync_support import own_peak_mb\n"
               "sound = audio.load_audio(sys.argv[1], max_seconds=3600)\naudio.frame_features(sound, 25.0)\n"
-              "print(sound.samples.nbytes / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+              "print(sound.samples.nbytes / 2**20, own_peak_mb())\n")
     done = subprocess.run([sys.executable, "-c", script, str(sound)], capture_output=True, text=True, check=True,
                           timeout=300)
     samples_mb, peak_mb = (float(v) for v in done.stdout.split())

@@ -269,11 +269,11 @@ def test_a_three_hour_audio_is_refused_before_decoding(tmp_path: Path, face_mp4:
     """Issue 13.7: a 3-hour silent m4a drove the worker to 3.9 GB; pipeline.max_seconds (default 30 minutes)
     refuses it from the probe. The render runs in a child so that its peak memory can be measured."""
     sound = media.long_silence(tmp_path / "talk.m4a")
-    script = ("import resource, sys\nfrom pathlib import Path\nfrom pipeline.errors import EngineError\n"
-              "from tests.lipsync_support import render\n"
+    script = ("import sys\nfrom pathlib import Path\nfrom pipeline.errors import EngineError\n"
+              "from tests.lipsync_support import own_peak_mb, render\n"
               "try:\n    render(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))\n"
               "except EngineError as exc:\n    print(exc)\n"
-              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+              "print(int(own_peak_mb()))\n")
     done = subprocess.run([sys.executable, "-c", script, str(sound), str(face_mp4), str(tmp_path / "out.mp4")],
                           capture_output=True, text=True, timeout=600, check=True)
     message, peak_mb = done.stdout.strip().splitlines()
