@@ -861,22 +861,24 @@ class Planner:
                                    "young": self._young_freed}
 
     def _plan_empty_folders(self) -> None:
-        """User folders the pass empties (or empty ones older than min_age_hours), then their date folders."""
+        """User folders the pass empties (or empty ones older than min_age_hours, or of a date two days gone:
+        a pass killed mid-way leaves emptied folders that look fresh), then their date folders."""
         counts = self._deleted_counts
         recent = self.now - self.min_age
+        closed = datetime.date.fromtimestamp(self.now - 2 * DAY).isoformat()  # no job publishes into these
         removed_users: dict[tuple[str, str], int] = {}
         for f in self._folders:
             if not f.user:
                 continue
             deleted = counts.get((f.root, f.date, f.user), 0) + self._trees.get((f.root, f.date, f.user), 0)
-            if f.entries - deleted == 0 and (deleted or f.mtime < recent):
+            if f.entries - deleted == 0 and (deleted or f.mtime < recent or f.date < closed):
                 self.plan.folders.append(EmptyFolder(f.root, (f.date, f.user)))
                 removed_users[(f.root, f.date)] = removed_users.get((f.root, f.date), 0) + 1
         for f in self._folders:
             if f.user:
                 continue
             gone = removed_users.get((f.root, f.date), 0)
-            if f.entries - gone == 0 and (gone or f.mtime < recent):
+            if f.entries - gone == 0 and (gone or f.mtime < recent or f.date < closed):
                 self.plan.folders.append(EmptyFolder(f.root, (f.date,)))
         self.plan.folders.sort(key=lambda item: (-len(item.parts), item))
 

@@ -134,3 +134,18 @@ def test_a_pass_killed_mid_way_is_finished_by_the_next_pass(tmp_path: Path) -> N
     assert second.ok, second.problems
     assert sorted(p.name for p in out.iterdir()) == [DATE]  # every expired output and emptied folder gone
     assert all(p.exists() for p in kept)
+
+
+def test_folders_a_killed_pass_emptied_are_removed_though_they_look_fresh(tmp_path: Path) -> None:
+    """A pass killed between a folder's last file and its rmdir leaves an empty folder with a fresh mtime.
+    An old date takes no new results, so the next pass removes it; an empty folder of today stays (a job
+    may be about to publish into it) until it is min_age_hours old."""
+    cfg = make_config(tmp_path)
+    out = cfg.paths.outputs
+    (out / "2026-02-01" / "u07").mkdir(parents=True)  # emptied just now by a killed pass
+    today = time.strftime("%Y-%m-%d")
+    (out / today / "ann").mkdir(parents=True)  # a job's folder, made a moment before it publishes
+    result = janitor.run_pass(cfg)
+    assert result.ok, result.problems
+    assert sorted(p.name for p in out.iterdir()) == [today]
+    assert (out / today / "ann").is_dir()
