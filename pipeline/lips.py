@@ -27,7 +27,9 @@ subsampled U/V planes of the decoder's YUV frames serve as they are):
 Tracking: every `every`-th frame (and a batch's last) is located in full; frames in between take the
 lips' position relative to the face box interpolated between the two keyframes around them (the face
 tracker already follows the head), while the opening between the lips, which changes every frame when
-the person speaks, is measured on every frame in a narrow strip at the tracked mouth.
+the person speaks, is measured on every frame in a narrow strip at the tracked mouth. Small changes between
+keyframes are smoothed (steadier corners); a move beyond jitter (a head turning) is followed at once; a
+keyframe far off the track is held unless the frame beside it agrees (a hand passing does not stay put).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ CB_WEIGHT = 0.5  # lip colour: Cr - CB_WEIGHT * Cb (lips: Cr up, Cb a little dow
 # Where the seam can be, and the mouth's size, as fractions of the face box.
 MOUTH_Y = (0.62, 1.00)
 MOUTH_X = (0.30, 0.70)
+MOUTH_TYPICAL = 0.74  # a mouth placed higher than this (the nose's shadow, a moustache) ...
+HIGH_PENALTY = 1.5  # ... must stand out this much more (spreads) per 0.1 face heights above it,
+HIGH_SHARE = 0.3  # ... and its rows this share more (of their difference from the skin)
 PLACE_WIDTHS = (0.30, 0.38, 0.46, 0.54)  # the mouth is placed by boxes this wide (face widths) ...
 PLACE_HEIGHT = 0.35  # ... and this high (of their width), against a ring around them ...
 RING_SIZE = (1.5, 3.0)  # ... this much wider and higher
@@ -74,7 +79,8 @@ MIN_CONFIDENCE = 0.5  # ... (confidence 1 at twice that); below this share of it
 TRACK_REACH = 0.05  # between keyframes the opening is looked for within this of the tracked seam (face heights)
 TRACK_ALPHA = 0.5  # keyframe positions relative to the face are smoothed by this much (steadier corners)
 JUMP = (0.08, 0.06)  # a keyframe this far from the track (face widths across, heights down) is held ...
-MAX_HELD = 2  # ... at most this many keyframes in a row; then the track follows it
+MAX_HELD = 2  # ... unless the next frame agrees, at most this many keyframes in a row; then the track follows it
+MOVE = (0.03, 0.02)  # a keyframe this far from the track is followed at once, not smoothed (a head turning)
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,8 @@ def locate(picture: LowerFace | None, face: FaceBox) -> Lips | None:
                  min(maps.red.shape[1], round(centre_x + CENTRE_COLUMNS * width / 2) + 1))
     reach = SEAM_REACH * face_h
     vertical = _vertical(maps, band, max(0, math.floor(centre_y - reach)),
-                         min(maps.red.shape[0], math.ceil(centre_y + reach)), face_h)
+                         min(maps.red.shape[0], math.ceil(centre_y + reach)), face_h,
+                         typical=(face.y + MOUTH_TYPICAL * face.h - picture.y0) * scale)
     if vertical is None:
         return None
     corners = _corners(maps, vertical, centre_x, width)
@@ -234,6 +241,8 @@ def _place(maps: _Maps, picture: LowerFace, face: FaceBox) -> tuple[float, float
         inner = _box(total, y0, x0, ih, iw)
         outer = _box(total, y0 - pad_y, x0 - pad_x, oh, ow)
         response = inner / (iw * ih) - (outer - inner) / (ow * oh - iw * ih)
+        centre_fy = ((ys + ih / 2) / scale + picture.y0 - face.y) / face.h
+        response = response - HIGH_PENALTY * np.clip(MOUTH_TYPICAL - centre_fy, 0.0, None)[:, None] / 0.1
         k = np.unravel_index(int(np.argmax(response)), response.shape)
         value = float(response[k])
         if best is None or value > best[0]:
@@ -296,8 +305,8 @@ def _robust_z(values: np.ndarray) -> np.ndarray:
     return np.clip((values - median) / spread, *Z_RANGE)
 
 
-def _vertical(maps: _Maps, band: slice, lowest: int, highest: int,
-              face_h: float) -> tuple[float, float, float, float, float] | None:
+def _vertical(maps: _Maps, band: slice, lowest: int, highest: int, face_h: float,
+              typical: float | None = None) -> tuple[float, float, float, float, float] | None:
     """Top, seam, gap, bottom (window pixels, edges) and strength of the lips in the columns *band*.
 
     The mouth is the band of rows that differs most from the skin around it, in colour either way
@@ -320,7 +329,8 @@ def _vertical(maps: _Maps, band: slice, lowest: int, highest: int,
     teeth = red < -TEETH_RED  # bright and less red: teeth (a skin highlight is bright but not less red)
     contrast = np.clip(dark, 0.0, 2 * DARK_CAP) + np.clip(-dark, 0.0, 2 * DARK_CAP) * teeth
     differs = np.convolve(np.abs(red) + DARK_WEIGHT * contrast, np.ones(3) / 3, "same")
-    peak = lowest + int(np.argmax(differs[lowest:highest]))
+    above = 0.0 if typical is None else np.clip((typical - np.arange(rows)) / (0.1 * face_h), 0.0, 1.0)
+    peak = lowest + int(np.argmax((differs * (1.0 - HIGH_SHARE * above))[lowest:highest]))
     strength = float(differs[peak])
     if strength < MIN_STRENGTH:
         return None
@@ -365,9 +375,10 @@ def _grow(values: np.ndarray, start: int, level: float, step: int, limit: int) -
 
 def _corners(maps: _Maps, vertical: tuple[float, float, float, float, float], centre: float,
              width: float) -> tuple[int, int] | None:
-    """First and last column of the mouth: where the lips stand out from the skin above and below them,
-    kept within WIDTH_RANGE of the width *width* that placed it (teeth in an open mouth may leave no
-    contrast at the centre: then the placing width is used)."""
+    """First and last column of the mouth: where the lips stand out from the skin above and below them
+    (in colour either way, as in _vertical: a mouth between a moustache and a beard, or on dark skin, is
+    often less red than what surrounds it), kept within WIDTH_RANGE of the width *width* that placed it
+    (teeth in an open mouth may leave no contrast at the centre: then the placing width is used)."""
     top, seam, gap, bottom, _ = vertical
     rows, columns = maps.red.shape
     t, b = int(top), max(int(top) + 1, math.ceil(bottom))
@@ -378,7 +389,7 @@ def _corners(maps: _Maps, vertical: tuple[float, float, float, float, float], ce
     ring_red = (maps.red[above].mean(axis=0) + maps.red[below].mean(axis=0)) / 2
     ring_dark = (maps.dark[above].mean(axis=0) + maps.dark[below].mean(axis=0)) / 2
     line = min(rows - 1, int(seam + gap / 2))
-    contrast = (maps.red[t:b].mean(axis=0) - ring_red
+    contrast = (np.abs(maps.red[t:b].mean(axis=0) - ring_red)
                 + DARK_WEIGHT * np.clip(maps.dark[line] - ring_dark, 0.0, DARK_CAP))
     contrast = np.convolve(contrast, np.ones(3) / 3, mode="same")
     middle = min(columns - 1, max(0, round(centre)))
@@ -399,6 +410,11 @@ def _jumped(track: tuple[float, ...], found: tuple[float, ...]) -> bool:
     return abs(found[0] - track[0]) > JUMP[0] or abs(found[3] - track[3]) > JUMP[1]
 
 
+def _moved(track: tuple[float, ...], found: tuple[float, ...]) -> bool:
+    """Whether a keyframe's lips moved beyond jitter (relative to the face) since the last keyframe."""
+    return abs(found[0] - track[0]) > MOVE[0] or abs(found[3] - track[3]) > MOVE[1]
+
+
 class LipTracker:
     """The lips of a video's main face, frame by frame, fed in consecutive batches (see the docstring)."""
 
@@ -412,6 +428,16 @@ class LipTracker:
         self._carry: tuple[int, tuple[float, ...] | None, float] | None = None  # last keypoint
         self._smoothed: tuple[float, ...] | None = None
         self._held = 0  # keyframes in a row that disagreed with the track
+
+    def _confirmed(self, relative: tuple[float, ...], pictures: Sequence[LowerFace | None],
+                   faces: Sequence[FaceBox | None], i: int) -> bool:
+        """Whether a keyframe far from the track is confirmed by the frame beside it (a head turning moves
+        the mouth for good; a hand or a shadow passing does not stay in the same place)."""
+        j = i + 1 if i + 1 < len(faces) else i - 1
+        face = faces[j] if j >= 0 else None
+        beside = locate(pictures[j], face) if face is not None else None
+        self.located += face is not None
+        return beside is not None and not _jumped(relative, beside.relative_to(face))
 
     def update(self, pictures: Sequence[LowerFace | None], faces: Sequence[FaceBox | None]) -> list[Lips | None]:
         """Lips for the next consecutive frames: their lower-face windows and tracked faces (None: no face)."""
@@ -433,11 +459,13 @@ class LipTracker:
                 continue
             relative = found.relative_to(face)
             if self._smoothed is not None:
-                if _jumped(self._smoothed, relative) and self._held < MAX_HELD:
-                    self._held += 1  # one odd keyframe (a hand, a shadow): keep to the track
-                    points[first + i] = (self._smoothed, found.confidence)
-                    continue
-                relative = tuple(s + TRACK_ALPHA * (r - s) for s, r in zip(self._smoothed, relative, strict=True))
+                if _jumped(self._smoothed, relative):
+                    if self._held < MAX_HELD and not self._confirmed(relative, pictures, faces, i):
+                        self._held += 1  # one odd keyframe (a hand, a shadow): keep to the track
+                        points[first + i] = (self._smoothed, found.confidence)
+                        continue
+                elif not _moved(self._smoothed, relative):  # steadier corners; a real move is followed at once
+                    relative = tuple(s + TRACK_ALPHA * (r - s) for s, r in zip(self._smoothed, relative, strict=True))
             self._held = 0
             self._smoothed = relative
             points[first + i] = (relative, found.confidence)
