@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -65,11 +65,16 @@ WIDTH_RANGE = (0.7, 1.4)  # the corners are kept within these shares of the plac
 CENTRE_COLUMNS = 0.40  # the seam and the opening are measured over this middle share of the mouth's width
 LIP_REACH = 0.07  # each lip's colour is looked for this far above / below the seam (face heights)
 LIP_THICKNESS = (0.02, 0.06)  # each lip's height is kept within these (face heights)
+LIP_SIDE = 3  # ... and where the rows this far above and below are both lip-coloured, ...
+LIP_SIDES_WEIGHT = 2.0  # ... counted this much (levels of luma per level of lip colour)
+SEAM_STEP = 2  # closed lips meet where the rows this far below are lightest against their own darkness
 CLOSED_SEAM = 0.025  # a dip in lip colour this high (face heights) is closed lips, not an opening
 BAND_LEVEL = 0.35  # the mouth's band: rows that differ from the skin by this share of the most different row
 MAX_MOUTH = 0.30  # the whole mouth, lips and opening, is at most this high (face heights)
 LIP_RED = 1.0  # rows beside the mouth's band this many levels redder than the skin are lip too
 TEETH_RED = 2.0  # bright rows this many levels less red than the skin are teeth
+TEETH_GAP = 0.07  # teeth this high (face heights) at most may part the band from the other lip, ...
+TEETH_LIP_SHARE = 0.4  # ... whose colour is at least this share of the band's own
 GAP_CONTRAST = 4.0  # an opening is this many levels less lip-coloured than the lips around it
 DARK_WEIGHT = 0.5  # weight of the seam's darkness (levels of luma) against lip colour (levels of chroma) ...
 DARK_CAP = 8.0  # ... counted up to this many levels (a shadow under the chin is darker than any seam)
@@ -257,8 +262,20 @@ def _box(total: np.ndarray, y0: np.ndarray, x0: np.ndarray, height: int, width: 
     return total[y0 + height, x0 + width] - total[y0, x0 + width] - total[y0 + height, x0] + total[y0, x0]
 
 
-def opening(picture: LowerFace | None, lips: Lips) -> float | None:
-    """This frame's opening between the lips at *lips*' tracked place (frame pixels), or None if unseen."""
+def refine(picture: LowerFace | None, lips: Lips) -> Lips:
+    """*lips* (tracked: placed by interpolation between keyframes) with this frame's own seam and opening,
+    measured in a narrow strip at the tracked mouth: the lips move against the face box between keyframes
+    (a nod, the jaw), and where they meet changes as the mouth closes. Unseen: closed, where tracked."""
+    measured = _seam_and_gap(picture, lips)
+    if measured is None:
+        return replace(lips, bottom=lips.bottom - lips.gap, gap=0.0)
+    seam, gap = measured
+    shift = seam - lips.seam
+    return replace(lips, top=lips.top + shift, seam=seam, gap=gap, bottom=lips.bottom - lips.gap + shift + gap)
+
+
+def _seam_and_gap(picture: LowerFace | None, lips: Lips) -> tuple[float, float] | None:
+    """This frame's seam (frame rows) and opening (frame pixels) near *lips*' seam, or None if unseen."""
     if picture is None:
         return None
     scale, (rows, columns) = picture.scale, picture.luma.shape
@@ -269,8 +286,9 @@ def opening(picture: LowerFace | None, lips: Lips) -> float | None:
     seam = (lips.seam - picture.y0) * scale
     reach = max(2.0, TRACK_REACH * lips.face_h * scale)
     lowest, highest = max(0, math.floor(seam - reach)), min(rows, math.ceil(seam + reach))
-    vertical = _vertical(_Maps(picture, band), slice(None), lowest, highest, lips.face_h * scale)
-    return None if vertical is None else vertical[2] / scale
+    known = (math.floor((lips.top - picture.y0) * scale), math.ceil((lips.bottom - lips.gap - picture.y0) * scale))
+    vertical = _vertical(_Maps(picture, band), slice(None), lowest, highest, lips.face_h * scale, known=known)
+    return None if vertical is None else (picture.y0 + vertical[1] / scale, vertical[2] / scale)
 
 
 class _Maps:
@@ -305,8 +323,8 @@ def _robust_z(values: np.ndarray) -> np.ndarray:
     return np.clip((values - median) / spread, *Z_RANGE)
 
 
-def _vertical(maps: _Maps, band: slice, lowest: int, highest: int, face_h: float,
-              typical: float | None = None) -> tuple[float, float, float, float, float] | None:
+def _vertical(maps: _Maps, band: slice, lowest: int, highest: int, face_h: float, typical: float | None = None,
+              known: tuple[int, int] | None = None) -> tuple[float, float, float, float, float] | None:
     """Top, seam, gap, bottom (window pixels, edges) and strength of the lips in the columns *band*.
 
     The mouth is the band of rows that differs most from the skin around it, in colour either way
@@ -329,20 +347,35 @@ def _vertical(maps: _Maps, band: slice, lowest: int, highest: int, face_h: float
     teeth = red < -TEETH_RED  # bright and less red: teeth (a skin highlight is bright but not less red)
     contrast = np.clip(dark, 0.0, 2 * DARK_CAP) + np.clip(-dark, 0.0, 2 * DARK_CAP) * teeth
     differs = np.convolve(np.abs(red) + DARK_WEIGHT * contrast, np.ones(3) / 3, "same")
-    above = 0.0 if typical is None else np.clip((typical - np.arange(rows)) / (0.1 * face_h), 0.0, 1.0)
-    peak = lowest + int(np.argmax((differs * (1.0 - HIGH_SHARE * above))[lowest:highest]))
-    strength = float(differs[peak])
-    if strength < MIN_STRENGTH:
-        return None
     first, last = max(0, lowest - round(REACH_UP * face_h)), min(rows - 1, highest + margin)  # the mouth's rows
-    level = BAND_LEVEL * strength
-    top, bottom = _grow(differs, peak, level, -1, first), _grow(differs, peak, level, 1, last)
+    if known is None:
+        above = 0.0 if typical is None else np.clip((typical - np.arange(rows)) / (0.1 * face_h), 0.0, 1.0)
+        peak = lowest + int(np.argmax((differs * (1.0 - HIGH_SHARE * above))[lowest:highest]))
+        strength = float(differs[peak])
+        if strength < MIN_STRENGTH:
+            return None
+        level = BAND_LEVEL * strength
+        top, bottom = _grow(differs, peak, level, -1, first), _grow(differs, peak, level, 1, last)
+    else:  # the lips' rows are known (tracked): only where they meet and how far apart, this frame
+        top, bottom = (min(max(first, row), last) for row in known)
+        if bottom - top < 2:
+            return None
+        strength = float(differs[top:bottom + 1].max())
+        if strength < MIN_STRENGTH:
+            return None
     thin, thick = (share * face_h for share in LIP_THICKNESS)
     # Lips beside the band (pale lips around bright teeth): lip-coloured rows just above and below.
     while top > first and top > bottom - MAX_MOUTH * face_h and red[top - 1] > LIP_RED:
         top -= 1
     while bottom < last and bottom < top + MAX_MOUTH * face_h and red[bottom + 1] > LIP_RED:
         bottom += 1
+    # The other lip across the teeth (the band may be one lip only: teeth differ little from skin). A
+    # moustache is higher than teeth, so the skin above it is not taken for a lip.
+    lip_level = TEETH_LIP_SHARE * float(red[top:bottom + 1].max())
+    top = _across_teeth(red, top, -1, max(first, round(bottom - MAX_MOUTH * face_h)), lip_level,
+                        round(TEETH_GAP * face_h))
+    bottom = _across_teeth(red, bottom, 1, min(last, round(top + MAX_MOUTH * face_h)), lip_level,
+                           round(TEETH_GAP * face_h))
     inner = slice(top + 1, bottom)  # an opening has lip (or lip line) on both sides
     seam, gap = None, 0.0
     if inner.stop - inner.start >= 1:
@@ -357,12 +390,40 @@ def _vertical(maps: _Maps, band: slice, lowest: int, highest: int, face_h: float
         middle = slice(top + max(1, (bottom - top) // 5), bottom - max(1, (bottom - top) // 5) + 1)
         if middle.stop <= middle.start:
             middle = slice(top, bottom + 1)
-        seam = middle.start + int(np.argmax(dark[middle])) + 0.5
+        # The lips meet on a thin dark line with the lit lower lip below it: darker than the rows around it
+        # and than the rows below. The darkest row alone is often inside a dark (lipstick) upper lip, and
+        # a moustache's lower edge is dark with lighter rows below but no thin line.
+        step = SEAM_STEP
+        padded = np.concatenate((np.full(step, dark[0]), dark, np.full(step, dark[-1])))
+        above_rows, below_rows = padded[:-2 * step], padded[2 * step:]
+        line_score = (dark - (above_rows + below_rows) / 2) + (dark - below_rows)
+        # ... and lip colour on both sides (a shadow under the lower lip has skin below it, a moustache hair above).
+        reach = LIP_SIDE
+        red_padded = np.concatenate((np.full(reach, red[0]), red, np.full(reach, red[-1])))
+        windows = np.lib.stride_tricks.sliding_window_view(red_padded, reach)
+        red_above, red_below = windows[:rows].mean(axis=1), windows[reach + 1:reach + 1 + rows].mean(axis=1)
+        line_score = line_score + LIP_SIDES_WEIGHT * np.minimum(red_above, red_below)
+        seam = middle.start + int(np.argmax(line_score[middle])) + 0.5
     opened = max(0.0, gap - max(1.0, CLOSED_SEAM * face_h))
     seam += (gap - opened) / 2
     top_edge = min(max(float(top), seam - thick), seam - thin)
     bottom_edge = max(min(float(bottom + 1), seam + opened + thick), seam + opened + thin)
     return top_edge, seam, opened, bottom_edge, strength
+
+
+def _across_teeth(red: np.ndarray, edge: int, step: int, limit: int, lip_level: float,
+                  most: int) -> int:
+    """The far edge of a lip beyond a few rows that are not lip-coloured (teeth) next to *edge*, else *edge*."""
+    row = edge + step
+    while 0 <= row < len(red) and abs(row - edge) <= most and (row - limit) * step <= 0:
+        if red[row] > max(lip_level, LIP_RED):
+            if abs(row - edge) == 1:
+                return edge  # no teeth in between
+            while 0 <= row + step < len(red) and (row + step - limit) * step <= 0 and red[row + step] > LIP_RED:
+                row += step
+            return row
+        row += step
+    return edge
 
 
 def _grow(values: np.ndarray, start: int, level: float, step: int, limit: int) -> int:
@@ -390,19 +451,30 @@ def _corners(maps: _Maps, vertical: tuple[float, float, float, float, float], ce
     ring_dark = (maps.dark[above].mean(axis=0) + maps.dark[below].mean(axis=0)) / 2
     line = min(rows - 1, int(seam + gap / 2))
     contrast = (np.abs(maps.red[t:b].mean(axis=0) - ring_red)
-                + DARK_WEIGHT * np.clip(maps.dark[line] - ring_dark, 0.0, DARK_CAP))
+                + DARK_WEIGHT * np.clip(maps.dark[line] - ring_dark, 0.0, None))  # the seam fades out at the corners
     contrast = np.convolve(contrast, np.ones(3) / 3, mode="same")
-    middle = min(columns - 1, max(0, round(centre)))
-    threshold = CORNER_SHARE * float(contrast[max(0, middle - 2):middle + 3].max())
-    left = right = middle
-    while threshold > 0 and left > 0 and contrast[left - 1] > threshold:
-        left -= 1
-    while threshold > 0 and right < columns - 1 and contrast[right + 1] > threshold:
-        right += 1
     low, high = WIDTH_RANGE
-    left = min(max(left, round(centre - high * width / 2)), round(centre - low * width / 2))
-    right = max(min(right, round(centre + high * width / 2) - 1), round(centre + low * width / 2) - 1)
+    outer = (max(0, round(centre - high * width / 2)), min(columns - 1, round(centre + high * width / 2) - 1))
+    inner = (round(centre - low * width / 2), round(centre + low * width / 2) - 1)
+    threshold = CORNER_SHARE * float(contrast[outer[0]:outer[1] + 1].max(initial=0.0))
+    # Each corner is the outer end of the first run of columns that stand out, going out from the narrowest
+    # mouth: walking out from the middle stops at teeth (bright, no seam line) and the outermost strong column
+    # may be an earring or a crease; the corners themselves are dark.
+    left = _run_end(contrast, threshold, inner[0], outer[0] - 1)
+    right = _run_end(contrast, threshold, inner[1], outer[1] + 1)
     return max(0, left), min(columns - 1, right)
+
+
+def _run_end(values: np.ndarray, threshold: float, start: int, stop: int) -> int:
+    """From *start* towards *stop* (exclusive): the last index of the first run above *threshold*, else start."""
+    step = 1 if stop > start else -1
+    end, seen = start, False
+    for index in range(start, stop, step):
+        if values[index] > threshold:
+            end, seen = index, True
+        elif seen:
+            break
+    return end
 
 
 def _jumped(track: tuple[float, ...], found: tuple[float, ...]) -> bool:
@@ -492,8 +564,7 @@ class LipTracker:
             if relative is None or face is None:
                 result.append(None)
                 continue
-            gap = opening(pictures[g - first], Lips.on_face(relative, face, 0.0, confidence)) or 0.0
-            result.append(Lips.on_face(relative, face, gap, confidence))
+            result.append(refine(pictures[g - first], Lips.on_face(relative, face, 0.0, confidence)))
         last = ordered[-1]
         self._carry = (last, *points[last])
         self.frames_seen += count
