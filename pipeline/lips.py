@@ -78,6 +78,7 @@ TEETH_LIP_SHARE = 0.4  # ... whose colour is at least this share of the band's o
 GAP_CONTRAST = 4.0  # an opening is this many levels less lip-coloured than the lips around it
 DARK_WEIGHT = 0.5  # weight of the seam's darkness (levels of luma) against lip colour (levels of chroma) ...
 DARK_CAP = 8.0  # ... counted up to this many levels (a shadow under the chin is darker than any seam)
+RUN_GAP = 2  # ... along a run of columns with gaps this wide at most
 CORNER_SHARE = 0.30  # the corners are where the lips' contrast falls under this share of its peak
 MIN_STRENGTH = 4.0  # the mouth must differ from the skin by this many levels (colour + darkness) ...
 MIN_CONFIDENCE = 0.5  # ... (confidence 1 at twice that); below this share of it: no lips
@@ -466,14 +467,17 @@ def _corners(maps: _Maps, vertical: tuple[float, float, float, float, float], ce
 
 
 def _run_end(values: np.ndarray, threshold: float, start: int, stop: int) -> int:
-    """From *start* towards *stop* (exclusive): the last index of the first run above *threshold*, else start."""
+    """From *start* towards *stop* (exclusive): the last index of the first run above *threshold* (gaps of up
+    to RUN_GAP indices inside it allowed), else start."""
     step = 1 if stop > start else -1
-    end, seen = start, False
+    end, seen, weak = start, False, 0
     for index in range(start, stop, step):
         if values[index] > threshold:
-            end, seen = index, True
+            end, seen, weak = index, True, 0
         elif seen:
-            break
+            weak += 1
+            if weak > RUN_GAP:
+                break
     return end
 
 
