@@ -79,6 +79,8 @@ GAP_CONTRAST = 4.0  # an opening is this many levels less lip-coloured than the 
 DARK_WEIGHT = 0.5  # weight of the seam's darkness (levels of luma) against lip colour (levels of chroma) ...
 DARK_CAP = 8.0  # ... counted up to this many levels (a shadow under the chin is darker than any seam)
 RUN_GAP = 2  # ... along a run of columns with gaps this wide at most
+CORNER_LIP_RED = 4.0  # lips this much redder than above and below them bound the corners by their colour ...
+CORNER_SLACK = 1  # ... give or take this many columns
 CORNER_SHARE = 0.30  # the corners are where the lips' contrast falls under this share of its peak
 MIN_STRENGTH = 4.0  # the mouth must differ from the skin by this many levels (colour + darkness) ...
 MIN_CONFIDENCE = 0.5  # ... (confidence 1 at twice that); below this share of it: no lips
@@ -451,9 +453,9 @@ def _corners(maps: _Maps, vertical: tuple[float, float, float, float, float], ce
     ring_red = (maps.red[above].mean(axis=0) + maps.red[below].mean(axis=0)) / 2
     ring_dark = (maps.dark[above].mean(axis=0) + maps.dark[below].mean(axis=0)) / 2
     line = min(rows - 1, int(seam + gap / 2))
-    contrast = (np.abs(maps.red[t:b].mean(axis=0) - ring_red)
-                + DARK_WEIGHT * np.clip(maps.dark[line] - ring_dark, 0.0, None))  # the seam fades out at the corners
-    contrast = np.convolve(contrast, np.ones(3) / 3, mode="same")
+    redder = np.convolve(maps.red[t:b].mean(axis=0) - ring_red, np.ones(3) / 3, mode="same")
+    darker = np.convolve(np.clip(maps.dark[line] - ring_dark, 0.0, None), np.ones(3) / 3, mode="same")
+    contrast = np.abs(redder) + DARK_WEIGHT * darker  # the seam fades out at the corners
     low, high = WIDTH_RANGE
     outer = (max(0, round(centre - high * width / 2)), min(columns - 1, round(centre + high * width / 2) - 1))
     inner = (round(centre - low * width / 2), round(centre + low * width / 2) - 1)
@@ -463,6 +465,11 @@ def _corners(maps: _Maps, vertical: tuple[float, float, float, float, float], ce
     # may be an earring or a crease; the corners themselves are dark.
     left = _run_end(contrast, threshold, inner[0], outer[0] - 1)
     right = _run_end(contrast, threshold, inner[1], outer[1] + 1)
+    lip_red = float(redder[inner[0]:inner[1] + 1].mean()) if inner[1] >= inner[0] else 0.0
+    if lip_red >= CORNER_LIP_RED:  # lips redder than around them: the mouth ends where their colour does
+        level = CORNER_SHARE * float(redder[outer[0]:outer[1] + 1].max())
+        left = max(left, _run_end(redder, level, inner[0], outer[0] - 1) - CORNER_SLACK)
+        right = min(right, _run_end(redder, level, inner[1], outer[1] + 1) + CORNER_SLACK)
     return max(0, left), min(columns - 1, right)
 
 
