@@ -35,9 +35,11 @@ class Server(BaseApplication):
 
 
 def options(config: Config) -> dict[str, Any]:
-    """gunicorn's settings for web.listen ([::1]:8787 works as HOST:PORT)."""
+    """gunicorn's settings for web.listen ([::1]:8787 works as HOST:PORT).
+
+    "sendfile" is left unset on purpose: gunicorn treats any value given to it as --no-sendfile."""
     return {"bind": [config.web.listen], "workers": 1, "worker_class": "gthread", "threads": THREADS,
-            "timeout": 60, "graceful_timeout": GRACEFUL_SECONDS, "keepalive": 5, "sendfile": True,
+            "timeout": 60, "graceful_timeout": GRACEFUL_SECONDS, "keepalive": 5,
             "accesslog": "-", "errorlog": "-", "loglevel": "info", "proc_name": "lipsyncd-web",
             "forwarded_allow_ips": "", "proxy_allow_ips": ""}
 
