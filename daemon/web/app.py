@@ -157,27 +157,30 @@ def create_app(config: Config) -> Flask:
         query = (request.args.get("q") or "").strip().lower()
         offset = _int_arg("offset", 0, 0, 10**9)
         limit = _int_arg("limit", PAGE_SIZE, 1, PAGE_MAX)
-        found = files.scan(outputs_root, user, marker, date)
+        by_date = files.scan(outputs_root, user, marker, date)
         if query:
-            found = [o for o in found if query in o.stem.lower()]
-        page = found[offset:offset + limit]
+            by_date = [kept for outputs in by_date if (kept := [o for o in outputs if query in o.stem.lower()])]
+        total = sum(len(outputs) for outputs in by_date)
         listed = []
-        open_folder: tuple[str, int] | None = None
-        try:
-            for output in page:
-                if open_folder is None or open_folder[0] != output.date:
-                    if open_folder is not None:
-                        os.close(open_folder[1])
-                        open_folder = None
-                    with contextlib.suppress(files.NotFound):
-                        open_folder = (output.date, _open_user_folder(outputs_root, output.date, user))
-                record = files.read_record(open_folder[1], output.stem) if open_folder else {}
-                base = f"/files/outputs/{output.date}/{user}/"
-                listed.append(files.describe(output, record, retention, base))
-        finally:
-            if open_folder is not None:
-                os.close(open_folder[1])
-        return jsonify({"outputs": listed, "total": len(found), "offset": offset, "limit": limit, "user": user})
+        skip = offset
+        for outputs in by_date:  # only the dates the page reaches are stat'ed, sorted and their records read
+            if len(listed) >= limit:
+                break
+            if skip >= len(outputs):
+                skip -= len(outputs)
+                continue
+            try:
+                folder = _open_user_folder(outputs_root, outputs[0].date, user)
+            except files.NotFound:
+                continue
+            try:
+                for output in files.stat_date(folder, outputs)[skip:skip + limit - len(listed)]:
+                    record = files.read_record(folder, output.stem)
+                    listed.append(files.describe(output, record, retention, f"/files/outputs/{output.date}/{user}/"))
+            finally:
+                os.close(folder)
+            skip = 0
+        return jsonify({"outputs": listed, "total": total, "offset": offset, "limit": limit, "user": user})
 
     @app.get("/files/outputs/<date>/<user>/<name>")
     def output_file(date: str, user: str, name: str) -> Any:
@@ -205,7 +208,7 @@ def create_app(config: Config) -> Flask:
             abort(404)
         except OSError as exc:  # the server's fault (read-only, permissions), not the person's
             return _error(500, f"the server could not {action} {name}: {exc.strerror}")
-        found = [o for o in files.scan(outputs_root, user, marker, date) if o.stem == name]
+        found = [o for outputs in files.scan(outputs_root, user, marker, date) for o in outputs if o.stem == name]
         return jsonify({"ok": True, "pinned": bool(found and found[0].pinned_by),
                         "pinned_by": found[0].pinned_by if found else None})
 

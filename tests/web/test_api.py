@@ -387,3 +387,21 @@ def test_admin_disk_view_reads_the_janitors_history(tmp_path: Path) -> None:
     assert plan["dry_run"] is True and "totals" in plan
     status = client.get("/api/admin/status", headers={"Remote-User": "carol"}).json
     assert "queue" in status and "workers" in status
+
+
+def test_pages_follow_each_other_across_dates(tmp_path: Path) -> None:
+    """Only the dates a page reaches are read; the pages still add up to the whole list, newest first."""
+    expected = []
+    for d, date in enumerate(["2026-11-30", "2026-11-29", "2026-11-28"]):
+        for i in range(3):
+            path = add_output(tmp_path, "alice", f"r{d}{i}", date=date)
+            then = time.time() - d * 86400 - i * 60
+            for suffix in ("mp4", "json", "jpg"):
+                os.utime(path.with_suffix(f".{suffix}"), (then, then))
+            expected.append(f"r{d}{i}")
+    client = make_client(tmp_path)
+    pages = [client.get(f"/api/outputs?offset={offset}&limit=4", headers=ALICE).json for offset in (0, 4, 8)]
+    assert [o["name"] for page in pages for o in page["outputs"]] == expected
+    assert {page["total"] for page in pages} == {9}
+    searched = client.get("/api/outputs?q=r1&limit=2&offset=1", headers=ALICE).json
+    assert ([o["name"] for o in searched["outputs"]], searched["total"]) == (["r11", "r12"], 3)
