@@ -21,6 +21,7 @@ from flask.testing import FlaskClient
 from daemon import config as configmod
 from daemon.janitor.run import run_pass
 from daemon.jobs.job import InputFile, Job, write_json_atomic
+from daemon.web import auth
 from daemon.web.app import create_app
 from tests.daemon_harness import ROOT, write_config
 from tests.web.support import DATE, add_output
@@ -405,3 +406,24 @@ def test_pages_follow_each_other_across_dates(tmp_path: Path) -> None:
     assert {page["total"] for page in pages} == {9}
     searched = client.get("/api/outputs?q=r1&limit=2&offset=1", headers=ALICE).json
     assert ([o["name"] for o in searched["outputs"]], searched["total"]) == (["r11", "r12"], 3)
+
+
+@pytest.mark.root
+def test_members_of_the_admin_group_are_admins(tmp_path: Path) -> None:
+    """access.admin_group (default lipsyncd-admin) is looked up in the real group database."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to add a local group and account")
+    made_group = subprocess.run(["groupadd", "-f", auth.ADMIN_GROUP], capture_output=True).returncode == 0 and \
+        subprocess.run(["getent", "group", auth.ADMIN_GROUP], capture_output=True).returncode == 0
+    assert made_group
+    account = f"lsweb{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--no-create-home", "-G", auth.ADMIN_GROUP, account], check=True)
+    try:
+        add_output(tmp_path, "bob", "secret", video=SECRET)
+        client = make_client(tmp_path)
+        member = {"Remote-User": account}
+        assert client.get("/api/me", headers=member).json["admin"] is True
+        assert client.get(f"/files/outputs/{DATE}/bob/secret.mp4", headers=member).data == SECRET
+        assert client.get("/api/me", headers=ALICE).json["admin"] is False
+    finally:
+        subprocess.run(["userdel", account], check=True)
