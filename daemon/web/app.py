@@ -111,7 +111,7 @@ def create_app(config: Config) -> Flask:
         if request.method == "POST":
             name = request.form.get("name", "").strip()
             token = request.form.get("csrf", "")
-            keys = auth.login_keys(request.remote_addr, name)
+            keys = auth.login_keys(proxy.client(request.remote_addr, request.headers), name)
             if not csrf.valid(token, "login:" + session.get("login", "")):
                 message = "expired"
             elif limiter.blocked(*keys):

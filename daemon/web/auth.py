@@ -150,6 +150,14 @@ class Proxy:
             address = address.ipv4_mapped
         return any(address in network for network in self.networks)
 
+    def client(self, remote_addr: str | None, headers: Any) -> str:
+        """The browser's address: the proxy's X-Forwarded-For (last hop) when the peer is a trusted proxy, so
+        that one person's failed logins behind the proxy do not lock out everyone else."""
+        forwarded = headers.get("X-Forwarded-For", "")
+        if forwarded and self.trusted(remote_addr):
+            return forwarded.split(",")[-1].strip()
+        return remote_addr or ""
+
     def user(self, remote_addr: str | None, headers: Any) -> str | None:
         if not self.trusted(remote_addr):
             return None

@@ -367,6 +367,16 @@ def test_login_is_rate_limited(tmp_path: Path) -> None:
         assert login(client, "bob", "guess").status_code == 401
     blocked = login(client, "bob", "s3cret")  # even the right password, for a while
     assert blocked.status_code == 429 and "Too many failed attempts" in blocked.get_data(as_text=True)
+    # Behind the reverse proxy, another person (another forwarded address) can still log in with their name.
+    assert web_user(tmp_path, "add", "carol", password="c4rol").returncode == 0
+    for _ in range(5):
+        login(client, "nobody", "guess")  # one address fails often ...
+    page = client.get("/login").get_data(as_text=True)  # the same server, so the same limiter
+    token = page.split('name="csrf" value="')[1].split('"')[0]
+    response = client.post("/login", data={"name": "carol", "password": "c4rol", "csrf": token},
+                           headers={"X-Forwarded-For": "10.9.9.9"})
+    assert response.status_code == 302  # ... carol, from another address through the proxy, is let in
+    assert login(client, "carol", "c4rol").status_code == 429  # while that address itself stays blocked
     assert web_user(tmp_path, "passwd", "bob", password="n3w").returncode == 0
     assert web_user(tmp_path, "passwd", "nobody", password="x").returncode == 1
 
