@@ -73,6 +73,7 @@ def web(tmp_path: Path) -> Iterator[WebServer]:
     config = configmod.load(web.config)
     run_pass(config, now=time.time() - 3600)  # two points an hour apart for the admin's chart
     run_pass(config)
+    add_output(tmp_path, "bob", "expired-one", age_days=30)  # what the next pass will delete
     web.start()
     try:
         yield web
@@ -187,7 +188,8 @@ def test_chinese_browsers_get_chinese_and_admins_see_everything(web: WebServer, 
     points = page.get_attribute("#chart svg polyline", "points").split()
     assert len(points) == 2 and points[0] != points[1]
     assert "alice" in page.inner_text("#per-user") and DATE in page.inner_text("#per-date")
-    until(page, "document.querySelector('#status').textContent.includes('workers')")
+    until(page, "document.querySelector('#status').textContent.includes('heartbeat')")
     page.click("#plan-button")
-    until(page, "document.querySelector('#plan').textContent.includes('totals')")
+    until(page, "document.querySelector('.plan-totals') !== null")
+    assert "expired-one.mp4" in page.inner_text("#plan") and "bobs-secret" not in page.inner_text("#plan")
     shot(page, "admin")

@@ -219,13 +219,27 @@
     $("#per-user").replaceChildren(...rows(disk.per_user));
     $("#per-date").replaceChildren(...rows(disk.per_date));
     const status = await api("/api/admin/status");
-    $("#status").textContent = JSON.stringify({queue: status.queue, running: status.running, queued: status.queued,
-      workers: status.workers, recent_failures: status.recent_failures}, null, 1);
+    const table = (heads, rows) => el("table", {}, el("tr", {}, ...heads.map(h => el("th", {}, h))),
+      ...rows.map(r => el("tr", {}, ...r.map(c => el("td", {}, c === null || c === undefined ? "" : c)))));
+    const q = status.queue;
+    $("#status").replaceChildren(
+      el("p", {}, `${t("waiting")}: ${q.queued} · ${t("running")}: ${q.running}` + (q.error ? ` · ${q.error}` : "")),
+      table(["worker", "host", "device", "state", "job", "progress", "heartbeat"], status.workers.map(w => [
+        w.name, w.host, w.device, w.stale ? "NOT HEARTBEATING" : w.state, w.job ? `${w.job} (${w.user})` : "",
+        w.progress === null ? "" : `${w.stage || ""} ${Math.round(100 * w.progress)}%`, `${w.heartbeat_age_seconds} s`])),
+      table(["job", "user", "name", "stage"], status.running.concat(status.queued).map(j => [j.job, j.user, j.name,
+        j.stage ? `${j.stage} ${Math.round(100 * (j.progress || 0))}%` : t("waiting")])),
+      el("h3", {}, t("failed")),
+      table(["time", "user", "name", "reason"], status.recent_failures.map(f => [when(f.time), f.user, f.name, f.reason])));
   }
   const planButton = $("#plan-button");
   if (planButton) planButton.addEventListener("click", async () => {
     const plan = await api("/api/admin/plan");
-    $("#plan").textContent = JSON.stringify({totals: plan.totals, actions: plan.actions}, null, 1);
+    const rows = plan.actions.slice(0, 500).map(a => el("tr", {}, el("td", {}, a.path), el("td", {class: "num"}, bytes(a.size)),
+      el("td", {}, a.reason), el("td", {}, a.detail || "")));
+    $("#plan").replaceChildren(el("p", {class: "plan-totals"},
+      `${plan.action_count} · ${bytes(plan.totals.bytes || 0)} · ${JSON.stringify(plan.totals.by_reason || {})}`),
+      el("table", {}, ...rows));
   });
   async function loadUsers() {
     const select = $("#user-select");
