@@ -204,11 +204,13 @@ def _scan_folder(user_fd: int, date: str, user: str, marker: str, pinned_above: 
             if output is None:
                 output = groups[stem] = Output(date, user, stem)
             output.suffixes.append(suffix)
-    for stem, output in groups.items():
-        if folder_marker:
+    if folder_marker:
+        for output in groups.values():
             output.pinned_by = "folder"
-        elif stem in pins or any(f"{stem}.{suffix}" in pins for suffix in output.suffixes):
-            output.pinned_by = "file"
+    elif pins:  # only a folder with pins pays for looking them up
+        for stem, output in groups.items():
+            if stem in pins or any(f"{stem}.{suffix}" in pins for suffix in output.suffixes):
+                output.pinned_by = "file"
     return list(groups.values())
 
 
