@@ -41,7 +41,8 @@ def options(config: Config) -> dict[str, Any]:
     return {"bind": [config.web.listen], "workers": 1, "worker_class": "gthread", "threads": THREADS,
             "timeout": 60, "graceful_timeout": GRACEFUL_SECONDS, "keepalive": 5,
             "accesslog": "-", "errorlog": "-", "loglevel": "info", "proc_name": "lipsyncd-web",
-            "forwarded_allow_ips": "", "proxy_allow_ips": ""}
+            "forwarded_allow_ips": "", "proxy_allow_ips": "",
+            "control_socket_disable": True}  # no $HOME/.gunicorn/gunicorn.ctl: systemd stops and restarts it
 
 
 def main(config: Config) -> int:

@@ -7,18 +7,21 @@ and not from 127.0.0.1. strace shows the video going out through sendfile, and t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import wait_for
+from tests.daemon_harness import ROOT, wait_for
 from tests.web.support import DATE, WebServer, add_output
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed (Debian package curl)")
@@ -49,6 +52,10 @@ def curl(server: WebServer, path: str, *args: str, interface: str | None = PROXY
     lines = head.decode("latin-1").split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     return int(lines[0].split()[1]), headers, body
+
+
+def curl_ok(server: WebServer) -> bool:
+    return subprocess.run(["curl", "-sf", "-o", "/dev/null", server.url + "/static/app.css"]).returncode == 0
 
 
 def token(server: WebServer, user: str = "alice") -> str:
@@ -144,3 +151,53 @@ def test_the_server_stops_on_sigterm(tmp_path: Path) -> None:
     assert curl(web, "/api/me", interface=None)[0] == 200  # 127.0.0.1 is trusted by default
     web.stop()
     wait_for(lambda: web.proc is None, 5, "the server to stop")
+
+
+@pytest.mark.skipif(shutil.which("strace") is None or shutil.which("systemd-analyze") is None,
+                    reason="needs strace and systemd-analyze (Debian packages strace, systemd)")
+def test_the_web_server_stays_inside_its_units_sandbox(tmp_path: Path) -> None:
+    """Every system call, socket family and device of a traced `lipsyncd web` doing a password login (argon2),
+    a listing, a ranged sendfile and an upload is allowed by lipsyncd-web.service, with no writable+executable
+    memory (MemoryDenyWriteExecute=yes)."""
+    from tests.test_units import DEVICES_CLOSED, check_against_unit, read_trace, writable_executable_maps
+
+    add_output(tmp_path, "alice", "clip", video=os.urandom(1 << 20))
+    web = WebServer(tmp_path, auth="password")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(web.config), "web-user", "add", "alice",
+                    "--password-stdin"], input="pw\n", text=True, check=True, env=env, cwd=ROOT, timeout=60)
+    trace_file = tmp_path / "strace.txt"
+    log = open(tmp_path / "web.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-s", "256", "-e", "signal=none", "-o", str(trace_file),
+                             sys.executable, "-m", "daemon.cli", "--config", str(web.config), "web"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+    jar = tmp_path / "cookies"
+    try:
+        wait_for(lambda: proc.poll() is not None or curl_ok(web), 60, "the traced server")
+        assert proc.poll() is None, (tmp_path / "web.log").read_text()
+        form = curl(web, "/login", "-c", str(jar), "-b", str(jar), interface=None, user=None)[2].decode()
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+        assert curl(web, "/login", "-c", str(jar), "-b", str(jar), "--data-urlencode", "name=alice",
+                    "--data-urlencode", "password=pw", "--data-urlencode", f"csrf={csrf}",
+                    interface=None, user=None)[0] == 302
+        me = json.loads(curl(web, "/api/me", "-b", str(jar), interface=None, user=None)[2])
+        assert json.loads(curl(web, "/api/outputs", "-b", str(jar), interface=None, user=None)[2])["total"] == 1
+        assert curl(web, f"/files/outputs/{DATE}/alice/clip.mp4", "-b", str(jar), "-H", "Range: bytes=10-",
+                    interface=None, user=None)[0] == 206
+        (tmp_path / "a.wav").write_bytes(b"RIFF")
+        assert curl(web, "/api/upload", "-b", str(jar), "-H", f"X-CSRF-Token: {me['csrf']}", "-F", "name=up",
+                    "-F", f"audio=@{tmp_path / 'a.wav'}", "-F", f"video=@{tmp_path / 'a.wav'};filename=v.mp4",
+                    interface=None, user=None)[0] == 200
+    finally:
+        with contextlib.suppress(ValueError, ProcessLookupError, OSError):
+            os.kill(int(trace_file.read_text().split(None, 1)[0]), signal.SIGTERM)  # gunicorn's arbiter
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    trace = read_trace(trace_file)
+    assert trace.calls("sendfile"), "the traced server sent no file"
+    check_against_unit("lipsyncd-web.service", trace, {"AF_UNIX", "AF_INET", "AF_INET6"}, DEVICES_CLOSED)
+    assert writable_executable_maps(trace) == []
