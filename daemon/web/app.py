@@ -157,28 +157,28 @@ def create_app(config: Config) -> Flask:
         query = (request.args.get("q") or "").strip().lower()
         offset = _int_arg("offset", 0, 0, 10**9)
         limit = _int_arg("limit", PAGE_SIZE, 1, PAGE_MAX)
-        by_date = files.scan(outputs_root, user, marker, date)
-        if query:
-            by_date = [kept for outputs in by_date if (kept := [o for o in outputs if query in o.stem.lower()])]
-        total = sum(len(outputs) for outputs in by_date)
+        folders = files.scan(outputs_root, user, marker, date)
+        matching = [folder.matching(query) for folder in folders]
+        total = sum(len(stems) for stems in matching)
         listed = []
         skip = offset
-        for outputs in by_date:  # only the dates the page reaches are stat'ed, sorted and their records read
+        for folder, stems in zip(folders, matching, strict=True):  # only the dates the page reaches are stat'ed
             if len(listed) >= limit:
                 break
-            if skip >= len(outputs):
-                skip -= len(outputs)
+            if skip >= len(stems):
+                skip -= len(stems)
                 continue
             try:
-                folder = _open_user_folder(outputs_root, outputs[0].date, user)
+                fd = _open_user_folder(outputs_root, folder.date, user)
             except files.NotFound:
                 continue
             try:
-                for output in files.stat_date(folder, outputs)[skip:skip + limit - len(listed)]:
-                    record = files.read_record(folder, output.stem)
+                outputs = files.stat_date(fd, [folder.output(stem) for stem in stems])
+                for output in outputs[skip:skip + limit - len(listed)]:
+                    record = files.read_record(fd, output.stem)
                     listed.append(files.describe(output, record, retention, f"/files/outputs/{output.date}/{user}/"))
             finally:
-                os.close(folder)
+                os.close(fd)
             skip = 0
         return jsonify({"outputs": listed, "total": total, "offset": offset, "limit": limit, "user": user})
 
@@ -208,7 +208,7 @@ def create_app(config: Config) -> Flask:
             abort(404)
         except OSError as exc:  # the server's fault (read-only, permissions), not the person's
             return _error(500, f"the server could not {action} {name}: {exc.strerror}")
-        found = [o for outputs in files.scan(outputs_root, user, marker, date) for o in outputs if o.stem == name]
+        found = [f.output(name) for f in files.scan(outputs_root, user, marker, date) if name in f.stems]
         return jsonify({"ok": True, "pinned": bool(found and found[0].pinned_by),
                         "pinned_by": found[0].pinned_by if found else None})
 

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,16 +130,47 @@ def _dates(root_fd: int, date: str | None) -> list[str]:
     return sorted(found, reverse=True)
 
 
-def scan(root: Path, user: str, marker: str, date: str | None = None) -> list[list[Output]]:
-    """*user*'s outputs (optionally of one date) per date folder, newest date first, from the folders' names
-    alone (no stat, no record): cheap enough for 10,000 results. stat_date() orders one date's outputs."""
+@dataclass
+class Folder:
+    """One outputs/<date>/<user>/ folder as its names tell it: each stem with its suffixes, and its pins."""
+
+    date: str
+    user: str
+    stems: dict[str, tuple[str, ...]]  # shared with the cache: read-only
+    pins: frozenset[str]  # the names before the keep marker (<stem> or <stem>.<suffix>)
+    pinned: bool  # a keep marker in this folder or one above
+
+    def matching(self, query: str) -> list[str]:
+        """The stems whose name contains *query* (lower case; all of them for "")."""
+        return [stem for stem in self.stems if query in stem.lower()] if query else list(self.stems)
+
+    def output(self, stem: str) -> Output:
+        suffixes = self.stems[stem]
+        pinned_by = "folder" if self.pinned else None
+        if not pinned_by and self.pins and (stem in self.pins or any(f"{stem}.{s}" in self.pins for s in suffixes)):
+            pinned_by = "file"
+        return Output(self.date, self.user, stem, list(suffixes), pinned_by)
+
+
+# Names of user folders already read, by (device, inode): reused while the folder's mtime is unchanged, which
+# it is for every past date. A folder changed within RACY_SECONDS is read again each time (an mtime tick can
+# hide a change made just after it was read).
+_NAMES: dict[tuple[int, int], tuple[int, dict[str, tuple[str, ...]], frozenset[str], bool]] = {}
+NAMES_CACHED_MAX = 50_000
+RACY_SECONDS = 2.0
+
+
+def scan(root: Path, user: str, marker: str, date: str | None = None) -> list[Folder]:
+    """*user*'s output folders (optionally of one date), newest date first, from the folders' names alone (no
+    stat of a result, no record): cheap enough for 10,000 results. stat_date() then orders one date's outputs."""
     if not is_name(user):
         return []
     try:
         root_fd = open_dir(None, str(root))
     except NotFound:
         return []
-    found: list[list[Output]] = []
+    found: list[Folder] = []
+    now = time.time()
     try:
         root_pinned = _exists(root_fd, marker)
         for day in _dates(root_fd, date):
@@ -153,16 +185,56 @@ def scan(root: Path, user: str, marker: str, date: str | None = None) -> list[li
                 except NotFound:
                     continue
                 try:
-                    outputs = _scan_folder(user_fd, day, user, marker, date_pinned)
+                    stems, pins, here = _names(user_fd, marker, now)
                 finally:
                     os.close(user_fd)
-                if outputs:
-                    found.append(outputs)
+                if stems:
+                    found.append(Folder(day, user, stems, pins, date_pinned or here))
             finally:
                 os.close(date_fd)
     finally:
         os.close(root_fd)
     return found
+
+
+def _names(user_fd: int, marker: str, now: float) -> tuple[dict[str, tuple[str, ...]], frozenset[str], bool]:
+    st = os.fstat(user_fd)
+    key = (st.st_dev, st.st_ino)
+    cached = _NAMES.get(key)
+    if cached is not None and cached[0] == st.st_mtime_ns:
+        return cached[1], cached[2], cached[3]
+    stems, pins, here = _read_names(user_fd, marker)
+    if now - st.st_mtime > RACY_SECONDS:
+        if len(_NAMES) >= NAMES_CACHED_MAX:
+            _NAMES.clear()
+        _NAMES[key] = (st.st_mtime_ns, stems, pins, here)
+    return stems, pins, here
+
+
+def _read_names(user_fd: int, marker: str) -> tuple[dict[str, tuple[str, ...]], frozenset[str], bool]:
+    groups: dict[str, list[str]] = {}
+    pins: set[str] = set()
+    here = False
+    with os.scandir(user_fd) as it:
+        for entry in it:
+            name = entry.name
+            if name == marker:
+                here = True
+                continue
+            if name[0] == "." or not entry.is_file(follow_symlinks=False):
+                continue  # temps of a job publishing, symlinks and folders are no results
+            if name.endswith(marker):
+                pins.add(name[:-len(marker)])
+                continue
+            stem, _, suffix = name.rpartition(".")
+            if suffix not in SUFFIXES or not stem:
+                continue
+            found = groups.get(stem)
+            if found is None:
+                groups[stem] = [suffix]
+            else:
+                found.append(suffix)
+    return {stem: tuple(suffixes) for stem, suffixes in groups.items()}, frozenset(pins), here
 
 
 def stat_date(folder_fd: int, outputs: list[Output]) -> list[Output]:
@@ -180,38 +252,6 @@ def _exists(fd: int, name: str) -> bool:
     except OSError:
         return False
     return True
-
-
-def _scan_folder(user_fd: int, date: str, user: str, marker: str, pinned_above: bool) -> list[Output]:
-    groups: dict[str, Output] = {}
-    pins: set[str] = set()
-    folder_marker = pinned_above
-    with os.scandir(user_fd) as it:
-        for entry in it:
-            name = entry.name
-            if name == marker:
-                folder_marker = True
-                continue
-            if name[0] == "." or not entry.is_file(follow_symlinks=False):
-                continue  # temps of a job publishing, symlinks and folders are no results
-            if name.endswith(marker):
-                pins.add(name[:-len(marker)])
-                continue
-            stem, _, suffix = name.rpartition(".")
-            if suffix not in SUFFIXES or not stem:
-                continue
-            output = groups.get(stem)
-            if output is None:
-                output = groups[stem] = Output(date, user, stem)
-            output.suffixes.append(suffix)
-    if folder_marker:
-        for output in groups.values():
-            output.pinned_by = "folder"
-    elif pins:  # only a folder with pins pays for looking them up
-        for stem, output in groups.items():
-            if stem in pins or any(f"{stem}.{suffix}" in pins for suffix in output.suffixes):
-                output.pinned_by = "file"
-    return list(groups.values())
 
 
 def read_record(folder_fd: int, stem: str) -> dict[str, Any]:

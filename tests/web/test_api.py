@@ -437,3 +437,25 @@ def test_members_of_the_admin_group_are_admins(tmp_path: Path) -> None:
         assert client.get("/api/me", headers=ALICE).json["admin"] is False
     finally:
         subprocess.run(["userdel", account], check=True)
+
+
+def test_a_folder_read_before_is_read_again_once_it_changes(tmp_path: Path) -> None:
+    """The names of a past date's folder are kept between requests; a new result, a pin or a delete there
+    (each changes the folder's mtime) shows at once."""
+    add_output(tmp_path, "alice", "old")
+    folder = tmp_path / "outputs" / DATE / "alice"
+    os.utime(folder, (time.time() - 3600, time.time() - 3600))  # unchanged for an hour: its names are kept
+    client = make_client(tmp_path)
+    assert [o["name"] for o in client.get("/api/outputs", headers=ALICE).json["outputs"]] == ["old"]
+    add_output(tmp_path, "alice", "new")
+    assert {o["name"] for o in client.get("/api/outputs", headers=ALICE).json["outputs"]} == {"old", "new"}
+    os.utime(folder, (time.time() - 3600, time.time() - 3600))
+    client.get("/api/outputs", headers=ALICE)
+    (folder / "old.keep").touch()
+    listed = {o["name"]: o["pinned"] for o in client.get("/api/outputs", headers=ALICE).json["outputs"]}
+    assert listed == {"old": True, "new": False}
+    os.utime(folder, (time.time() - 3600, time.time() - 3600))
+    client.get("/api/outputs", headers=ALICE)
+    for suffix in ("mp4", "json", "jpg"):
+        (folder / f"new.{suffix}").unlink()
+    assert [o["name"] for o in client.get("/api/outputs", headers=ALICE).json["outputs"]] == ["old"]
