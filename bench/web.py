@@ -6,8 +6,9 @@
    names kept while their folders' mtimes stay). Baseline in the same run: os.scandir + lstat of that
    person's folders (what a listing that stats every result does). Target: <= 200 ms.
 2. Streaming: a --mb MB file through the running `lipsyncd web` (gunicorn, sendfile) with curl, against curl
-   reading the same file from disk (file://), both to /dev/null, page cache warm, best of --rounds. Target: a
-   ratio near 1 (no Python loop copying bytes).
+   reading the same file from disk (file://), both to /dev/null, page cache warm, best of --rounds; and against
+   `python -m http.server`, which copies with a Python read/write loop, over the same loopback HTTP. curl from
+   disk skips TCP altogether, so it stays faster; the loop server shows what sendfile saves.
     .venv/bin/python bench/web.py [--results 10000] [--mb 300] [--rounds 5]
 """
 
@@ -28,7 +29,7 @@ from daemon import config as configmod  # noqa: E402
 from daemon.web import files  # noqa: E402
 from daemon.web.app import create_app  # noqa: E402
 from tests.daemon_harness import write_config  # noqa: E402
-from tests.web.support import WebServer  # noqa: E402
+from tests.web.support import WebServer, free_port  # noqa: E402
 
 DATES = 100
 HEADERS = {"Remote-User": "alice"}
@@ -100,14 +101,49 @@ def streaming(root: Path, mb: int, rounds: int) -> None:
     try:
         url = f"{web.url}/files/outputs/2026-12-01/alice/big.mp4"
         curl_seconds(url, "-H", "Remote-User: alice")  # warm the page cache and the server
+        (worker,) = web.worker_pids()
+        cpu_before = cpu_seconds(worker)
         served = min(curl_seconds(url, "-H", "Remote-User: alice") for _ in range(rounds))
+        web_cpu = (cpu_seconds(worker) - cpu_before) / rounds
         ranged = min(curl_seconds(url, "-H", "Remote-User: alice", "-H", f"Range: bytes={mb << 19}-")
                      for _ in range(rounds))
         disk = min(curl_seconds(f"file://{video}") for _ in range(rounds))
+        loop, loop_cpu = python_loop_seconds(folder, rounds)
     finally:
         web.stop()
     print(f"streaming {mb} MB: lipsyncd web {served:.3f} s ({mb / served:.0f} MB/s), second half by Range "
-          f"{ranged:.3f} s; curl from disk {disk:.3f} s ({mb / disk:.0f} MB/s); ratio {served / disk:.2f}x")
+          f"{ranged:.3f} s; curl from disk {disk:.3f} s ({mb / disk:.0f} MB/s); ratio {served / disk:.2f}x; "
+          f"python -m http.server (a read/write loop) {loop:.3f} s, lipsyncd web takes {served / loop:.2f}x of it")
+    print(f"server CPU per {mb} MB sent: lipsyncd web {web_cpu:.3f} s, python -m http.server {loop_cpu:.3f} s "
+          f"(ratio {web_cpu / loop_cpu if loop_cpu else float('nan'):.2f}x)")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def python_loop_seconds(folder: Path, rounds: int) -> tuple[float, float]:
+    """The same file from `python -m http.server`, which copies it with a read/write loop (shutil.copyfileobj):
+    (best seconds, CPU seconds per transfer)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port), "--directory",
+                               str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/big.mp4"
+        for _ in range(100):
+            try:
+                curl_seconds(url)
+                break
+            except subprocess.CalledProcessError:
+                time.sleep(0.1)
+        before = cpu_seconds(server.pid)
+        best = min(curl_seconds(url) for _ in range(rounds))
+        return best, (cpu_seconds(server.pid) - before) / rounds
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def main() -> None:
