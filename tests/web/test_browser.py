@@ -139,6 +139,12 @@ def test_a_persons_visit(site: tuple[WebServer, Daemon], browser: playwright.Bro
     page.fill("#search", "")
     until(page, "document.querySelectorAll('.card').length === 4")
 
+    # Pin one: the janitor's marker appears, and the card says so and stops showing an expiry.
+    page.click('.card[data-name="客服问答"] button.pin')
+    page.wait_for_selector('.card[data-name="客服问答"] .tags .pinned')
+    assert (web.config.parent / "outputs" / DATE / "alice" / "客服问答.keep").exists()
+    assert "kept (pinned)" in page.inner_text('.card[data-name="客服问答"] .expiry')
+
     # Select two and delete them, after the confirmation.
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
@@ -149,7 +155,7 @@ def test_a_persons_visit(site: tuple[WebServer, Daemon], browser: playwright.Bro
     assert dialogs and "Delete 2 result(s)?" in dialogs[0]
     folder = web.config.parent / "outputs" / DATE / "alice"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        f"{stem}.{s}" for stem in ("产品介绍", "客服问答") for s in ("mp4", "json", "jpg"))
+        [f"{stem}.{s}" for stem in ("产品介绍", "客服问答") for s in ("mp4", "json", "jpg")] + ["客服问答.keep"])
     shot(page, "deleted")
 
     # Upload a pair and watch it become a result.
