@@ -218,7 +218,8 @@ def create_app(config: Config) -> Flask:
     def own_jobs() -> Any:
         user = whose(request.args.get("user"))
         everyone = g.admin and request.args.get("all") == "1"
-        return jsonify({**jobs.queue(config, None if everyone else user), "failed": jobs.failures(config, user)})
+        return jsonify({**jobs.queue(config, None if everyone else user), "inbox": jobs.inbox(config, user),
+                        "failed": jobs.failures(config, user)})
 
     @app.post("/api/failed/<date>/<user>/<name>/retry")
     def retry(date: str, user: str, name: str) -> Any:

@@ -43,9 +43,9 @@ def free_port() -> int:
 class WebServer:
     """`lipsyncd --config CONFIG web` as a child process on a free port, stopped by PID."""
 
-    def __init__(self, root: Path, **web: Any) -> None:
+    def __init__(self, root: Path, sections: dict[str, dict[str, Any]] | None = None, **web: Any) -> None:
         self.port = free_port()
-        self.config = write_config(root, web={"listen": f"127.0.0.1:{self.port}", **web})
+        self.config = write_config(root, web={"listen": f"127.0.0.1:{self.port}", **web}, **(sections or {}))
         self.log_path = root / f"web-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

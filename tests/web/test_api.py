@@ -310,15 +310,19 @@ def test_jobs_shows_only_own_queue_and_failures_and_retry_puts_them_back(client:
     bob_failed = tree / "failed" / DATE / "bob" / "bobs-failure"
     bob_failed.mkdir(parents=True)
     (bob_failed / "error.txt").write_text("bob's error", encoding="utf-8")
+    (tree / "inbox" / "alice").mkdir(parents=True)
+    (tree / "inbox" / "alice" / "next.mp4").write_bytes(b"v")
+    (tree / "inbox" / "alice" / ".next.wav.part").write_bytes(b"a")  # still being copied: not shown
     jobs = client.get("/api/jobs", headers=ALICE).json
     assert [j["name"] for j in jobs["queued"]] == ["waiting-one"] and jobs["running"] == []
+    assert jobs["inbox"] == ["next.mp4"]
     assert [(f["name"], f["error"]) for f in jobs["failed"]] == [
         ("broken", "broken.mp4 has no video stream: export it again")]
     assert client.post(f"/api/failed/{DATE}/alice/broken/retry", headers=ALICE).status_code == 403
     assert client.post(f"/api/failed/{DATE}/bob/bobs-failure/retry", headers=csrf(client)).status_code == 404
     response = client.post(f"/api/failed/{DATE}/alice/broken/retry", headers=csrf(client))
     assert sorted(response.json["inbox"]) == ["broken.mp4", "broken.wav"]
-    assert sorted(os.listdir(tree / "inbox" / "alice")) == ["broken.mp4", "broken.wav"]
+    assert sorted(os.listdir(tree / "inbox" / "alice")) == [".next.wav.part", "broken.mp4", "broken.wav", "next.mp4"]
     assert not failed.exists() and bob_failed.exists()
 
 

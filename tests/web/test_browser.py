@@ -20,7 +20,7 @@ import pytest
 
 from daemon import config as configmod
 from daemon.janitor.run import run_pass
-from tests.daemon_harness import ROOT, Daemon, wait_for
+from tests.daemon_harness import ROOT, Daemon, slow_mux_argv, wait_for
 from tests.web.support import DATE, WebServer, add_output
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -65,7 +65,9 @@ def web(tmp_path: Path) -> Iterator[WebServer]:
         for member in (path, path.with_suffix(".jpg"), path.with_suffix(".json")):
             os.utime(member, (then, then))
     add_output(tmp_path, "bob", "bobs-secret")
-    web = WebServer(tmp_path, auth="password", admins=["admin"])
+    # The daemon's engine: the ffmpeg mux after a pause, so the queue shows the job while it runs.
+    web = WebServer(tmp_path, {"pipeline": {"command": {"argv": slow_mux_argv(4), "timeout_seconds": 120}}},
+                    auth="password", admins=["admin"])
     for name, password in (("alice", "alice-pass"), ("admin", "admin-pass")):
         subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(web.config), "web-user", "add", name,
                         "--password-stdin"], input=password + "\n", text=True, check=True, cwd=ROOT,
@@ -167,6 +169,7 @@ def test_a_persons_visit(site: tuple[WebServer, Daemon], browser: playwright.Bro
     until(page, "document.querySelector('#up-result').textContent.includes('上传测试.wav')")
     shot(page, "upload")
     page.click("nav [data-tab=queue]")
+    until(page, "document.querySelector('#running').textContent.includes('上传测试')", 60, "the job running")
     shot(page, "queue")
     page.click("nav [data-tab=history]")
     until(page, """async () => { const r = await fetch('/api/outputs?q=上传测试');

@@ -162,6 +162,7 @@
   // -- queue -------------------------------------------------------------------------------------------------
   async function loadJobs() {
     const data = await api("/api/jobs" + (viewUser !== root.dataset.user ? "?user=" + encodeURIComponent(viewUser) : ""));
+    $("#inbox").replaceChildren(...data.inbox.map(name => el("li", {}, name)));
     $("#running").replaceChildren(...data.running.map(j => el("li", {"data-job": j.job},
       `${j.name} · ${j.stage || ""} `, el("progress", {max: 1, value: j.progress || 0}), ` ${Math.round(100 * (j.progress || 0))}%`)));
     $("#queued").replaceChildren(...data.queued.map(j => el("li", {"data-job": j.job},

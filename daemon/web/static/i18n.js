@@ -13,7 +13,7 @@ window.LIPSYNCD_TEXT = {
     engine: "engine", sync: "sync", duration: "duration", size: "size", results: "results", retry: "Retry",
     confirm_delete: "Delete {n} result(s)? This cannot be undone.", deleted: "Deleted {n}.", nothing: "Nothing here yet.",
     uploaded: "Uploaded: {files}. It is in the queue now.", uploading: "Uploading…", no_video: "video archived",
-    attempts: "attempt", retried: "Back in the queue: {files}", level: "alert level", error: "Error"
+    in_inbox: "In your inbox, about to be queued", attempts: "attempt", retried: "Back in the queue: {files}", level: "alert level", error: "Error"
   },
   zh: {
     title: "lipsyncd 口型同步", history: "历史记录", queue: "队列", upload: "上传", admin: "管理", logout: "退出登录",
@@ -27,6 +27,6 @@ window.LIPSYNCD_TEXT = {
     engine: "引擎", sync: "同步", duration: "时长", size: "大小", results: "个结果", retry: "重试",
     confirm_delete: "删除 {n} 个结果？此操作无法撤销。", deleted: "已删除 {n} 个。", nothing: "暂无内容。",
     uploaded: "已上传：{files}，已进入队列。", uploading: "正在上传…", no_video: "视频已归档",
-    attempts: "次尝试", retried: "已重新加入队列：{files}", level: "告警级别", error: "错误"
+    in_inbox: "收件箱中，即将排队", attempts: "次尝试", retried: "已重新加入队列：{files}", level: "告警级别", error: "错误"
   }
 };
