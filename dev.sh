@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}   # the pinned CPU build; a looser spec may pull a multi-GB CUDA wheel
 VENV=${VENV:-.venv}
 BASE_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev ffmpeg espeak-ng)
-TEST_PACKAGES=(redis-server logrotate rsync systemd procps util-linux acl strace)
+TEST_PACKAGES=(redis-server logrotate rsync systemd procps util-linux acl strace chromium curl fonts-wqy-microhei)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -37,7 +37,7 @@ setup() {
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
         "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
-        "$VENV/bin/python" -m pip install -q -e ".[systemd,redis,progress,demo,test]"
+        "$VENV/bin/python" -m pip install -q -e ".[systemd,redis,progress,demo,web,test]"
         echo "$want" > "$stamp"
     fi
     # numba (librosa) compiles once; keep its cache across runs.

@@ -33,7 +33,7 @@ ETC=/etc/lipsyncd
 DATA=/var/lib/lipsyncd
 LOGS=/var/log/lipsyncd
 UNIT_DIR=/etc/systemd/system
-UNITS=(lipsyncd.service lipsyncd-janitor.service lipsyncd-janitor.timer lipsyncd-worker@.service)
+UNITS=(lipsyncd.service lipsyncd-janitor.service lipsyncd-janitor.timer lipsyncd-worker@.service lipsyncd-web.service)
 ENABLE=(lipsyncd.service lipsyncd-janitor.timer)
 DEB_PACKAGES=(ffmpeg python3 python3-venv python3-dev libsystemd-dev pkg-config gcc logrotate acl)
 # folder  mode  group: the drop group writes inbox/avatars and reads outputs/failed; state is private.
@@ -212,7 +212,7 @@ build_venv() {
     else
         "$venv/bin/python" -m pip install -q "$TORCH_SPEC"
     fi
-    "$venv/bin/python" -m pip install -q "$SRC[systemd,redis,progress]"
+    "$venv/bin/python" -m pip install -q "$SRC[systemd,redis,progress,web]"
     printf '%s\n' "$want" >"$stamp"
 }
 

@@ -99,6 +99,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(engine=args.engine, workdir=Path(args.dir) if args.dir else None)
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from daemon.web import server
+
+    return server.main(_load(args))
+
+
+def cmd_web_user(args: argparse.Namespace) -> int:
+    import getpass
+
+    from daemon.web.auth import AccountError, Accounts
+
+    accounts = Accounts(_load(args).paths.state)
+    try:
+        if args.action == "remove":
+            accounts.remove(args.name)
+        else:
+            password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass(
+                f"password for {args.name}: ")
+            if not args.password_stdin and getpass.getpass("again: ") != password:
+                print("lipsyncd web-user: the passwords differ; nothing changed", file=sys.stderr)
+                return Exit.USAGE
+            accounts.set(args.name, password, new=args.action == "add")
+    except AccountError as exc:
+        print(f"lipsyncd web-user: {exc}", file=sys.stderr)
+        return Exit.FAILED
+    except OSError as exc:
+        print(f"lipsyncd web-user: cannot write {accounts.path}: {exc.strerror or exc}", file=sys.stderr)
+        return Exit.FAILED
+    print(f"{args.name}: {'removed' if args.action == 'remove' else 'password set'} ({accounts.path})")
+    return Exit.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lipsyncd",
@@ -144,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "make a sample pair and take it through the whole daemon")
     p.add_argument("--engine", choices=engines.NAMES, default="builtin")
     p.add_argument("--dir", help="where to put the demo's folders (default: a new temp folder)")
+    add("web", cmd_web, "the history page (systemd/lipsyncd-web.service runs it)")
+    p = add("web-user", cmd_web_user, "accounts for web.auth: password (hashes in paths.state)")
+    p.add_argument("action", choices=("add", "remove", "passwd"))
+    p.add_argument("name", help="the person's user folder name")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     return parser
 
 

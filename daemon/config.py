@@ -99,6 +99,14 @@ DEFAULTS: dict[str, Any] = {
     },
     "logging": {"level": "INFO", "file": None},
     "metrics": {"textfile": None},
+    "web": {
+        "listen": "127.0.0.1:8787",
+        "auth": "proxy",
+        "proxy_header": "Remote-User",
+        "trusted_proxies": ["127.0.0.1", "::1"],
+        "admins": [],
+        "upload_max_mb": 2048,
+    },
 }
 
 # Keys whose default is None or whose shape a default cannot show: dotted key -> allowed types.
@@ -270,6 +278,18 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """web: where `lipsyncd web` listens, who it believes a person is, and how big an upload may be."""
+
+    listen: str
+    auth: str  # proxy: the proxy_header from trusted_proxies; password: its own login page
+    proxy_header: str
+    trusted_proxies: tuple[str, ...]
+    admins: tuple[str, ...]
+    upload_max_mb: float
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """metrics: the node-exporter textfile the janitor writes, if any."""
 
@@ -293,6 +313,7 @@ class Config(dict):
     notify: NotifyConfig
     logging: LoggingConfig
     metrics: MetricsConfig
+    web: WebConfig
 
     def __init__(self, data: Mapping[str, Any], source: str | None, lines: dict[str, int]) -> None:
         super().__init__(data)
@@ -309,6 +330,7 @@ class Config(dict):
         self.notify = _typed(NotifyConfig, self["notify"])
         self.logging = _typed(LoggingConfig, self["logging"])
         self.metrics = _typed(MetricsConfig, self["metrics"])
+        self.web = _typed(WebConfig, self["web"])
 
     def error(self, key: str, message: str) -> ConfigError:
         """A ConfigError pointing at the line that set *key* (or the file, for a default)."""
@@ -558,6 +580,24 @@ def _queue_url(value: Any) -> str | None:
     return "must be empty (SQLite in paths.state) or a redis://host:port/db URL"
 
 
+def _listen(value: Any) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"must be HOST:PORT, e.g. 127.0.0.1:8787 or [::1]:8787 (not {value!r})"
+    return None
+
+
+def _networks(value: Any) -> str | None:
+    import ipaddress
+
+    for item in value:
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            return f"each entry must be an IP address or network such as 10.0.0.0/8 (not {item!r})"
+    return None
+
+
 _RULES: dict[str, Callable[[Any], str | None]] = {
     "ingest.settle_seconds": _not_negative,
     "ingest.pair_timeout_minutes": _positive,
@@ -586,6 +626,11 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "notify.repeat_hours": _positive,
     "notify.language": _one_of("en", "zh"),
     "logging.level": _one_of(*_LEVELS),
+    "web.listen": _listen,
+    "web.auth": _one_of("proxy", "password"),
+    "web.trusted_proxies": _networks,
+    "web.admins": _strings,
+    "web.upload_max_mb": _positive,
 }
 
 

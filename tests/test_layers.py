@@ -168,7 +168,7 @@ DAEMON_ROOMS = [
     ("jobs", ("daemon.jobs",)),
     ("inbox", ("daemon.inbox",)),
     ("janitor", ("daemon.janitor",)),
-    ("service and commands", ("daemon.service", "daemon.cli", "daemon.commands")),
+    ("service and commands", ("daemon.service", "daemon.cli", "daemon.commands", "daemon.web")),
 ]
 
 

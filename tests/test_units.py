@@ -29,9 +29,11 @@ REPO = Path(__file__).resolve().parent.parent
 UNIT_SRC = REPO / "systemd"
 INSTALLED_BIN = "/opt/lipsyncd/venv/bin/lipsyncd"
 INSTALLED_CONFIG = "/etc/lipsyncd/lipsyncd.yaml"
-UNITS = ("lipsyncd.service", "lipsyncd-janitor.service", "lipsyncd-janitor.timer", "lipsyncd-worker@.service")
-SERVICES = ("lipsyncd.service", "lipsyncd-janitor.service", "lipsyncd-worker@.service")
-MAX_EXPOSURE = {"lipsyncd.service": 3.0, "lipsyncd-janitor.service": 2.5, "lipsyncd-worker@.service": 3.0}
+UNITS = ("lipsyncd.service", "lipsyncd-janitor.service", "lipsyncd-janitor.timer", "lipsyncd-worker@.service",
+         "lipsyncd-web.service")
+SERVICES = ("lipsyncd.service", "lipsyncd-janitor.service", "lipsyncd-worker@.service", "lipsyncd-web.service")
+MAX_EXPOSURE = {"lipsyncd.service": 3.0, "lipsyncd-janitor.service": 2.5, "lipsyncd-worker@.service": 3.0,
+                "lipsyncd-web.service": 2.0}
 
 # The hardening the issue asks of every service (key -> value, None: any value).
 HARDENING = {
@@ -176,11 +178,23 @@ def test_services_carry_the_hardening(name: str) -> None:
         if expected is not None:
             assert service[key][-1] == expected, f"{name}: {key}={service[key][-1]}, expected {expected!r}"
     assert service["UMask"][-1] in ("0027", "0077")
-    # Writable: the data and log folders only.
+    # Writable: the data and log folders only (the web page: only the data folders it acts on).
     writable = " ".join(service["ReadWritePaths"]).split()
-    assert set(writable) <= {"/var/lib/lipsyncd", "/var/log/lipsyncd"}, writable
+    assert all(path == "/var/log/lipsyncd" or path == "/var/lib/lipsyncd" or path.startswith("/var/lib/lipsyncd/")
+               for path in writable), writable
     assert "@system-service" in service["SystemCallFilter"][0]
     assert any(v.startswith("~") and "@privileged" in v for v in service["SystemCallFilter"])
+
+
+def test_web_unit_writes_only_where_the_page_acts() -> None:
+    """Deleting and pinning need outputs/, retry failed/ and inbox/, uploads inbox/, its key state/: nothing else,
+    and no device, no writable+executable memory, only local clients."""
+    service = unit("lipsyncd-web.service")["Service"]
+    writable = set(" ".join(service["ReadWritePaths"]).split())
+    assert writable == {f"/var/lib/lipsyncd/{name}" for name in ("outputs", "failed", "inbox", "state")}
+    assert "/var/lib/lipsyncd" in " ".join(service["ReadOnlyPaths"]).split()
+    assert service["PrivateDevices"][-1] == service["MemoryDenyWriteExecute"][-1] == "yes"
+    assert service["IPAddressDeny"][-1] == "any" and service["IPAddressAllow"][-1] == "localhost"
 
 
 def exec_start_args(name: str, instance: str | None = None) -> list[str]:
@@ -198,6 +212,8 @@ def test_exec_start_lines_are_valid_lipsyncd_command_lines() -> None:
     assert (janitor.command, janitor.config, janitor.dry_run) == ("janitor", INSTALLED_CONFIG, False)
     worker = parser.parse_args(exec_start_args("lipsyncd-worker@.service", instance="cuda:1"))
     assert (worker.command, worker.config, worker.device) == ("worker", INSTALLED_CONFIG, "cuda:1")
+    web = parser.parse_args(exec_start_args("lipsyncd-web.service"))
+    assert (web.command, web.config) == ("web", INSTALLED_CONFIG)
 
 
 @pytest.mark.parametrize("name", ["lipsyncd.service", "lipsyncd-worker@.service"])

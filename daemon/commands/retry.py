@@ -33,12 +33,14 @@ def find(config: Config, target: str) -> Path | None:
     return None
 
 
-def main(config: Config, target: str) -> int:
-    folder = find(config, target)
-    if folder is None:
-        print(f"lipsyncd retry: {target!r} is neither a job id found under {config.paths.failed} nor a folder "
-              "inside it", file=sys.stderr)
-        return 2
+class RetryError(Exception):
+    """Why a failed job cannot go back into the inbox, worded for the person retrying it."""
+
+
+def requeue(config: Config, folder: Path) -> list[Path]:
+    """Put the inputs of the failed job in *folder* back into its user's inbox; the inbox files made.
+
+    Shared by `lipsyncd retry` and the web page's retry button."""
     try:
         record = json.loads((folder / names.JOB_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -51,20 +53,34 @@ def main(config: Config, target: str) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     files = [p for p in sorted(folder.iterdir()) if p.name not in SKIP and p.is_file() and not p.is_symlink()]
     if not files:
-        print(f"lipsyncd retry: {folder} holds no input files to retry", file=sys.stderr)
-        return 1
+        raise RetryError(f"{folder} holds no input files to retry")
     for path in files:
         if names.refusal(path.name):
-            print(f"lipsyncd retry: {path.name!r} cannot go back into the inbox: {names.refusal(path.name)}; "
-                  "rename it first", file=sys.stderr)
-            return 1
+            raise RetryError(f"{path.name!r} cannot go back into the inbox: {names.refusal(path.name)}; "
+                             "rename it first")
         if (dest / path.name).exists():
-            print(f"lipsyncd retry: {dest / path.name} already exists in the inbox", file=sys.stderr)
-            return 1
+            raise RetryError(f"{dest / path.name} already exists in the inbox")
+    made = []
     for path in files:
         temp = dest / f".{path.name}.lipsyncd-retry"
         shutil.copyfile(path, temp)
         os.rename(temp, dest / path.name)
-        print(dest / path.name)
+        made.append(dest / path.name)
     shutil.rmtree(folder)
+    return made
+
+
+def main(config: Config, target: str) -> int:
+    folder = find(config, target)
+    if folder is None:
+        print(f"lipsyncd retry: {target!r} is neither a job id found under {config.paths.failed} nor a folder "
+              "inside it", file=sys.stderr)
+        return 2
+    try:
+        made = requeue(config, folder)
+    except RetryError as exc:
+        print(f"lipsyncd retry: {exc}", file=sys.stderr)
+        return 1
+    for path in made:
+        print(path)
     return 0

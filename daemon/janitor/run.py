@@ -40,6 +40,8 @@ from daemon.notify import send as notify
 log = logging.getLogger("lipsyncd.janitor")
 
 STATE_FILE = "janitor.json"
+USAGE_FILE = "disk-history.jsonl"  # one line per pass: the web page's disk chart (daemon/web)
+USAGE_MAX_BYTES, USAGE_KEEP_LINES = 1 << 20, 4000  # past the size, only the newest lines are kept
 LOCK_FILE = "janitor.lock"
 STATE_VERSION = 1
 TOP_N = 5
@@ -193,6 +195,7 @@ def run_pass(config: Config, *, dry_run: bool = False, now: float | None = None)
             return result
         result.pending = notify.retry_pending(config, started)
         _save(paths.state, decision.state, result, time.monotonic() - clock)
+        _record_usage(paths.state, result)
         result.duration = time.monotonic() - clock
         if config.metrics.textfile:
             _write_metrics(config.metrics.textfile, result, decision.state)
@@ -287,6 +290,21 @@ def _save(state_dir: str | os.PathLike[str], state: dict[str, Any], result: Pass
     except OSError as exc:
         result.problems.append(f"cannot save the janitor state in {state_dir}: {exc.strerror or exc}")
         log.error("cannot save the janitor state in %s: %s", state_dir, exc)
+
+
+def _record_usage(state_dir: str | os.PathLike[str], result: PassResult) -> None:
+    """Append this pass's disk usage to USAGE_FILE, bounded: a chart needs no more than the newest lines."""
+    point = {"time": round(result.started), "filesystems": [
+        {k: fs.get(k) for k in ("mount", "used", "avail", "percent", "level")} for fs in result.filesystems]}
+    path = os.path.join(state_dir, USAGE_FILE)
+    try:
+        with open(path, "a+", encoding="utf-8") as handle:
+            handle.write(json.dumps(point, ensure_ascii=False) + "\n")
+            if handle.tell() > USAGE_MAX_BYTES:
+                handle.seek(0)
+                write_atomic(path, "".join(handle.readlines()[-USAGE_KEEP_LINES:]))
+    except OSError as exc:
+        result.problems.append(f"cannot record disk usage in {path}: {exc.strerror or exc}")
 
 
 def log_file_size(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
