@@ -10,6 +10,14 @@
 
 Frames stream through in batches of pipeline.batch_frames: memory does not grow with the video's
 length. On a CUDA out-of-memory error the warp batch is halved and the job goes on.
+
+The stages of step 3 overlap: a pipeline of threads over queues one batch deep (threads.prefetch),
+
+  ffmpeg decoder -> [decode thread] -> [tracking thread: faces, lips] -> [this thread: warp] -> [writer] -> x264
+
+so batch n + 1 is tracked while batch n is warped and batch n - 1 encoded. Each thread spends its time in
+code that releases the GIL (the ffmpeg pipes, OpenCV, torch, numpy), so they run at once on several cores.
+At most two batches wait between two stages: memory stays flat in the video's length.
 """
 
 from __future__ import annotations
@@ -121,17 +129,16 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
             tempfile.TemporaryDirectory(prefix="lipsyncd-builtin-")))
         writer = stack.enter_context(encode.VideoWriter(output, info, audio_path, crf=settings.crf,
                                                        preset=settings.preset, pixels=PIXELS))
-        batches = stack.enter_context(contextlib.closing(threads.prefetch(
-            pingpong.frames_for_audio(info, n_frames, settings.batch_frames, scratch, pixels=PIXELS))))
+        decoded = threads.prefetch(
+            pingpong.frames_for_audio(info, n_frames, settings.batch_frames, scratch, pixels=PIXELS))
+        tracked = stack.enter_context(contextlib.closing(threads.prefetch(
+            _tracked(decoded, tracker, lip_tracker, faces_by_source, size, video_path, clock))))
         while True:
-            with clock.stage("decode"):
-                batch = next(batches, None)
-            if batch is None:
+            with clock.stage("wait"):  # for the tracking thread: the time the stages before did not hide
+                item = next(tracked, None)
+            if item is None:
                 break
-            if tracker.faces_seen == 0 and int(batch.sources[0]) in faces_by_source:
-                raise _no_face(video_path)  # the whole video was seen: do not play it back and forth for nothing
-            mouths = _mouths(batch, video.yuv_planes(batch.frames, *size), tracker, lip_tracker, faces_by_source,
-                             clock)
+            batch, mouths = item
             with clock.stage("warp"):
                 span = slice(batch.first, batch.first + len(batch))
                 warp_size, count = _warp(warper, batch.frames, mouths, track, span, warp_size, size)
@@ -188,6 +195,21 @@ def _threads_for(device: str) -> Iterator[None]:
     finally:
         torch.set_num_threads(saved[0])
         cv2.setNumThreads(saved[1])
+
+
+def _tracked(batches: Iterator[pingpong.FrameBatch], tracker: FaceTracker, lip_tracker: LipTracker,
+             known: dict[int, tuple[FaceBox | None, Lips | None]], size: tuple[int, int], video_path: Path,
+             clock: StageClock) -> Iterator[tuple[pingpong.FrameBatch, list[Lips | None]]]:
+    """The tracking stage (its own thread): each decoded batch with the lips of its frames."""
+    with contextlib.closing(batches):  # stops the decode thread and its ffmpeg when this stage stops
+        while True:
+            with clock.stage("decode"):  # time this thread waited for the decoder
+                batch = next(batches, None)
+            if batch is None:
+                return
+            if tracker.faces_seen == 0 and int(batch.sources[0]) in known:
+                raise _no_face(video_path)  # the whole video was seen: do not play it back and forth for nothing
+            yield batch, _mouths(batch, video.yuv_planes(batch.frames, *size), tracker, lip_tracker, known, clock)
 
 
 def _mouths(batch: pingpong.FrameBatch, planes: tuple[Any, Any, Any], tracker: FaceTracker, lip_tracker: LipTracker,
