@@ -18,6 +18,9 @@ The stages of step 3 overlap: a pipeline of threads over queues one batch deep (
 so batch n + 1 is tracked while batch n is warped and batch n - 1 encoded. Each thread spends its time in
 code that releases the GIL (the ffmpeg pipes, OpenCV, torch, numpy), so they run at once on several cores.
 At most two batches wait between two stages: memory stays flat in the video's length.
+
+torch and OpenCV are imported in a thread while step 1 runs (it needs neither): in a cold process
+(`lipsyncd render`) their import overlaps the probe and the audio; in a warm worker it is already done.
 """
 
 from __future__ import annotations
@@ -29,19 +32,19 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pipeline.engines.base import ProgressFn, RenderResult, no_progress
-from pipeline.engines.builtin import motion
-from pipeline.engines.builtin.warp import MouthWarper
 from pipeline.errors import EngineError
 from pipeline.face import FaceBox, FaceTracker
 from pipeline.lips import Lips, LipTracker, LowerFace
 from pipeline.media import audio, encode, pingpong, threads
 from pipeline.media import decode as video
 from pipeline.media.probe import Limits
+
+if TYPE_CHECKING:
+    from pipeline.engines.builtin import motion
+    from pipeline.engines.builtin.warp import MouthWarper
 
 PIXELS = "yuv420p"  # frames inside the pipeline: see pipeline.media.decode
 
@@ -92,12 +95,19 @@ class StageClock:
 def lipsync(audio_path: Path, video_path: Path, output: Path, *, settings: BuiltinSettings,
             device: str = "cpu", workdir: Path | None = None, progress: ProgressFn = no_progress) -> RenderResult:
     """Write *output*: *video_path*'s face speaking *audio_path*. EngineError in plain words on bad input."""
-    with _threads_for(device):
-        return _lipsync(Path(audio_path), Path(video_path), Path(output), settings, device, workdir, progress)
+    heavy = threads.in_background(_import_heavy, name="import")
+    return _lipsync(Path(audio_path), Path(video_path), Path(output), settings, device, workdir, progress, heavy)
+
+
+def _import_heavy() -> None:
+    """torch (and so the motion model and the warp) and OpenCV: seconds in a cold process."""
+    import cv2  # noqa: F401
+
+    from pipeline.engines.builtin import motion, warp  # noqa: F401
 
 
 def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: BuiltinSettings, device: str,
-             workdir: Path | None, progress: ProgressFn) -> RenderResult:
+             workdir: Path | None, progress: ProgressFn, heavy: Any) -> RenderResult:
     clock = StageClock()
     progress("audio", 0.0)
 
@@ -109,6 +119,19 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
         n_frames = audio.frame_count(sound.duration, float(info.fps))
         features = audio.frame_features(sound, float(info.fps), n_frames)
         audio.require_sound(features, audio_path)
+    with clock.stage("imports"):  # what the import thread had left to do (nothing in a warm worker)
+        heavy()
+    with _threads_for(device):
+        return _render(audio_path, video_path, output, settings, device, workdir, progress, clock, info, sound,
+                       n_frames, features)
+
+
+def _render(audio_path: Path, video_path: Path, output: Path, settings: BuiltinSettings, device: str,
+            workdir: Path | None, progress: ProgressFn, clock: StageClock, info: video.VideoInfo,
+            sound: audio.Audio, n_frames: int, features: audio.FrameFeatures) -> RenderResult:
+    """Steps 2 and 3, once torch is imported."""
+    from pipeline.engines.builtin import motion
+    from pipeline.engines.builtin.warp import MouthWarper
 
     # 2. Mouth motion for every output frame, on the device.
     with clock.stage("motion"):
@@ -184,6 +207,7 @@ def _threads_for(device: str) -> Iterator[None]:
     adds contention. On the GPU, torch's CPU threads are not used for the warp at all.
     """
     import cv2
+    import torch
 
     threads = max(1, (os.cpu_count() or 1) // 4)
     saved = torch.get_num_threads(), cv2.getNumThreads()
@@ -236,6 +260,8 @@ def _warp(warper: MouthWarper, frames: Any, mouths: list, track: motion.MouthTra
 
     Returns the piece size to use from now on and how many frames changed.
     """
+    import torch
+
     opening, width = track.opening[span], track.width[span]
     start = changed = 0
     while start < len(frames):
