@@ -150,6 +150,12 @@ def probe_data(path: Path, role: str = "file") -> dict[str, Any]:
     return data
 
 
+def forget_probes() -> None:
+    """Forget every remembered probe (benchmarks time a job's probes as a fresh worker pays them)."""
+    with _PROBED_LOCK:
+        _PROBED.clear()
+
+
 def probe(path: str | Path, role: str = "file") -> MediaInfo:
     """Probe *path*; raise EngineError naming the file when it is not readable media."""
     path = Path(path)
