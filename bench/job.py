@@ -61,6 +61,14 @@ def wait_published(folder: Path, stem: str, timeout: float = 600) -> tuple[float
     raise SystemExit(f"no output {target} after {timeout:g} s; see the daemon log under {folder.parents[3]}")
 
 
+def worker_cpu(root: Path) -> float:
+    """CPU seconds of the worker process and of its finished children (the engine's ffmpeg processes)."""
+    [beat] = (root / "spool" / ".workers").glob("*.json")
+    pid = beat.stem.rsplit("-", 1)[1]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
 def wait_scored(output: Path, timeout: float = 120) -> tuple[float, dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -84,13 +92,15 @@ def warm_daemon(audio: Path, video: Path, rounds: int, settle: float, work: Path
     with Daemon(config) as daemon:
         for index in range(rounds + 1):  # the first job warms the worker up (first calls, caches)
             floor = ffmpeg_floor(video, audio, work / "floor.mp4")
+            cpu = worker_cpu(root)
             dropped = drop(root / "inbox" / "bench", f"job{index}", audio, video)
             published, output = wait_published(outputs, f"job{index}")
+            cpu = worker_cpu(root) - cpu
             scored, record = wait_scored(output)
             if index == 0:
                 continue
             floors.append(floor)
-            jobs.append({"wall": published - dropped - quiet, "raw": published - dropped,
+            jobs.append({"wall": published - dropped - quiet, "raw": published - dropped, "cpu": cpu,
                          "scored": scored - dropped - quiet, "timings": record["timings"],
                          "score": record["sync_score"]})
         if "Traceback" in daemon.log():
@@ -141,6 +151,9 @@ def main() -> int:
                   f"{best['wall']:6.2f} s (runs {runs(jobs)})")
             print(f"  ratio drop-to-output / floor: {best['wall'] / floor:.2f} (median of runs "
                   f"{statistics.median(j['wall'] for j in jobs) / floor:.2f}; target <= 1.5)")
+            job_cpu, floor_cpu = min(j["cpu"] for j in jobs), min(f["cpu"] for f in floors)
+            print(f"  CPU time to the published output: worker + its ffmpegs {job_cpu:.2f} s, floor {floor_cpu:.2f} s:"
+                  f" {job_cpu / floor_cpu:.2f}x (a wall ratio below this needs cores the floor leaves idle)")
             print(f"  record complete (sync score + poster) {best['scored']:.2f} s after the drop "
                   f"(settle taken off); sync score {best['score'] and best['score'].get('correlation')}")
             stages = ", ".join(f"{k} {v:.2f}" for k, v in best["timings"].items())
