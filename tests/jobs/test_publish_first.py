@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests import media
-from tests.daemon_harness import Daemon, drop_pair, failures, finished, outputs, wait_for, write_config
+from tests.daemon_harness import MUX_ARGV, Daemon, drop_pair, failures, finished, outputs, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -57,6 +58,17 @@ def _records(watcher: Watcher) -> list[tuple[frozenset[str], dict[str, Any]]]:
         if text is not None:
             seen.append((names, json.loads(text)))  # a partial record would not parse
     return seen
+
+
+def _ffmpeg_for_stills(tmp_path: Path, action: str) -> Path:
+    """A folder to put first in PATH: its ffmpeg runs *action* (sh) when asked for a JPEG still (-q:v, as
+    the poster is taken), then, unless *action* exits, the real ffmpeg."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    wrapper = tools / "ffmpeg"
+    wrapper.write_text(f'#!/bin/sh\ncase " $* " in *" -q:v "*) {action};; esac\nexec {shutil.which("ffmpeg")} "$@"\n')
+    wrapper.chmod(0o755)
+    return tools
 
 
 def test_video_and_complete_record_first_then_score_and_poster(tmp_path: Path) -> None:
@@ -102,16 +114,7 @@ def test_score_and_poster_failing_after_publishing_leave_a_done_job(tmp_path: Pa
     score, and nothing goes to failed/."""
     root = tmp_path / "srv"
     root.mkdir()
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    real = shutil.which("ffmpeg")
-    assert real
-    wrapper = tools / "ffmpeg"
-    wrapper.write_text(f'''#!/bin/sh
-case " $* " in *" -q:v "*) echo "no stills today" >&2; exit 1;; esac
-exec {real} "$@"
-''')
-    wrapper.chmod(0o755)
+    tools = _ffmpeg_for_stills(tmp_path, 'echo "no stills today" >&2; exit 1')
     config = write_config(root)
     audio = media.tone(tmp_path / "a.wav", seconds=1.0)
     video = media.no_face_clip(tmp_path / "v.mp4", seconds=1.0)
@@ -127,3 +130,32 @@ exec {real} "$@"
     assert not failures(root) and outputs(root) == [out]
     assert not list((root / "spool").glob("2*")), "the job folder was left in the spool"
     assert "Traceback" not in log
+
+
+def test_a_worker_killed_between_publishing_and_scoring_leaves_a_job_the_next_one_finishes(tmp_path: Path) -> None:
+    """SIGKILL while the poster is being made (an ffmpeg that takes 4 s for stills): the video and its record
+    are out; the restarted worker does not render or publish again, it adds the score and the poster."""
+    root = tmp_path / "srv"
+    root.mkdir()
+    tools = _ffmpeg_for_stills(tmp_path, "sleep 4")
+    renders = tmp_path / "renders"
+    argv = ["sh", "-c", f'echo render >> {renders} && exec "$0" "$@"', *MUX_ARGV]
+    config = write_config(root, queue={"lease_seconds": 2}, pipeline={"command": {"argv": argv}})
+    audio = media.tone(tmp_path / "a.wav", seconds=1.0)
+    video = media.no_face_clip(tmp_path / "v.mp4", seconds=1.0)
+    with Daemon(config, env={"PATH": f"{tools}:{os.environ['PATH']}"}) as daemon:
+        drop_pair(root / "inbox" / "ann", "talk", audio, video)
+        [out] = wait_for(lambda: outputs(root), 60, "the video to be published", interval=0.005)
+        assert json.loads(out.with_suffix(".json").read_text())["pending"]
+        [beat] = (root / "spool" / ".workers").glob("*.json")
+        os.kill(int(beat.stem.rsplit("-", 1)[1]), signal.SIGKILL)
+        assert wait_for(lambda: finished(root), 90, "the next worker to finish the job") == [out]
+        wait_for(lambda: not list((root / "spool").glob("2*")), 30, "the job folder to go")
+        log = daemon.log()
+    assert renders.read_text().count("render") == 1, "the job was rendered again"
+    assert "was already published" in log
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert "error" in record["sync_score"] and record["timings"]["poster"] > 3
+    assert out.with_suffix(".jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert outputs(root) == [out] and not failures(root)
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "a temp file was left behind"
