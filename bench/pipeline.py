@@ -103,9 +103,11 @@ def ffmpeg_floor(video: Path, audio: Path, out: Path) -> dict:
 
 def run_engine(audio: Path, video: Path, out: Path, device: str) -> dict:
     from pipeline.engines import JobSpec, get_engine
+    from pipeline.media.probe import forget_probes
 
     engine = get_engine("builtin", DEFAULTS["pipeline"])
     engine.check()
+    forget_probes()  # each render probes its inputs, as a job's first probe (in a worker: its verify stage) does
     cpu, started = cpu_seconds(), time.perf_counter()
     result = engine.render(JobSpec(audio=audio, video=video, output=out, device=device, workdir=out.parent))
     wall = time.perf_counter() - started
@@ -243,9 +245,10 @@ def main() -> int:
     print(f"  builtin engine    {engine['wall']:7.2f} s wall {engine['cpu']:7.2f} s CPU  "
           f"{frames / engine['wall']:7.1f} frames/s   {realtime:.2f}x real time")
     print(f"  ratio engine / floor: {ratio:.2f} wall (target <= 2.0 on the CPU), {cpu_ratio:.2f} CPU time")
-    print("engine's main thread, per stage (decode/encode: time spent waiting for them):")
+    print("engine's threads, per stage (decode: the tracking thread waiting for the decoder; wait: the main "
+          "thread waiting for the tracking thread; encode: waiting for the writer):")
     for stage, seconds in engine["timings"].items():
-        rate = f"{frames / seconds:9.1f} frames/s" if seconds > 0 and stage not in ("probe",) else ""
+        rate = f"{frames / seconds:9.1f} frames/s" if seconds > 0 and stage not in ("probe", "imports") else ""
         print(f"  {stage:<8} {seconds:7.2f} s {rate}")
     from pipeline.engines.builtin.lipsync import _threads_for
 

@@ -19,11 +19,17 @@ The score knows nothing about the engine that made the video. For every frame it
 
 The result: the best offset (positive: the picture lags the sound), the correlation there, and the
 confidence = that peak minus the median over all offsets (a real peak stands out; chance does not).
+
+What it shares with the engines is code, never results: the video's own file is decoded again (scaled
+down by ffmpeg), its faces tracked again, its sound decoded again. Those stages overlap as the builtin
+engine's do (pipeline.media.threads): the sound is decoded in a thread while the picture is analysed,
+and the next batch of frames is decoded while this one is tracked.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,7 @@ from pipeline.errors import EngineError
 from pipeline.face import FaceTracker
 from pipeline.media import audio as audiomod
 from pipeline.media import decode as videomod
+from pipeline.media import threads
 from pipeline.mouthfinder import PATCH_AREA, PATCH_FACE_PIXELS, Mouth, MouthFinder, lower_face
 
 MAX_OFFSET_FRAMES = 10
@@ -101,13 +108,20 @@ def sync_score(video: str | Path, audio: str | Path | None = None, *, max_offset
     """Score *video*'s mouth against *audio* (default: the video's own sound track)."""
     video = Path(video)
     info = videomod.open_video(video)
-    sound = audiomod.load_audio(audio if audio is not None else video, "audio" if audio is not None else "video")
     fps = float(info.fps)
+    with ThreadPoolExecutor(1, thread_name_prefix="syncscore-sound") as sound_thread:
+        decoding = sound_thread.submit(audiomod.load_audio, audio if audio is not None else video,
+                                       "audio" if audio is not None else "video")
+        try:
+            openness, faces = _mouth_openness(info, fps, detect_every, batch_frames)
+        except EngineError:
+            decoding.result()  # a file without sound says so first, as when the sound was decoded first
+            raise
+        sound = decoding.result()
     samples = sound.samples
     if audio is None and info.start_time > 0:  # the picture starts later than the sound in this file
         samples = samples[round(info.start_time * audiomod.SAMPLE_RATE):]
 
-    openness, faces = _mouth_openness(info, fps, detect_every, batch_frames)
     frames = min(len(openness), audiomod.frame_count(len(samples) / audiomod.SAMPLE_RATE, fps))
     openness, faces = openness[:frames], faces[:frames]
     loudness = audiomod.frame_loudness(samples, fps, frames).astype(np.float64)
@@ -167,7 +181,7 @@ def _mouth_openness(info: videomod.VideoInfo, fps: float, detect_every: int,
         values.append(mouth_openness(patch, mouth) if patch is not None and mouth is not None else float("nan"))
 
     faces: list[bool] = []
-    for frames in videomod.read_frames(info, batch_frames, max_side=ANALYSIS_MAX_SIDE):
+    for frames in threads.prefetch(videomod.read_frames(info, batch_frames, max_side=ANALYSIS_MAX_SIDE)):
         for frame, face in zip(frames, tracker.update(frames), strict=True):
             patch = lower_face(frame, face) if face is not None else None
             faces.append(patch is not None)

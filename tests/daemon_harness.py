@@ -132,6 +132,16 @@ def outputs(root: Path) -> list[Path]:
                   if not p.name.startswith(".") and p.with_suffix(".json").exists())
 
 
+def finished(root: Path) -> list[Path]:
+    """Published outputs whose record is complete: sync score and poster added (published first, then these)."""
+    done = []
+    for out in outputs(root):
+        with contextlib.suppress(OSError, ValueError):
+            if not json.loads(out.with_suffix(".json").read_text(encoding="utf-8")).get("pending"):
+                done.append(out)
+    return done
+
+
 def failures(root: Path) -> list[Path]:
     return sorted(p.parent for p in (root / "failed").rglob("error.txt"))
 

@@ -21,6 +21,7 @@ import yaml
 from daemon.commands import samples
 
 TIMEOUT_SECONDS = 900.0
+SCORE_TIMEOUT_SECONDS = 120.0  # after the video: the sync score of a long output takes a while
 SIZE = (480, 480)
 VIDEO_SECONDS = 4.0  # shorter than the speech on purpose: the video plays back and forth
 MUX_ARGV = ["ffmpeg", "-y", "-v", "error", "-i", "{video}", "-i", "{audio}", "-map", "0:v", "-map", "1:a",
@@ -68,9 +69,10 @@ def main(*, engine: str = "builtin", workdir: Path | None = None) -> int:
         if kind == "failed":
             print((path / "error.txt").read_text(encoding="utf-8"), file=sys.stderr)
             return _give_up(f"the job failed: {path}", log_path)
-        record = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-        score = record.get("sync_score") or {}
         print(f"done in {time.monotonic() - started:.1f} s")
+        # The video is published first; its record gains the sync score (and the poster) a moment later.
+        record = _wait(lambda: _scored(path), daemon, SCORE_TIMEOUT_SECONDS) or _record(path)
+        score = record.get("sync_score") or {}
         if "error" in score:
             print(f"sync score: not available ({score['error']})")
         elif score:
@@ -120,6 +122,19 @@ def _wait(predicate, daemon: subprocess.Popen[bytes], timeout: float, progress=N
             progress()
         time.sleep(0.5)
     return None
+
+
+def _record(output: Path) -> dict:
+    try:
+        return json.loads(output.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _scored(output: Path) -> dict | None:
+    """The output's record once nothing is pending in it (sync score and poster added)."""
+    record = _record(output)
+    return record if record and not record.get("pending") else None
 
 
 def _result(root: Path) -> tuple[str, Path] | None:

@@ -5,7 +5,10 @@ Exit status: 0 done; 1 the inputs could not be rendered (the engine's plain-word
 that cannot run here). The result appears under its name only when complete: it is written to a
 dot-name beside it and renamed.
 
-Heavy modules (torch, the pipeline) are imported inside main(), never at import time.
+Heavy modules (torch, the pipeline) are imported inside main(), never at import time. An engine whose
+check() only imports and loads what render() needs anyway (Engine.checked_by_render: the builtin engine)
+is checked only when the render fails, so a cold start's imports overlap the probe and the audio (the
+engine imports torch in a thread meanwhile) instead of coming first.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def main(config: Config, audio: Path, video: Path, output: Path, engine: str | N
         return _fail(f"{exc}", Exit.USAGE)
     try:
         backend = get_engine(name, config.pipeline.settings)
-        backend.check()
+        if not backend.checked_by_render:
+            backend.check()
     except EngineUnavailable as exc:
         return _fail(f"engine {name!r} cannot run: {exc}", Exit.USAGE)
 
@@ -50,9 +54,17 @@ def main(config: Config, audio: Path, video: Path, output: Path, engine: str | N
     bar = ProgressBar(enabled=not quiet)
     started = time.perf_counter()
     try:
-        result = backend.render(JobSpec(audio=audio, video=video, output=partial, device=resolved, workdir=workdir),
-                                bar.update)
+        try:
+            result = backend.render(JobSpec(audio=audio, video=video, output=partial, device=resolved,
+                                            workdir=workdir), bar.update)
+        except Exception:
+            if backend.checked_by_render:
+                backend.check()  # a setup problem is reported instead of what it made fail
+            raise
         os.replace(partial, output)
+    except EngineUnavailable as exc:
+        bar.close()
+        return _fail(f"engine {name!r} cannot run: {exc}", Exit.USAGE)
     except EngineError as exc:
         bar.close()
         return _fail(str(exc), Exit.FAILED)

@@ -117,19 +117,28 @@ def publish(outputs_root: Path, job: Job, video: Path, *, sidecars: dict[str, Pa
             _copy_or_move(video, temp)
         final = _link_free_name(temp, folder, names.printable(job.stem))
     for suffix, content in sidecars.items():
-        target = final.with_suffix(suffix)
-        if isinstance(content, dict):
-            write_json_atomic(target, content)
-        else:
-            side_temp = folder / f".{target.name}.{job.id}.part"
-            if content.exists():
-                _copy_or_move(content, side_temp)
-            elif not side_temp.exists():
-                continue  # no such sidecar (no poster), or an earlier try already put it in place
-            os.replace(side_temp, target)
+        publish_sidecar(final, suffix, content, job.id)
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()
     return final
+
+
+def publish_sidecar(final: Path, suffix: str, content: Path | dict[str, Any], job_id: str) -> None:
+    """Put a sidecar of the published *final* in place in one rename: a record (dict, as JSON) or a file.
+
+    Also how the poster and the scored record replace what was published first (the worker publishes the
+    video and its record as soon as the video is made). A file an interrupted try already moved to its
+    temp is taken from there; no file at all (no poster) is skipped."""
+    target = final.with_suffix(suffix)
+    if isinstance(content, dict):
+        write_json_atomic(target, content)
+        return
+    side_temp = final.parent / f".{target.name}.{job_id}.part"
+    if content.exists():
+        _copy_or_move(content, side_temp)
+    elif not side_temp.exists():
+        return
+    os.replace(side_temp, target)
 
 
 def _copy_or_move(src: Path, dst: Path) -> None:

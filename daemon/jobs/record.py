@@ -3,6 +3,10 @@
 It says what was rendered from what (name, size and sha256 of each input), by which engine on which
 device and worker, how well the mouth follows the audio (the engine-independent sync score), and
 where the time went. Written last when publishing: a record means the output is complete.
+
+The video and its record are published as soon as the video is made; the record then lists what is still
+to come under "pending" (the sync score, the poster). Once they are there it is replaced in one rename by
+the completed record (completed()): a record is never partial, only sometimes not yet scored.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ log = logging.getLogger("lipsyncd.worker")  # the logger name journald shows (LO
 
 CHUNK_BYTES = 1 << 20  # read size when hashing inputs
 POSTER_TIMEOUT_SECONDS = 60
+PENDING = ("sync_score", "poster")  # what a record published with its video still waits for
 
 
 def fingerprint(name: str, path: Path) -> dict[str, Any]:
@@ -70,16 +75,25 @@ def poster(video: Path, poster: Path, duration: float) -> bool:
 
 
 def build(job: Job, *, inputs: dict[str, dict[str, Any]], engine: str, device: str, worker: str,
-          result: RenderResult, score: dict[str, Any] | None, started: float, timings: dict[str, float],
-          output: Path) -> dict[str, Any]:
-    """The record of one finished render (*inputs*: fingerprint() of the audio and the video)."""
+          result: RenderResult, started: float, timings: dict[str, float], output: Path) -> dict[str, Any]:
+    """The record of one finished render (*inputs*: fingerprint() of the audio and the video), as published
+    with the video: its sync score and poster pending."""
     return {
         "job_id": job.id, "user": job.user, "name": job.stem, "engine": engine, "device": device,
         "worker": worker, "attempts": job.attempts, "inputs": inputs,
         "frames": result.frames, "fps": result.fps, "details": result.details,
-        "sync_score": score, "created": job.created, "started": started, "finished": time.time(),
-        "timings": {k: round(v, 4) for k, v in timings.items()}, "output_bytes": output.stat().st_size,
+        "sync_score": None, "pending": list(PENDING), "created": job.created, "started": started,
+        "finished": time.time(), "timings": {k: round(v, 4) for k, v in timings.items()},
+        "output_bytes": output.stat().st_size,
     }
+
+
+def completed(published: dict[str, Any], score: dict[str, Any] | None, timings: dict[str, float]) -> dict[str, Any]:
+    """*published* with its sync score and the time the score and the poster took; nothing pending."""
+    done = {key: value for key, value in published.items() if key != "pending"}
+    done["sync_score"] = score
+    done["timings"] = {**published.get("timings", {}), **{k: round(v, 4) for k, v in timings.items()}}
+    return done
 
 
 def _size_of(path: Path) -> int:

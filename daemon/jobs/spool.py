@@ -19,6 +19,7 @@ from daemon.jobs.lease import read_lease
 from daemon.names import DONE_PREFIX
 
 RENDERED_DIR = "rendered"  # spool/<id>/rendered/: a finished render (output.mp4, poster.jpg, record.json) to publish
+POSTER_FILE = "poster.jpg"  # in RENDERED_DIR: the poster, made after the video is published
 RECORD_FILE = "record.json"  # in RENDERED_DIR, written last: the render is complete
 WAITING_FILE = "waiting.json"  # spool/<id>/waiting.json: why a rendered job cannot be published now, and since when
 

@@ -1,13 +1,17 @@
 """A worker: one process per device that takes job ids off the queue and runs them through an engine.
 
-Only workers import the pipeline (and so torch). A job goes verify -> render -> record -> publish under
-a lease (spool/<id>/lease) that a heartbeat thread touches with the current stage and progress; a worker
+Only workers import the pipeline (and so torch). A job goes verify -> render -> record -> publish -> finish
+under a lease (spool/<id>/lease) that a heartbeat thread touches with the current stage and progress; a worker
 that dies leaves a stale lease and the daemon's reaper puts the job back on the queue.
 
 Signal handlers only set flags: work done inside a handler would interrupt whatever the main thread
 was doing at that moment (huey's consumer says why). SIGTERM/SIGINT: take no new job, let the running
 one finish within queue.stop_timeout_seconds; past that deadline the heartbeat thread puts it back on
 the queue and ends the process (see Worker._abandon). SIGHUP: reload the configuration between jobs.
+
+Publishing comes first: the video and a complete record are in outputs/ as soon as the engine is done. The
+sync score and the poster are made after that, from the published video, and the record is replaced in one
+rename (finish). What goes wrong there never fails the job: its video is out.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from daemon import names
 from daemon.jobs import filing, lease, record
 from daemon.jobs.job import Job, JobState, load, save, write_json_atomic
 from daemon.jobs.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
-from daemon.jobs.spool import RECORD_FILE, RENDERED_DIR, WAITING_FILE, read_waiting, remove_job_folder
+from daemon.jobs.spool import POSTER_FILE, RECORD_FILE, RENDERED_DIR, WAITING_FILE, read_waiting, remove_job_folder
 from daemon.log import fields
 from daemon.sdnotify import Notifier
 
@@ -360,8 +364,10 @@ class Worker:
                     return
                 self._fail(run, users_words(run, self._failure_reason(run, exc)), engine=run.engine)
                 return
-            kept = self._keep(run, output, *self._record(run, inputs, output, result))
-        self._publish(run, kept)
+            kept = self._keep(run, output, self._record(run, inputs, output, result))
+        final = self._publish(run, kept)
+        if final is not None:
+            self._finish(run, final, kept)
 
     def _begin_attempt(self, run: Run) -> bool:
         """Count the attempt (job.json: running); False when there is nothing to render: lipsyncd gave up
@@ -384,14 +390,15 @@ class Worker:
         return True
 
     def _already_published(self, run: Run) -> bool:
-        """True (and the job folder removed) when an earlier attempt published the job before it was stopped."""
+        """True when an earlier attempt published the job before it was stopped: its sync score and poster
+        are added if still pending (finish), and the job folder is removed."""
         job = run.job
         if not (job.published and Path(job.published).exists()):
             return False
         log.info("job %s was already published as %s; finishing", job.id, job.published,
                  extra=fields(job_id=job.id, user=job.user))
-        with self._commit_lock:
-            self._remove_job_folder(run.folder)
+        run.started = run.started or time.time()
+        self._finish(run, Path(job.published), run.folder / RENDERED_DIR)
         return True
 
     def _rendered(self, run: Run) -> Path | None:
@@ -407,12 +414,11 @@ class Worker:
                  extra=fields(job_id=run.job.id, user=run.job.user, stage="publish"))
         return kept
 
-    def _keep(self, run: Run, output: Path, job_record: dict[str, Any], poster: Path | None) -> Path:
+    def _keep(self, run: Run, output: Path, job_record: dict[str, Any]) -> Path:
         """Keep the finished render in the job folder (spool/<id>/rendered/, its record written last), so that a
         publish that has to wait for the server publishes it later instead of rendering it again."""
         work = output.parent
-        if poster is None:
-            (work / "poster.jpg").unlink(missing_ok=True)  # a failed attempt's leftovers are no poster
+        (work / POSTER_FILE).unlink(missing_ok=True)  # an engine's file of that name is no poster of ours
         write_json_atomic(work / RECORD_FILE, job_record)
         kept = run.folder / RENDERED_DIR
         shutil.rmtree(kept, ignore_errors=True)
@@ -447,28 +453,25 @@ class Worker:
         return output, result
 
     def _record(self, run: Run, inputs: dict[str, dict[str, Any]], output: Path,
-                result: RenderResult) -> tuple[dict[str, Any], Path | None]:
-        """Score the output and take its poster: the record to publish beside it, and the poster if there is one."""
-        with self._stage(run, "score", 1.0):
-            score = record.sync_score(output)
-        poster = output.with_name("poster.jpg")
-        with self._stage(run, "poster", 1.0):
-            has_poster = record.poster(output, poster, result.frames / result.fps if result.fps else 0.0)
+                result: RenderResult) -> dict[str, Any]:
+        """The record to publish beside the output (its sync score and poster pending: see _finish)."""
         run.timings.update({f"engine.{k}": v for k, v in result.timings.items()})
         return record.build(run.job, inputs=inputs, engine=run.engine, device=self.device, worker=self.name,
-                            result=result, score=score, started=run.started, timings=run.timings,
-                            output=output), poster if has_poster else None
+                            result=result, started=run.started, timings=run.timings, output=output)
 
-    def _publish(self, run: Run, kept: Path) -> None:
-        """The render kept in *kept* into outputs/ under a free name, unless the lease was lost (then the other
-        worker's result counts). A server fault (read-only, permission, missing folder, full disk) makes the
-        job wait for the next try (_wait_to_publish), the render kept."""
+    def _publish(self, run: Run, kept: Path) -> Path | None:
+        """The render kept in *kept* into outputs/ under a free name with its record, unless the lease was lost
+        (then the other worker's result counts). A server fault (read-only, permission, missing folder, full
+        disk) makes the job wait for the next try (_wait_to_publish), the render kept. Returns the published
+        video, or None when it was not published."""
         job, folder = run.job, run.folder
         outputs = self.config.paths.outputs
         self._progress("publish", 1.0)
         job_record = json.loads((kept / RECORD_FILE).read_text(encoding="utf-8"))
-        sidecars: dict[str, Path | dict[str, Any]] = {".jpg": kept / "poster.jpg"}  # skipped when there is none
-        sidecars[".json"] = job_record  # last: a record means the output is complete
+        sidecars: dict[str, Path | dict[str, Any]] = {}
+        if not job_record.get("pending"):  # rendered by an older lipsyncd that made the poster before publishing
+            sidecars[".jpg"] = kept / POSTER_FILE
+        sidecars[".json"] = job_record  # last: a record means the video is complete
         with self._commit_lock:
             if job.publish_dir is None:
                 job.publish_dir = str(outputs / filing.today() / names.printable(job.user))
@@ -477,7 +480,7 @@ class Worker:
                 log.error("lost the lease of job %s to another worker while it ran here (this worker was stalled "
                           "longer than queue.lease_seconds); not publishing, the other worker's result counts",
                           job.id, extra=fields(job_id=job.id, user=job.user, stage="publish"))
-                return
+                return None
             try:
                 final = filing.publish(outputs, job, kept / "output.mp4", sidecars=sidecars,
                                        publish_dir=Path(job.publish_dir))
@@ -488,18 +491,63 @@ class Worker:
                                     "them again.", engine=run.engine)
                 else:
                     self._wait_to_publish(run, exc)
-                return
+                return None
             self._waited(run)
             job.published = str(final)
             save(folder, job)
-            score = job_record["sync_score"]
+            log.info("published %s -> %s in %.1f s", job.stem, final, time.time() - run.started,
+                     extra=fields(job_id=job.id, user=job.user, stage="publish"))
+        _notify(self.config, "job_done", job.user, job.stem, job.id, str(final))
+        return final
+
+    def _finish(self, run: Run, final: Path, kept: Path) -> None:
+        """Add the sync score and the poster to a published job, then remove its folder.
+
+        Both are made from the published video; the poster goes in place first, then the record is replaced
+        in one rename. Neither can fail the job: a missing score is recorded as {"error": why}, a missing
+        poster is skipped. A server fault while putting them in place makes the job wait like a publish
+        (the reaper hands it back, and it is finished then, not rendered again)."""
+        job = run.job
+        try:
+            published = json.loads(final.with_suffix(".json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            published = None  # the person removed it meanwhile: nothing to add to
+        if isinstance(published, dict) and published.get("pending"):
+            self._progress("score", 1.0)
+            timings: dict[str, float] = {}
+            started = time.monotonic()
+            score = record.sync_score(final)
+            timings["score"] = time.monotonic() - started
+            self._progress("poster", 1.0)
+            started, poster = time.monotonic(), kept / POSTER_FILE
+            kept.mkdir(exist_ok=True)
+            frames, fps = published.get("frames") or 0, published.get("fps") or 0.0
+            has_poster = record.poster(final, poster, frames / fps if fps else 0.0)
+            timings["poster"] = time.monotonic() - started
+            done = record.completed(published, score, timings)
+            with self._commit_lock:
+                if run.lost_lease or not lease.owns_lease(run.folder, self.name):
+                    return  # the worker that took it over finishes it
+                if not final.exists():
+                    log.info("job %s: %s was removed before its sync score was added", job.id, final.name,
+                             extra=fields(job_id=job.id, user=job.user, stage="finish"))
+                else:
+                    try:
+                        if has_poster:
+                            filing.publish_sidecar(final, ".jpg", poster, job.id)
+                        filing.publish_sidecar(final, ".json", done, job.id)
+                    except OSError as exc:
+                        self._wait_to_publish(run, exc, what="is published, but its poster and sync score cannot "
+                                                             "be added")
+                        return
+                    self._waited(run)
             sync = f"{score['correlation']:.2f}" if score and "correlation" in score else "n/a"
             log.info("done %s -> %s in %.1f s (sync score %s)", job.stem, final, time.time() - run.started, sync,
                      extra=fields(job_id=job.id, user=job.user, stage="done"))
-            self._remove_job_folder(folder)
-        _notify(self.config, "job_done", job.user, job.stem, job.id, str(final))
+        with self._commit_lock:
+            self._remove_job_folder(run.folder)
 
-    def _wait_to_publish(self, run: Run, exc: OSError) -> None:
+    def _wait_to_publish(self, run: Run, exc: OSError, what: str = "is rendered but cannot be published") -> None:
         """The server cannot take the output now: the job waits, its render kept, and the daemon's reaper puts
         it back on the queue every little while (it is not failed, no attempt is counted, nothing is rendered
         again). Logged once per fault; `lipsyncd status` shows the reason from WAITING_FILE."""
@@ -513,9 +561,8 @@ class Worker:
                 save(folder, job)
             self._release()
             lease.drop_lease(folder)
-        log.log(logging.WARNING if new else logging.DEBUG, "job %s (%s) is rendered but cannot be published: %s. "
-                "It waits and is published once this is fixed (it is not rendered again, and not failed)",
-                job.id, job.stem, why,
+        log.log(logging.WARNING if new else logging.DEBUG, "job %s (%s) %s: %s. It waits and is published once "
+                "this is fixed (it is not rendered again, and not failed)", job.id, job.stem, what, why,
                 extra=fields(job_id=job.id, user=job.user, stage="publish"))
 
     def _note_waiting(self, run: Run, why: str, *, stage: str, **extra: Any) -> bool:

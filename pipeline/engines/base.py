@@ -80,6 +80,10 @@ class Engine(ABC):
     # True when the engine drives an outside service: check() failing may be temporary (the service is
     # restarting), so a worker starts anyway and jobs fail with the same message while it lasts.
     remote: bool = False
+    # True when check() only makes sure the engine's modules import and its files load, which render() does
+    # anyway: a one-off `lipsyncd render` then calls check() only when render() fails, to tell a setup
+    # problem from bad input, and a cold start does not pay for the imports before the render can begin.
+    checked_by_render: bool = False
     # The per-job options a manifest may set (name -> type and range); anything else is the drop's error.
     options: ClassVar[Mapping[str, Option]] = {}
 

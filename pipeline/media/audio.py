@@ -4,6 +4,10 @@ Reads top to bottom as a pipeline: load_audio() decodes any format ffmpeg reads 
 ogg/opus, flac, or the sound track of a video) to 16 kHz mono float32; frame_features() turns the
 samples into one row per video frame, so the rest of the pipeline never thinks about sample rates.
 
+The mel front end is plain numpy (a Hann-windowed STFT and a Slaney mel filterbank, as librosa computes
+them; tests/pipeline/test_audio.py checks the two agree): importing librosa and its numba functions'
+first-call compile cost a cold `lipsyncd render` more than the whole audio stage.
+
 Timing convention: sample 0 is time 0 of the file, i.e. the start of its earliest stream (as a player
 and ffmpeg's muxer see it): a sound track that starts after the picture is padded with silence. Video
 frame i covers [i / fps, (i + 1) / fps).
@@ -11,6 +15,7 @@ frame i covers [i / fps, (i + 1) / fps).
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import tempfile
 from dataclasses import dataclass, replace
@@ -29,6 +34,7 @@ FMAX = SAMPLE_RATE / 2
 SILENCE_DBFS = -55.0  # loudest frame below this: the audio is treated as silent
 LOUDNESS_FLOOR_DBFS = -100.0  # digital silence is reported as this, not -inf
 BLOCK_FRAMES = 4096  # video frames of loudness summed at a time
+POWER_FLOOR = 1e-10  # mel power floor before the log (librosa's amin): -100 dB
 BLOCK_COLUMNS = 6000  # mel columns (60 s) computed at a time: memory stays flat in the audio's length
 
 
@@ -155,10 +161,8 @@ def frame_mel(samples: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
     BLOCK_COLUMNS at a time from just the samples each block needs, so memory does not grow with the
     audio's length beyond the samples themselves.
     """
-    import librosa
-
     n_columns = 1 + len(samples) // HOP_LENGTH
-    mel_basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmax=FMAX)
+    mel_basis = mel_filterbank()
     column_times = np.arange(n_columns) * HOP_LENGTH / SAMPLE_RATE
     frame_of_column = np.floor(column_times * fps).astype(np.int64)
     counts = np.bincount(frame_of_column[frame_of_column < n_frames], minlength=n_frames)[:n_frames]
@@ -173,7 +177,7 @@ def frame_mel(samples: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
         segment = np.zeros(stop - start, dtype=np.float32)
         segment[max(0, -start):len(segment) - max(0, stop - len(samples))] = samples[max(0, start):min(stop,
                                                                                                        len(samples))]
-        spectrum = np.abs(librosa.stft(segment, n_fft=N_FFT, hop_length=HOP_LENGTH, center=False)) ** 2
+        spectrum = power_spectrum(segment)
         power = mel_basis @ spectrum  # (N_MELS, last - first)
         frames = frame_of_column[first:last]
         inside = frames < n_frames
@@ -181,14 +185,62 @@ def frame_mel(samples: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
         wanted = (nearest >= first) & (nearest < last)
         sums[empty[wanted]] = power[:, nearest[wanted] - first].T
     mean_power = sums / np.maximum(counts, 1)[:, None]
-    return librosa.power_to_db(mean_power, ref=1.0, amin=1e-10, top_db=None).astype(np.float32)
+    return (10.0 * np.log10(np.maximum(mean_power, POWER_FLOOR))).astype(np.float32)
 
 
 def mel_band_hz() -> np.ndarray:
     """Centre frequency (Hz) of each of the N_MELS bands of frame_mel()."""
-    import librosa
+    return _mel_frequencies(N_MELS + 2, 0.0, FMAX)[1:-1]
 
-    return librosa.mel_frequencies(n_mels=N_MELS + 2, fmin=0.0, fmax=FMAX)[1:-1]
+
+def power_spectrum(segment: np.ndarray) -> np.ndarray:
+    """|STFT|^2, (1 + N_FFT // 2, columns): periodic Hann window, HOP_LENGTH apart, no padding (as
+    librosa.stft(center=False) in float32)."""
+    columns = 1 + (len(segment) - N_FFT) // HOP_LENGTH
+    frames = np.lib.stride_tricks.as_strided(segment, shape=(columns, N_FFT),
+                                             strides=(segment.strides[0] * HOP_LENGTH, segment.strides[0]))
+    spectrum = np.fft.rfft(frames * _hann(), axis=1).astype(np.complex64)
+    return (spectrum.real ** 2 + spectrum.imag ** 2).T
+
+
+@functools.cache
+def mel_filterbank() -> np.ndarray:
+    """(N_MELS, 1 + N_FFT // 2) triangular filters on the Slaney mel scale, Slaney area-normalised: the
+    weights librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmax=FMAX) gives."""
+    fft_hz = np.linspace(0.0, SAMPLE_RATE / 2, 1 + N_FFT // 2)
+    edges = _mel_frequencies(N_MELS + 2, 0.0, FMAX)
+    widths = np.diff(edges)
+    ramps = np.subtract.outer(edges, fft_hz)
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+@functools.cache
+def _hann() -> np.ndarray:
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)  # float64, as librosa's window
+
+
+# The Slaney mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above.
+_MEL_LINEAR_HZ = 200.0 / 3
+_MEL_LOG_HZ = 1000.0
+_MEL_LOG_STEP = np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz: float) -> float:
+    if hz < _MEL_LOG_HZ:
+        return hz / _MEL_LINEAR_HZ
+    return _MEL_LOG_HZ / _MEL_LINEAR_HZ + float(np.log(hz / _MEL_LOG_HZ)) / _MEL_LOG_STEP
+
+
+def _mel_frequencies(count: int, low_hz: float, high_hz: float) -> np.ndarray:
+    """*count* frequencies (Hz) evenly spaced on the mel scale from *low_hz* to *high_hz*."""
+    mels = np.linspace(_hz_to_mel(low_hz), _hz_to_mel(high_hz), count)
+    log_start = _MEL_LOG_HZ / _MEL_LINEAR_HZ
+    return np.where(mels >= log_start, _MEL_LOG_HZ * np.exp(_MEL_LOG_STEP * (mels - log_start)),
+                    _MEL_LINEAR_HZ * mels)
 
 
 def frame_features(audio: Audio, fps: float, n_frames: int | None = None) -> FrameFeatures:

@@ -35,7 +35,7 @@ from typing import IO, Any
 import numpy as np
 
 from pipeline.errors import EngineError
-from pipeline.media.probe import Limits, check_complete, probe, require_tool
+from pipeline.media.probe import Limits, check_complete, probe, probe_data, require_tool
 
 STANDARD_RATES = (Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
                   Fraction(48), Fraction(50), Fraction(60000, 1001), Fraction(60))
@@ -80,8 +80,6 @@ class VideoInfo:
 def open_video(path: str | Path, role: str = "video", max_pixels: int | None = None) -> VideoInfo:
     """Probe *path* as the video of a job; EngineError in plain words when it has no usable picture or one
     larger than *max_pixels* (pipeline.max_pixels)."""
-    import ffmpeg
-
     path = Path(path)
     media = probe(path, role)
     if not media.has_video:
@@ -92,8 +90,9 @@ def open_video(path: str | Path, role: str = "video", max_pixels: int | None = N
         raise EngineError(f"the {role} {path.name!r} is only {media.width}x{media.height} pixels; "
                           "use a video in which the face is at least 100 pixels high")
     Limits(max_seconds=None, max_pixels=max_pixels).check_picture(media, role)
-    probed = ffmpeg.probe(f"file:{path.absolute()}", select_streams="v")
-    stream = next(s for s in probed["streams"] if not s.get("disposition", {}).get("attached_pic"))
+    probed = probe_data(path, role)  # the probe just made: ffprobe runs once
+    stream = next(s for s in probed["streams"] if s.get("codec_type") == "video"
+                  and not s.get("disposition", {}).get("attached_pic"))
     fps = choose_rate(_fraction(stream.get("avg_frame_rate")), _fraction(stream.get("r_frame_rate")))
     width, height = media.display_size
     duration = media.duration or _float(stream.get("duration"))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import json
+import os
 import shutil
 import struct
 import subprocess
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -25,6 +28,9 @@ WAV_MAX_CHUNKS = 64
 # while its features are computed), so its length bounds the worker's memory; 4K UHD is the largest picture.
 DEFAULT_MAX_SECONDS = 1800.0
 DEFAULT_MAX_PIXELS = 3840 * 2160  # RIFF chunks read looking for a WAV's data chunk
+PROBE_CACHE_SIZE = 16  # files whose probe is remembered (see probe_data)
+_PROBED: collections.OrderedDict[tuple, dict[str, Any]] = collections.OrderedDict()
+_PROBED_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -104,9 +110,19 @@ def require_tool(name: str) -> str:
     return path
 
 
-def probe(path: str | Path, role: str = "file") -> MediaInfo:
-    """Probe *path*; raise EngineError naming the file when it is not readable media."""
-    path = Path(path)
+def probe_data(path: Path, role: str = "file") -> dict[str, Any]:
+    """ffprobe's JSON for *path* (format and streams; read-only). A job probes its inputs several times (the
+    worker's limits, the engine's video and audio): an unchanged file (same inode, size and mtime) is
+    probed once per process."""
+    try:
+        st = os.stat(path)
+        key: tuple | None = (str(path.absolute()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None  # ffprobe says what is wrong with it
+    with _PROBED_LOCK:
+        if key in _PROBED:
+            _PROBED.move_to_end(key)
+            return _PROBED[key]
     ffprobe = require_tool("ffprobe")
     try:
         done = subprocess.run(
@@ -126,6 +142,24 @@ def probe(path: str | Path, role: str = "file") -> MediaInfo:
         raise EngineError(f"the {role} {path.name!r} is not a readable media file ({detail}); "
                           "check that it was copied completely and is a real audio/video file")
     data = json.loads(done.stdout or b"{}")
+    if key is not None:
+        with _PROBED_LOCK:
+            _PROBED[key] = data
+            while len(_PROBED) > PROBE_CACHE_SIZE:
+                _PROBED.popitem(last=False)
+    return data
+
+
+def forget_probes() -> None:
+    """Forget every remembered probe (benchmarks time a job's probes as a fresh worker pays them)."""
+    with _PROBED_LOCK:
+        _PROBED.clear()
+
+
+def probe(path: str | Path, role: str = "file") -> MediaInfo:
+    """Probe *path*; raise EngineError naming the file when it is not readable media."""
+    path = Path(path)
+    data = probe_data(path, role)
     streams = data.get("streams", [])
     fmt = data.get("format", {})
     video = next((s for s in streams if s.get("codec_type") == "video"

@@ -1,10 +1,12 @@
-"""Overlapping stages: a producer in a thread, at most a few items ahead of its consumer."""
+"""Overlapping stages: a producer in a thread, at most a few items ahead of its consumer.
+
+Also a call started in the background whose result is collected later (in_background)."""
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -63,3 +65,27 @@ def _put_final(slots: queue.Queue, message: tuple[str, Any], stop: threading.Eve
             return
         except queue.Full:
             continue
+
+
+def in_background(call: Callable[[], T], name: str = "background") -> Callable[[], T]:
+    """Start *call* in a thread now; the returned function waits for it and returns its result (or raises
+    what it raised)."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to whoever collects the result
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+
+    def result() -> T:
+        thread.join()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+    return result

@@ -124,3 +124,25 @@ def test_render_module_imports_no_heavy_libraries() -> None:
             "print(sorted(heavy))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_builtin_engine_defers_torch_to_a_thread_alongside_the_audio() -> None:
+    """A cold render must not wait for torch and OpenCV before it can probe and decode: importing the engine's
+    pipeline imports neither (its import thread does, while the audio is decoded)."""
+    code = ("import sys, pipeline.engines.builtin.engine, pipeline.engines.builtin.lipsync; "
+            "print(sorted({'torch', 'cv2', 'librosa', 'numba'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_an_engine_that_cannot_run_still_exits_2_when_found_by_the_render(tmp_path: Path, config: Path,
+                                                                          speech_wav: Path, face_mp4: Path) -> None:
+    """The builtin engine is checked only once its render fails (no check before a cold start's render): no
+    ffmpeg on PATH is still the setup's problem (exit 2), not the input's."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(config), "render", str(speech_wav),
+                           str(face_mp4), "-o", str(tmp_path / "out.mp4"), "--device", "cpu", "-q"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "engine 'builtin' cannot run: ffmpeg is not installed" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out.mp4").exists()

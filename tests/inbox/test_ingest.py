@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests import media
-from tests.daemon_harness import Daemon, drop_pair, failures, outputs, wait_for, write_config
+from tests.daemon_harness import Daemon, drop_pair, failures, finished, outputs, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -66,6 +66,7 @@ def test_cp_pair_becomes_dated_output_with_record_and_poster(env, pair) -> None:
     [out] = wait_output(root, "cp")
     assert out.parent.parent.name == time.strftime("%Y-%m-%d")
     assert out.name == "hello.mp4"
+    wait_for(lambda: out in finished(root), 30, "the sync score and the poster, added after publishing")
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["user"] == "cp" and record["engine"] == "command" and record["device"] == "cpu"
     assert record["inputs"]["audio"] == {"name": "hello.wav", "size": audio.stat().st_size, "sha256": sha(audio)}

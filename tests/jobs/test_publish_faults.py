@@ -4,6 +4,7 @@ published once the fault is cleared; nothing is failed and nothing is blamed on 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ import pytest
 from daemon import config as configmod
 from daemon.commands import status
 from tests import media
-from tests.daemon_harness import MUX_ARGV, Daemon, drop_pair, failures, outputs, wait_for, write_config
+from tests.daemon_harness import MUX_ARGV, Daemon, drop_pair, failures, finished, outputs, wait_for, write_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -122,8 +123,8 @@ def test_a_restarted_worker_does_not_create_a_missing_outputs_folder(tmp_path: P
 
 
 def test_a_publish_stopped_half_way_finishes_with_its_poster(tmp_path: Path) -> None:
-    """A fault after the video is linked (a folder squats the poster's name): the retry reuses the linked name
-    and publishes the poster from where the first try left it."""
+    """A fault after the video is published (a folder squats the poster's name): the video and its record are
+    out, the job waits (not failed) and gets its poster and sync score once the name is free."""
     root = tmp_path / "srv"
     root.mkdir()
     config = write_config(root, queue={"lease_seconds": 2})
@@ -133,10 +134,14 @@ def test_a_publish_stopped_half_way_finishes_with_its_poster(tmp_path: Path) -> 
     squat.mkdir(parents=True)
     with Daemon(config) as daemon:
         drop_pair(root / "inbox" / "ann", "talk", audio, video)
-        wait_for(lambda: WAIT_LINE in daemon.log(), 60, "the job to wait for the poster's name")
+        wait_for(lambda: "poster and sync score cannot be added" in daemon.log(), 60,
+                 "the job to wait for the poster's name")
+        [out] = outputs(root)  # published first: the video and a complete record are out while it waits
+        assert json.loads(out.with_suffix(".json").read_text())["pending"] == ["sync_score", "poster"]
         squat.rmdir()
-        [out] = wait_for(lambda: outputs(root), 60, "the job to be published once the name is free")
+        assert wait_for(lambda: finished(root), 60, "the poster and the score once the name is free") == [out]
     assert out.name == "talk.mp4" and out.with_suffix(".jpg").is_file()
+    assert json.loads(out.with_suffix(".json").read_text())["sync_score"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "no temp left behind"
     assert not failures(root)
 

@@ -128,3 +128,30 @@ def test_memory_beyond_the_samples_is_flat_in_audio_length(tmp_path: Path) -> No
     short = _peak_mb_of_features(media.long_silence(tmp_path / "short.m4a", seconds=180))
     long = _peak_mb_of_features(media.long_silence(tmp_path / "long.m4a", seconds=1200))
     assert long[1] - short[1] < 2 * (long[0] - short[0]) + 40
+
+
+def test_the_numpy_mel_front_end_matches_librosa(speech_wav: Path) -> None:
+    """frame_mel() is numpy only (no librosa import, no numba compile on the first call); it must give what
+    librosa's melspectrogram (center=True, zero padding) averaged per video frame gives, to float32 rounding."""
+    librosa = pytest.importorskip("librosa")
+
+    sound = audio.load_audio(speech_wav)
+    samples = sound.samples
+    n_frames = audio.frame_count(sound.duration, FPS)
+    reference = librosa.feature.melspectrogram(y=samples, sr=audio.SAMPLE_RATE, n_fft=audio.N_FFT,
+                                               hop_length=audio.HOP_LENGTH, center=True, pad_mode="constant",
+                                               power=2.0, n_mels=audio.N_MELS, fmax=audio.FMAX)
+    frame_of_column = np.floor(np.arange(reference.shape[1]) * audio.HOP_LENGTH / audio.SAMPLE_RATE * FPS)
+    per_frame = np.stack([reference[:, frame_of_column == k].mean(axis=1) for k in range(n_frames)])
+    expected = librosa.power_to_db(per_frame, ref=1.0, amin=1e-10, top_db=None)
+    mel = audio.frame_mel(samples, FPS, n_frames)
+    assert mel.shape == expected.shape
+    assert np.abs(mel - expected).max() < 0.01  # dB
+    assert np.abs(audio.mel_filterbank() - librosa.filters.mel(sr=audio.SAMPLE_RATE, n_fft=audio.N_FFT,
+                                                               n_mels=audio.N_MELS, fmax=audio.FMAX)).max() < 1e-6
+    assert np.allclose(audio.mel_band_hz(), librosa.mel_frequencies(n_mels=audio.N_MELS + 2, fmin=0.0,
+                                                                    fmax=audio.FMAX)[1:-1])
+    assert "librosa" not in subprocess.run(
+        [sys.executable, "-c", "import sys; import numpy as np; from pipeline.media import audio; "
+         "audio.frame_mel(np.ones(16000, np.float32), 25.0, 25); audio.mel_band_hz(); print(sorted(sys.modules))"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2]).stdout

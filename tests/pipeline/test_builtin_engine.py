@@ -293,3 +293,35 @@ def test_a_picture_larger_than_max_pixels_is_refused(tmp_path: Path, face_mp4: P
                                           r"megapixels \(pipeline\.max_pixels; .*scale it down"):
         engine.render(spec)
     assert not spec.output.exists()
+
+
+def test_tracking_and_warping_overlap_in_their_own_threads(tmp_path: Path, face_mp4: Path, speech_wav: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stages are a pipeline of threads: the faces of the next batch are tracked while this one is warped.
+    The real tracker and warper run; their calls are only timed."""
+    import threading
+    import time
+
+    from pipeline.engines.builtin.warp import MouthWarper
+
+    calls: list[tuple[str, str, float, float]] = []  # stage, thread, start, end
+
+    def timed(stage: str, real):  # type: ignore[no-untyped-def]
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            start = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                calls.append((stage, threading.current_thread().name, start, time.perf_counter()))
+        return call
+
+    monkeypatch.setattr(FaceTracker, "update", timed("track", FaceTracker.update))
+    monkeypatch.setattr(MouthWarper, "apply", timed("warp", MouthWarper.apply))
+    result = render(speech_wav, face_mp4, tmp_path / "out.mp4")
+    assert result.details["frames_changed"] > 0
+    tracks = [c for c in calls if c[0] == "track"]
+    warps = [c for c in calls if c[0] == "warp"]
+    assert len(tracks) >= 3 and len(warps) >= 3
+    assert {c[1] for c in tracks}.isdisjoint({c[1] for c in warps}), "tracking and warping share a thread"
+    overlaps = sum(1 for _, _, s1, e1 in tracks for _, _, s2, e2 in warps if s1 < e2 and s2 < e1)
+    assert overlaps >= 1, "no batch was tracked while another was warped"

@@ -181,3 +181,31 @@ def test_a_cut_short_video_is_refused_when_its_end_is_decoded(tmp_path: Path) ->
             pass
     # A limit the decoded part covers needs nothing more: those frames are whole.
     assert sum(len(b) for b in video.read_frames(info, 32, limit=10)) == 10
+
+
+def test_an_unchanged_file_is_probed_once(tmp_path: Path, speech_wav: Path, face_mp4: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's limits, the engine's video and its audio each probe a job's input: ffprobe runs once per
+    file (a wrapper first in PATH counts the runs), and again when the file changes."""
+    import os
+    import shutil
+
+    from pipeline.media import audio
+
+    calls = tmp_path / "calls"
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    wrapper = tools / "ffprobe"
+    wrapper.write_text(f'#!/bin/sh\necho run >> {calls}\nexec {shutil.which("ffprobe")} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    clip = media.convert(face_mp4, tmp_path / "talk.mp4", "-i", str(speech_wav), "-map", "0:v", "-map", "1:a",
+                         "-c:v", "copy", "-shortest")
+    probe(clip, "video")
+    video.open_video(clip)
+    audio.load_audio(clip, "video")
+    assert calls.read_text().count("run") == 1
+    media.convert(face_mp4, tmp_path / "other.mp4", "-t", "1")
+    os.replace(tmp_path / "other.mp4", clip)  # another file under the same name
+    assert video.open_video(clip).duration < 2.0
+    assert calls.read_text().count("run") == 2

@@ -13,6 +13,7 @@ from pipeline.media.probe import require_tool
 
 class BuiltinEngine(Engine):
     name = "builtin"
+    checked_by_render = True  # check() imports torch and loads OpenCV's cascade; render() does both (in a thread)
     options = {
         "mouth_gain": Option(float, 0.0, 4.0, "how far the mouth opens; 1 is as measured"),
         "detect_every": Option(int, 1, 100, "frames between full face detections"),

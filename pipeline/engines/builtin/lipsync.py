@@ -10,6 +10,17 @@
 
 Frames stream through in batches of pipeline.batch_frames: memory does not grow with the video's
 length. On a CUDA out-of-memory error the warp batch is halved and the job goes on.
+
+The stages of step 3 overlap: a pipeline of threads over queues one batch deep (threads.prefetch),
+
+  ffmpeg decoder -> [decode thread] -> [tracking thread: faces, lips] -> [this thread: warp] -> [writer] -> x264
+
+so batch n + 1 is tracked while batch n is warped and batch n - 1 encoded. Each thread spends its time in
+code that releases the GIL (the ffmpeg pipes, OpenCV, torch, numpy), so they run at once on several cores.
+At most two batches wait between two stages: memory stays flat in the video's length.
+
+torch and OpenCV are imported in a thread while step 1 runs (it needs neither): in a cold process
+(`lipsyncd render`) their import overlaps the probe and the audio; in a warm worker it is already done.
 """
 
 from __future__ import annotations
@@ -21,19 +32,19 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pipeline.engines.base import ProgressFn, RenderResult, no_progress
-from pipeline.engines.builtin import motion
-from pipeline.engines.builtin.warp import MouthWarper
 from pipeline.errors import EngineError
 from pipeline.face import FaceBox, FaceTracker
 from pipeline.lips import Lips, LipTracker, LowerFace
 from pipeline.media import audio, encode, pingpong, threads
 from pipeline.media import decode as video
 from pipeline.media.probe import Limits
+
+if TYPE_CHECKING:
+    from pipeline.engines.builtin import motion
+    from pipeline.engines.builtin.warp import MouthWarper
 
 PIXELS = "yuv420p"  # frames inside the pipeline: see pipeline.media.decode
 
@@ -84,12 +95,19 @@ class StageClock:
 def lipsync(audio_path: Path, video_path: Path, output: Path, *, settings: BuiltinSettings,
             device: str = "cpu", workdir: Path | None = None, progress: ProgressFn = no_progress) -> RenderResult:
     """Write *output*: *video_path*'s face speaking *audio_path*. EngineError in plain words on bad input."""
-    with _threads_for(device):
-        return _lipsync(Path(audio_path), Path(video_path), Path(output), settings, device, workdir, progress)
+    heavy = threads.in_background(_import_heavy, name="import")
+    return _lipsync(Path(audio_path), Path(video_path), Path(output), settings, device, workdir, progress, heavy)
+
+
+def _import_heavy() -> None:
+    """torch (and so the motion model and the warp) and OpenCV: seconds in a cold process."""
+    import cv2  # noqa: F401
+
+    from pipeline.engines.builtin import motion, warp  # noqa: F401
 
 
 def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: BuiltinSettings, device: str,
-             workdir: Path | None, progress: ProgressFn) -> RenderResult:
+             workdir: Path | None, progress: ProgressFn, heavy: Any) -> RenderResult:
     clock = StageClock()
     progress("audio", 0.0)
 
@@ -101,6 +119,19 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
         n_frames = audio.frame_count(sound.duration, float(info.fps))
         features = audio.frame_features(sound, float(info.fps), n_frames)
         audio.require_sound(features, audio_path)
+    with clock.stage("imports"):  # what the import thread had left to do (nothing in a warm worker)
+        heavy()
+    with _threads_for(device):
+        return _render(audio_path, video_path, output, settings, device, workdir, progress, clock, info, sound,
+                       n_frames, features)
+
+
+def _render(audio_path: Path, video_path: Path, output: Path, settings: BuiltinSettings, device: str,
+            workdir: Path | None, progress: ProgressFn, clock: StageClock, info: video.VideoInfo,
+            sound: audio.Audio, n_frames: int, features: audio.FrameFeatures) -> RenderResult:
+    """Steps 2 and 3, once torch is imported."""
+    from pipeline.engines.builtin import motion
+    from pipeline.engines.builtin.warp import MouthWarper
 
     # 2. Mouth motion for every output frame, on the device.
     with clock.stage("motion"):
@@ -121,17 +152,16 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
             tempfile.TemporaryDirectory(prefix="lipsyncd-builtin-")))
         writer = stack.enter_context(encode.VideoWriter(output, info, audio_path, crf=settings.crf,
                                                        preset=settings.preset, pixels=PIXELS))
-        batches = stack.enter_context(contextlib.closing(threads.prefetch(
-            pingpong.frames_for_audio(info, n_frames, settings.batch_frames, scratch, pixels=PIXELS))))
+        decoded = threads.prefetch(
+            pingpong.frames_for_audio(info, n_frames, settings.batch_frames, scratch, pixels=PIXELS))
+        tracked = stack.enter_context(contextlib.closing(threads.prefetch(
+            _tracked(decoded, tracker, lip_tracker, faces_by_source, size, video_path, clock))))
         while True:
-            with clock.stage("decode"):
-                batch = next(batches, None)
-            if batch is None:
+            with clock.stage("wait"):  # for the tracking thread: the time the stages before did not hide
+                item = next(tracked, None)
+            if item is None:
                 break
-            if tracker.faces_seen == 0 and int(batch.sources[0]) in faces_by_source:
-                raise _no_face(video_path)  # the whole video was seen: do not play it back and forth for nothing
-            mouths = _mouths(batch, video.yuv_planes(batch.frames, *size), tracker, lip_tracker, faces_by_source,
-                             clock)
+            batch, mouths = item
             with clock.stage("warp"):
                 span = slice(batch.first, batch.first + len(batch))
                 warp_size, count = _warp(warper, batch.frames, mouths, track, span, warp_size, size)
@@ -177,6 +207,7 @@ def _threads_for(device: str) -> Iterator[None]:
     adds contention. On the GPU, torch's CPU threads are not used for the warp at all.
     """
     import cv2
+    import torch
 
     threads = max(1, (os.cpu_count() or 1) // 4)
     saved = torch.get_num_threads(), cv2.getNumThreads()
@@ -188,6 +219,21 @@ def _threads_for(device: str) -> Iterator[None]:
     finally:
         torch.set_num_threads(saved[0])
         cv2.setNumThreads(saved[1])
+
+
+def _tracked(batches: Iterator[pingpong.FrameBatch], tracker: FaceTracker, lip_tracker: LipTracker,
+             known: dict[int, tuple[FaceBox | None, Lips | None]], size: tuple[int, int], video_path: Path,
+             clock: StageClock) -> Iterator[tuple[pingpong.FrameBatch, list[Lips | None]]]:
+    """The tracking stage (its own thread): each decoded batch with the lips of its frames."""
+    with contextlib.closing(batches):  # stops the decode thread and its ffmpeg when this stage stops
+        while True:
+            with clock.stage("decode"):  # time this thread waited for the decoder
+                batch = next(batches, None)
+            if batch is None:
+                return
+            if tracker.faces_seen == 0 and int(batch.sources[0]) in known:
+                raise _no_face(video_path)  # the whole video was seen: do not play it back and forth for nothing
+            yield batch, _mouths(batch, video.yuv_planes(batch.frames, *size), tracker, lip_tracker, known, clock)
 
 
 def _mouths(batch: pingpong.FrameBatch, planes: tuple[Any, Any, Any], tracker: FaceTracker, lip_tracker: LipTracker,
@@ -214,6 +260,8 @@ def _warp(warper: MouthWarper, frames: Any, mouths: list, track: motion.MouthTra
 
     Returns the piece size to use from now on and how many frames changed.
     """
+    import torch
+
     opening, width = track.opening[span], track.width[span]
     start = changed = 0
     while start < len(frames):
