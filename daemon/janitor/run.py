@@ -60,6 +60,7 @@ class PassResult:
     pending: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     skipped_busy: bool = False
+    archive: Any = None  # archive.Report when janitor.archive.url is set
 
     @property
     def ok(self) -> bool:
@@ -79,7 +80,8 @@ class PassResult:
             "action_count": plan.action_count() if plan else 0,
             "totals": plan.totals() if plan else {},
             "done": self.outcome.to_dict() if self.outcome else None,
-            "kept": {"pinned": plan.pinned, "young": plan.young, "in_flight": plan.in_flight} if plan else {},
+            "kept": {"pinned": plan.pinned, "young": plan.young, "in_flight": plan.in_flight,
+                     "awaiting_archive": plan.awaiting_archive} if plan else {},
             "refused": plan.refused if plan else [],
             "unmanaged": plan.unmanaged[:100] if plan else [],
             "unmanaged_count": len(plan.unmanaged) if plan else 0,
@@ -92,6 +94,7 @@ class PassResult:
             "filesystems": self.filesystems,
             "log_file": self.log_file,
             "pending_notifications": self.pending,
+            "archive": self.archive.to_dict() if self.archive else None,
         }
 
     def jobs(self) -> dict[str, int]:
@@ -163,7 +166,10 @@ def run_pass(config: Config, *, dry_run: bool = False, now: float | None = None)
         state = load_state(paths.state)
         before = disk.filesystems(paths.folders())
         outputs_fs = next((fs for fs in before if "outputs" in fs.folders), None)
-        planner = prune.Planner(config, started, outputs_fs)
+        hold = None
+        if config.janitor.archive.url:  # copy, verify, then remove local videos, before the prune plan is made
+            outputs_fs, hold = _archive(config, result, started, dry_run, outputs_fs)
+        planner = prune.Planner(config, started, outputs_fs, hold)
         with _no_cyclic_gc():
             if dry_run:
                 planner.build()  # every step made and recorded, none carried out: main() prints the plan
@@ -192,11 +198,44 @@ def run_pass(config: Config, *, dry_run: bool = False, now: float | None = None)
             result.duration = time.monotonic() - clock
             return result
         result.pending = notify.retry_pending(config, started)
+        if result.archive is not None:
+            _archive_alert(config, state, decision.state, result)
         _save(paths.state, decision.state, result, time.monotonic() - clock)
         result.duration = time.monotonic() - clock
         if config.metrics.textfile:
             _write_metrics(config.metrics.textfile, result, decision.state)
     return result
+
+
+def _archive(config: Config, result: PassResult, started: float, dry_run: bool,
+             outputs_fs: disk.FsUsage | None) -> tuple[disk.FsUsage | None, prune.ArchiveHold]:
+    """The archive part of a pass (archive.py); the outputs filesystem as it is after it, and what the prune plan
+    must hold back. At the critical watermark, younger outputs are archived and their videos removed first."""
+    from daemon.janitor import archive
+
+    critical = None
+    if outputs_fs is not None and outputs_fs.percent >= config.janitor.disk.critical_percent:
+        critical = max(0, int(outputs_fs.size * config.janitor.disk.target_free_percent / 100 - outputs_fs.avail))
+    report = archive.Archiver(config, started, dry_run=dry_run, critical=critical).run()
+    result.archive = report
+    if report.failures:
+        first = report.failures[0]
+        result.problems.append(f"could not archive {len(report.failures)} outputs to {report.url} (first: "
+                               f"{first['path']}: {first['why']}); the local files are kept and retried next pass")
+    if report.removed and outputs_fs is not None:
+        outputs_fs = next((fs for fs in disk.filesystems(config.paths.folders()) if "outputs" in fs.folders),
+                          outputs_fs)
+    return outputs_fs, prune.ArchiveHold(report.archived_videos, config.janitor.archive.required)
+
+
+def _archive_alert(config: Config, prior: dict[str, Any], state: dict[str, Any], result: PassResult) -> None:
+    """Archive trouble told once per kind, and videos the watermark deleted unarchived; kept in the state."""
+    from daemon.janitor import archive
+
+    plan = result.plan
+    unarchived = [plan.path_of(g, g.name + ".mp4") for g in plan.deletions if g.unarchived] if plan else []
+    held = (plan.shortfall or {}).get("unarchived", 0) if plan else 0
+    state["archive"] = archive.alert(config, prior.get("archive", {}), result.archive, unarchived, held)
 
 
 @contextlib.contextmanager
