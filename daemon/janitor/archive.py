@@ -441,7 +441,7 @@ class Archiver:
     """One pass's archiving: walks outputs/ oldest date first and archives each output that is old enough."""
 
     def __init__(self, config: Config, now: float, *, dry_run: bool = False, target: Target | None = None,
-                 critical: int | None = None, budget: float = PASS_BUDGET_SECONDS) -> None:
+                 critical: float | None = None, budget: float = PASS_BUDGET_SECONDS) -> None:
         self.cfg = config.janitor.archive
         self.root = os.path.abspath(config.paths.outputs)
         self.marker = config.janitor.keep_marker
@@ -451,8 +451,8 @@ class Archiver:
         self.dry_run = dry_run
         self.report = Report(url=self.cfg.url or "", dry_run=dry_run)
         self._target = target
-        # critical: the bytes to free when the disk is at its critical watermark (else None). Until archived videos
-        # removed this pass add up to that, outputs older than min_age_hours are archived and removed too.
+        # critical: the free-space target (target_free_percent, as a percentage) when the disk is at its critical
+        # watermark, else None. Until it is met, outputs older than min_age_hours are archived and removed too.
         self.critical = critical
         self.deadline = time.monotonic() + budget
         self._dev = 0
@@ -606,8 +606,12 @@ class Archiver:
             self._remove_video(fd, path, out)
 
     def _short(self) -> bool:
-        """True while the disk is critical and this pass has not yet removed enough archived videos."""
-        return self.critical is not None and self.report.removed_freed < self.critical
+        """True while the disk is critical and still below its free-space target (measured, as disk.py does)."""
+        if self.critical is None:
+            return False
+        st = os.statvfs(self.root)
+        used, avail = (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_bavail * st.f_frsize
+        return 100.0 * avail / max(used + avail, 1) < self.critical
 
     def _old_enough(self, date: str, user: str, out: _Output) -> bool:
         days = self.rules.days(date, user, [out.stem + s for s in out.files]) if self.rules.rules else \

@@ -213,9 +213,9 @@ def _archive(config: Config, result: PassResult, started: float, dry_run: bool,
     must hold back. At the critical watermark, younger outputs are archived and their videos removed first."""
     from daemon.janitor import archive
 
-    critical = None
+    critical: float | None = None
     if outputs_fs is not None and outputs_fs.percent >= config.janitor.disk.critical_percent:
-        critical = max(0, int(outputs_fs.size * config.janitor.disk.target_free_percent / 100 - outputs_fs.avail))
+        critical = config.janitor.disk.target_free_percent
     report = archive.Archiver(config, started, dry_run=dry_run, critical=critical).run()
     result.archive = report
     if report.failures:

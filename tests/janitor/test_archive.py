@@ -179,3 +179,69 @@ def test_a_rules_archive_days_and_a_dry_run(tmp_path: Path, nas: Path) -> None:
         janitor.run_pass(cfg)
     assert not bob[".mp4"].exists() and alice[".mp4"].exists()
     assert (nas / DATE / "bob" / "quick.mp4").exists()
+
+
+# -- the critical watermark with archiving on --------------------------------------------------------------
+
+def critical_outputs(tmp_path: Path, fs: Path, nas_url: str, sink: HttpSink, **archive_keys: object):
+    """A 20 MiB outputs filesystem filled past critical with 1 MiB videos 2..17 days old (none due for archiving
+    by age: after_days is 30), and the config archiving them to *nas_url*."""
+    cfg = make_config(fs, janitor={"retention": {"default_days": 365}, "disk": {"target_free_percent": 30},
+                                   "archive": {"url": nas_url, "after_days": 30, **archive_keys}},
+                      notify={"urls": [f"json://127.0.0.1:{sink.port}/"]})
+    outs = [archived_output(cfg.paths.outputs, "2026-11-01", "uma", f"clip{age:02d}", age, MIB)
+            for age in range(2, 18)]
+    st = os.statvfs(fs)
+    with open(fs / "ballast", "wb") as handle:  # real blocks up to 95% used
+        handle.write(b"\0" * int(st.f_bavail * st.f_frsize - st.f_blocks * st.f_frsize * 0.05))
+    assert free_percent(fs) <= 6, "setup should fill the tmpfs past critical"
+    return cfg, outs
+
+
+MIB = 1024 * 1024
+
+
+def free_percent(path: Path) -> float:
+    st = os.statvfs(path)
+    return 100 * st.f_bavail / st.f_blocks
+
+
+def test_at_critical_the_oldest_are_archived_then_removed_first(tmp_path: Path, nas: Path) -> None:
+    with mounted_tmpfs(tmp_path / "fs", "20m") as fs, HttpSink() as sink, kept_logging():
+        cfg, outs = critical_outputs(tmp_path, fs, f"file://{nas}", sink)
+        result = janitor.run_pass(cfg)
+        assert result.ok, result.problems
+        removed = [o for o in outs if not o[".mp4"].exists()]
+        assert removed and removed == outs[len(outs) - len(removed):], "oldest first"
+        for o in removed:
+            assert (nas / "2026-11-01" / "uma" / o[".mp4"].name).stat().st_size == MIB
+            assert "archived" in json.loads(o[".json"].read_text()) and o[".jpg"].exists()
+        assert free_percent(fs) >= 29.9  # the target (30%), less the janitor state saved on the same tmpfs after it
+        assert not [g for g in result.plan.deletions if g.has_video], "nothing unarchived was deleted"
+
+
+def test_at_critical_unarchivable_outputs_are_kept_when_archive_is_required(tmp_path: Path) -> None:
+    missing = tmp_path / "not-mounted"
+    with mounted_tmpfs(tmp_path / "fs", "20m") as fs, HttpSink() as sink, kept_logging():
+        cfg, outs = critical_outputs(tmp_path, fs, f"file://{missing}", sink)
+        result = janitor.run_pass(cfg)
+        assert all(o[".mp4"].exists() for o in outs), "better a full-disk alert than a lost video"
+        assert result.plan.shortfall and result.plan.shortfall["unarchived"] > 0
+        told = "\n".join(body["message"] for body in sink.json_bodies())
+        assert "kept because they are not archived (janitor.archive.required is true)" in told
+
+
+def test_at_critical_unarchivable_outputs_go_only_when_not_required_and_the_alert_names_them(
+        tmp_path: Path) -> None:
+    missing = tmp_path / "not-mounted"
+    with mounted_tmpfs(tmp_path / "fs", "20m") as fs, HttpSink() as sink, kept_logging():
+        cfg, outs = critical_outputs(tmp_path, fs, f"file://{missing}", sink, required=False)
+        result = janitor.run_pass(cfg)
+        gone = [o for o in outs if not o[".mp4"].exists()]
+        assert gone and gone == outs[len(outs) - len(gone):]
+        assert free_percent(fs) >= 29.9
+        details = [a["detail"] for a in result.plan.actions() if a["reason"] == "watermark"]
+        assert details and all("NOT ARCHIVED" in d for d in details)
+        told = "\n".join(body["message"] for body in sink.json_bodies())
+        assert "outputs that were NOT archived were deleted" in told
+        assert all(str(o[".mp4"]) in told for o in gone), "the alert says which"
