@@ -420,6 +420,9 @@ class _Output:
     pinned: bool
 
 
+_ARCHIVED, _WAITING, _BACKLOG = "archived", "waiting", "backlog"  # what became of one output in a pass
+
+
 class _Rules:
     """archive_days of the first retention rule that matches (as plan.py matches them), else after_days."""
 
@@ -540,13 +543,20 @@ class Archiver:
                 continue
             out.pinned = folder_pinned or (stem + self.marker) in present or any(
                 f"{stem}{suffix}{self.marker}" in present for suffix in out.files)
-            self._output(fd, date, user, out)
+            state = self._output(fd, date, user, out)
+            if state != _ARCHIVED:  # the oldest output without a verified copy (a metric), and of the backlog
+                report = self.report
+                if report.oldest_unarchived is None or out.mtime < report.oldest_unarchived:
+                    report.oldest_unarchived = out.mtime
+                if state == _BACKLOG and (report.backlog["oldest"] is None or out.mtime < report.backlog["oldest"]):
+                    report.backlog["oldest"] = out.mtime
 
-    def _output(self, fd: int, date: str, user: str, out: _Output) -> None:
+    def _output(self, fd: int, date: str, user: str, out: _Output) -> str:
+        """Archive one output if it is due; _ARCHIVED (now or before), _WAITING (not due yet) or _BACKLOG."""
         rel = f"{date}/{user}/{out.stem}"
         path = os.path.join(self.root, rel)
         video = out.files[".mp4"]
-        record = _read_record(fd, out.stem + ".json") if ".json" in out.files else {}
+        record = read_record(fd, out.stem + ".json") if ".json" in out.files else {}
         done = record.get(ARCHIVED) if isinstance(record, dict) else None
         if isinstance(done, dict) and done.get("bytes") == video.st_size and \
                 done.get("url") == object_url(self.cfg.url or "", rel + ".mp4"):
@@ -554,34 +564,30 @@ class Archiver:
             if not out.pinned and not self.dry_run and (self.cfg.delete_local and self._old_enough(date, user, out)
                                                         or self._short()):
                 self._remove_video(fd, path, out)  # archived by an earlier pass (that stopped, or kept it)
-            return
+            return _ARCHIVED
         age = self.now - out.mtime
-        oldest = self.report.oldest_unarchived
-        self.report.oldest_unarchived = out.mtime if oldest is None else min(oldest, out.mtime)
         due = self._old_enough(date, user, out)
         if not due and age >= self.min_age and not out.pinned:
             due = self._short()
         if not due:
-            return
+            return _WAITING
         size = sum(st.st_size for st in out.files.values())
         self.report.backlog["outputs"] += 1
         self.report.backlog["bytes"] += size
-        oldest = self.report.backlog["oldest"]
-        self.report.backlog["oldest"] = out.mtime if oldest is None else min(oldest, out.mtime)
         if self.dry_run:
             self.report.would.append({"path": path + ".mp4", "bytes": size,
                                       "why": f"{age / DAY:.1f} days old" + ("; pinned: kept locally" if out.pinned
                                                                             else "")})
-            return
+            return _BACKLOG
         if self.report.stopped:
-            return
+            return _BACKLOG
         if time.monotonic() > self.deadline:
             self.report.out_of_time = True
-            return
+            return _BACKLOG
         if record is None:
             self._fail(path + ".json", ArchiveError(Failure.LOCAL, f"{path}.json is not a readable JSON record: "
                                                                    f"the copy could not be noted there"))
-            return
+            return _BACKLOG
         try:
             sha = self._upload(fd, rel, out)
             if not _unchanged(fd, out):
@@ -592,11 +598,11 @@ class Archiver:
         except ArchiveError as exc:
             self._fail(path + ".mp4", exc)
             if exc.failure.whole_target:
-                raise
-            return
+                self.report.stopped = str(exc)
+            return _BACKLOG
         except OSError as exc:  # the local side: reading the output, rewriting its record
             self._fail(path + ".mp4", ArchiveError(Failure.LOCAL, f"{path}: {exc.strerror or exc} (local side)"))
-            return
+            return _BACKLOG
         self.report.backlog["outputs"] -= 1
         self.report.backlog["bytes"] -= size
         self.report.archived.append({"path": path + ".mp4", "url": entry["url"], "bytes": size})
@@ -604,6 +610,7 @@ class Archiver:
         log.info("archived %s.mp4 to %s (%d bytes, sha256 %s)", path, entry["url"], video.st_size, sha)
         if (self.cfg.delete_local or self._short()) and not out.pinned:
             self._remove_video(fd, path, out)
+        return _ARCHIVED
 
     def _short(self) -> bool:
         """True while the disk is critical and still below its free-space target (measured, as disk.py does)."""
@@ -679,7 +686,7 @@ def _unchanged(fd: int, out: _Output) -> bool:
     return True
 
 
-def _read_record(fd: int, name: str) -> dict[str, Any] | None:
+def read_record(fd: int, name: str) -> dict[str, Any] | None:
     """The output's .json as a dict; {} when there is none; None when it is not a JSON object."""
     try:
         src = os.open(name, _READ_FLAGS, dir_fd=fd)
@@ -760,7 +767,7 @@ def alert(config: Config, prior: dict[str, Any], report: Report, watermark_unarc
     from daemon.notify.send import send, targets
 
     state = {"told": dict(prior.get("told", {})),
-             "bytes_total": int(prior.get("bytes_total", 0)) + report.bytes_sent,
+             "bytes_total": int(prior.get("bytes_total", 0)) + sum(item["bytes"] for item in report.archived),
              "backlog": report.backlog, "oldest_unarchived": report.oldest_unarchived,
              "failures": len(report.failures), "last_failure": report.failures[-1]["why"] if report.failures else None}
     lines: list[str] = []

@@ -384,6 +384,12 @@ def _write_metrics(path: str | os.PathLike[str], result: PassResult, state: dict
         pinned_bytes=plan.pinned["bytes"] if plan else 0, freed_total=int(state.get("freed_total", 0)),
         log_file_bytes=(result.log_file or {}).get("bytes"), started=result.started, duration=result.duration,
         success=result.ok, notify_failures=failures + result.pending.get("pending", 0))
+    report = result.archive
+    if report is not None:
+        oldest = report.oldest_unarchived
+        data += metrics.archive_metrics(bytes_total=int(state.get("archive", {}).get("bytes_total", 0)),
+                                        failures=len(report.failures), backlog_outputs=report.backlog["outputs"],
+                                        oldest_unarchived_age=None if oldest is None else result.started - oldest)
     try:
         metrics.write(path, data)
     except OSError as exc:

@@ -245,3 +245,68 @@ def test_at_critical_unarchivable_outputs_go_only_when_not_required_and_the_aler
         told = "\n".join(body["message"] for body in sink.json_bodies())
         assert "outputs that were NOT archived were deleted" in told
         assert all(str(o[".mp4"]) in told for o in gone), "the alert says which"
+
+
+# -- restore, status, metrics, the time budget -------------------------------------------------------------
+
+def cli(cfg_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "daemon.cli", "--config", str(cfg_path), *argv],
+                          capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_restore_brings_the_verified_video_back_and_the_janitor_does_not_upload_it_twice(
+        tmp_path: Path, nas: Path) -> None:
+    cfg = config_for(tmp_path, nas)
+    cfg_path = tmp_path / "lipsyncd.yaml"
+    cfg_path.write_text(yaml.safe_dump({**json.loads(json.dumps(cfg)),
+                                        "metrics": {"textfile": str(tmp_path / "lipsyncd.prom")}}))
+    files = archived_output(cfg.paths.outputs, DATE, "alice", "promo", 3, size=50_000)
+    waiting = archived_output(cfg.paths.outputs, DATE, "carol", "later", 1)
+    data = files[".mp4"].read_bytes()
+    sent = sum(path.stat().st_size for path in files.values())
+    assert cli(cfg_path, "janitor").returncode == 0
+    assert not files[".mp4"].exists()
+    prom = (tmp_path / "lipsyncd.prom").read_text()
+    assert f"lipsyncd_archive_bytes_total {sent}\n" in prom  # .mp4 + .json (as sent) + .jpg
+    assert "lipsyncd_archive_failures 0" in prom
+    age = float(prom.split("\nlipsyncd_archive_oldest_unarchived_age_seconds ")[1].split()[0])
+    assert 0.9 * 86400 < age < 1.1 * 86400, "carol's day-old output is the oldest without a copy"
+    status = cli(cfg_path, "status")
+    assert f"Archive to file://{nas}: backlog 0 outputs" in status.stdout, status.stdout
+
+    done = cli(cfg_path, "restore", f"{DATE}/alice/promo")
+    assert done.returncode == 0, done.stderr
+    assert files[".mp4"].read_bytes() == data and "sha256 checked" in done.stdout
+    assert cli(cfg_path, "restore", str(files[".json"])).stdout.startswith(f"{files['.mp4']} is already there")
+    stamp = (nas / DATE / "alice" / "promo.mp4").stat().st_mtime_ns
+    assert cli(cfg_path, "janitor").returncode == 0
+    assert files[".mp4"].exists(), "a restored video stays for after_days"
+    assert (nas / DATE / "alice" / "promo.mp4").stat().st_mtime_ns == stamp
+    assert waiting[".mp4"].exists()
+
+    never = cli(cfg_path, "restore", f"{DATE}/carol/later")
+    assert never.returncode == 1 and "records no archived copy" in never.stderr
+    bad = cli(cfg_path, "restore", "alice/promo")
+    assert bad.returncode == 2 and "write DATE/USER/STEM" in bad.stderr
+
+
+def test_a_restore_refuses_a_copy_that_changed_on_the_nas(tmp_path: Path, nas: Path) -> None:
+    cfg = config_for(tmp_path, nas)
+    cfg_path = tmp_path / "lipsyncd.yaml"
+    cfg_path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg))))
+    files = archived_output(cfg.paths.outputs, DATE, "alice", "promo", 3)
+    assert cli(cfg_path, "janitor").returncode == 0
+    (nas / DATE / "alice" / "promo.mp4").write_bytes(b"tampered")
+    done = cli(cfg_path, "restore", f"{DATE}/alice/promo")
+    assert done.returncode == 1 and "differs from what was archived" in done.stderr
+    assert not files[".mp4"].exists() and not list(files[".mp4"].parent.glob(".*"))
+
+
+def test_a_pass_out_of_time_starts_no_new_upload_and_holds_the_rest(tmp_path: Path, nas: Path) -> None:
+    cfg = config_for(tmp_path, nas)
+    files = archived_output(cfg.paths.outputs, DATE, "alice", "promo", 3)
+    report = archive.Archiver(cfg, time.time(), budget=-1).run()
+    assert report.out_of_time and report.archived == [] and report.backlog["outputs"] == 1
+    assert files[".mp4"].exists() and not list(nas.rglob("*.mp4"))
+    assert "time budget" in "\n".join(archive.render_lines(report.to_dict()))

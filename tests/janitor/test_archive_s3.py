@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from daemon import janitor
+from daemon.commands import restore
 from daemon.janitor import archive
 from daemon.janitor.report import render_text
 from tests.archive_support import SECRET, RcloneS3, archived_output, sha256
@@ -59,6 +60,9 @@ def test_outputs_go_to_the_bucket_verified_then_the_local_video_goes(tmp_path: P
     assert record["url"] == f"s3://{BUCKET}/lipsync/{DATE}/alice/promo.mp4"
     assert record["sha256"] == sha256(stored(s3, "promo.mp4")) and record["bytes"] == 200_000
     assert SECRET not in render_text(result.to_dict()) and SECRET not in json.dumps(result.to_dict())
+
+    done = restore.restore(cfg, DATE, "alice", "promo")  # `lipsyncd restore 2026-11-20/alice/promo`
+    assert done["url"] == record["url"] and files[".mp4"].read_bytes() == original[".mp4"]
 
 
 def test_a_large_video_goes_in_parts_each_checked(tmp_path: Path, s3: RcloneS3) -> None:
