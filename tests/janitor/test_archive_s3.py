@@ -150,3 +150,37 @@ def test_wrong_keys_or_a_missing_bucket_keep_the_video_alert_once_and_print_no_s
             assert SECRET not in text and "not-the-secret" not in text
         state = (tmp_path / "data" / "state" / "janitor.json").read_text()
         assert SECRET not in state and "not-the-secret" not in state
+
+
+KILLED_PASS = """
+import os, signal, sys, time
+from daemon import config as configmod
+from daemon.janitor import archive
+cfg = configmod.load(sys.argv[1])
+target = archive.S3Target(cfg.janitor.archive, part_size=5 * 1024 * 1024)
+parts = []
+def die_on_second_part(**_):
+    parts.append(1)
+    if len(parts) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # the janitor killed in the middle of an upload
+target.client.meta.events.register("before-send.s3.UploadPart", die_on_second_part)
+archive.Archiver(cfg, time.time(), target=target).run()
+"""
+
+
+def test_a_janitor_killed_mid_upload_leaves_nothing_that_counts_as_archived(tmp_path: Path, s3: RcloneS3) -> None:
+    cfg = config_for(tmp_path, s3)
+    cfg_path = tmp_path / "lipsyncd.yaml"
+    cfg_path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg))))
+    files = archived_output(cfg.paths.outputs, DATE, "alice", "long", 3, size=11 * MIB)
+    before = files[".mp4"].read_bytes()
+    killed = subprocess.run([sys.executable, "-c", KILLED_PASS, str(cfg_path)], cwd=REPO, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert killed.returncode == -9
+    assert files[".mp4"].read_bytes() == before and "archived" not in json.loads(files[".json"].read_text())
+    assert stored(s3, "long.json").exists(), "the upload had started"
+    assert not stored(s3, "long.mp4").exists(), "half a video is no object"
+    with kept_logging():
+        again = janitor.run_pass(cfg)
+    assert again.ok, again.problems
+    assert stored(s3, "long.mp4").read_bytes() == before and not files[".mp4"].exists()
