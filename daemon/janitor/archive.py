@@ -578,6 +578,7 @@ class Archiver:
             self.report.would.append({"path": path + ".mp4", "bytes": size,
                                       "why": f"{age / DAY:.1f} days old" + ("; pinned: kept locally" if out.pinned
                                                                             else "")})
+            self.report.archived_videos.add((date, user, out.stem))  # the plan as after a successful archive
             return _BACKLOG
         if self.report.stopped:
             return _BACKLOG
