@@ -556,21 +556,18 @@ class Archiver:
         rel = f"{date}/{user}/{out.stem}"
         path = os.path.join(self.root, rel)
         video = out.files[".mp4"]
+        age = self.now - out.mtime
+        due = self._old_enough(date, user, out)
+        if not due and (out.pinned or age < self.min_age or not self._short()):
+            return _WAITING  # (its record is not even read: most outputs are young)
         record = read_record(fd, out.stem + ".json") if ".json" in out.files else {}
         done = record.get(ARCHIVED) if isinstance(record, dict) else None
         if isinstance(done, dict) and done.get("bytes") == video.st_size and \
                 done.get("url") == object_url(self.cfg.url or "", rel + ".mp4"):
             self.report.archived_videos.add((date, user, out.stem))
-            if not out.pinned and not self.dry_run and (self.cfg.delete_local and self._old_enough(date, user, out)
-                                                        or self._short()):
+            if not out.pinned and not self.dry_run and (self.cfg.delete_local or self._short()):
                 self._remove_video(fd, path, out)  # archived by an earlier pass (that stopped, or kept it)
             return _ARCHIVED
-        age = self.now - out.mtime
-        due = self._old_enough(date, user, out)
-        if not due and age >= self.min_age and not out.pinned:
-            due = self._short()
-        if not due:
-            return _WAITING
         size = sum(st.st_size for st in out.files.values())
         self.report.backlog["outputs"] += 1
         self.report.backlog["bytes"] += size
@@ -636,6 +633,8 @@ class Archiver:
             name = out.stem + suffix
             src = os.open(name, _READ_FLAGS, dir_fd=fd)
             try:
+                if mount_id(src) != self._mount:  # a file bind-mounted onto an output's name: never read
+                    raise ArchiveError(Failure.LOCAL, f"{name} is a mount point: never archived")
                 now = os.fstat(src)
                 if now.st_ino != st.st_ino or now.st_size != st.st_size or now.st_mtime_ns != st.st_mtime_ns:
                     raise ArchiveError(Failure.CHANGED, f"{name} changed since the folder was read")

@@ -310,3 +310,19 @@ def test_a_pass_out_of_time_starts_no_new_upload_and_holds_the_rest(tmp_path: Pa
     assert report.out_of_time and report.archived == [] and report.backlog["outputs"] == 1
     assert files[".mp4"].exists() and not list(nas.rglob("*.mp4"))
     assert "time budget" in "\n".join(archive.render_lines(report.to_dict()))
+
+
+def test_a_file_bind_mounted_onto_an_output_is_never_archived_nor_removed(tmp_path: Path, nas: Path) -> None:
+    from tests.janitor.test_mounts import bind_mounted
+
+    cfg = config_for(tmp_path, nas)
+    decoy = tmp_path / "precious.mp4"
+    decoy.write_bytes(b"someone else's video")
+    os.utime(decoy, (time.time() - 5 * 86400,) * 2)  # old enough to be archived
+    files = archived_output(cfg.paths.outputs, DATE, "mallory", "clip", 3)
+    with bind_mounted(decoy, files[".mp4"]):
+        report = archive.Archiver(cfg, time.time()).run()
+        assert decoy.read_bytes() == b"someone else's video" and files[".mp4"].exists()
+    assert not (nas / DATE / "mallory" / "clip.mp4").exists()
+    assert "archived" not in json.loads(files[".json"].read_text())
+    assert [f["why"] for f in report.failures] == ["clip.mp4 is a mount point: never archived"]
