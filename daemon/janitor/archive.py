@@ -84,6 +84,9 @@ class Target(Protocol):
     def get(self, key: str, out: BinaryIO) -> int:
         """Write the archived *key* to *out*; the number of bytes."""
 
+    def check(self) -> str:
+        """Raise ArchiveError unless the target can take copies now; what was checked (`lipsyncd doctor`)."""
+
     def close(self) -> None: ...
 
 
@@ -141,6 +144,20 @@ class FolderTarget:
         if st.st_size != size or again != digest:
             raise ArchiveError(Failure.MISMATCH, f"the copy {dest} read back differs from the file sent "
                                                  f"({st.st_size} bytes, expected {size})")
+
+    def check(self) -> str:
+        if not os.path.isdir(self.root):
+            raise ArchiveError(Failure.UNREACHABLE, f"the archive folder {self.root} does not exist "
+                                                    f"(is the NAS share mounted?)")
+        probe = os.path.join(self.root, f".lipsyncd-probe.{os.getpid()}")
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"probe")
+                os.fsync(handle.fileno())
+            os.unlink(probe)
+        except OSError as exc:
+            raise _folder_error(exc, self.root) from None
+        return f"{self.root} exists and the janitor's account can write there"
 
     def get(self, key: str, out: BinaryIO) -> int:
         path = os.path.join(self.root, key)
@@ -308,6 +325,11 @@ class S3Target:
         reported = head.get("ChecksumSHA256")
         if reported and "-" not in reported and reported != base64.b64encode(sha.digest()).decode():
             raise ArchiveError(Failure.MISMATCH, f"the server's SHA-256 of {name} differs from the file sent")
+
+    def check(self) -> str:
+        with self._errors():
+            self.client.head_bucket(Bucket=self.bucket)
+        return f"bucket {self.bucket!r} on {self.endpoint} answers with these credentials"
 
     def get(self, key: str, out: BinaryIO) -> int:
         with self._errors():

@@ -142,7 +142,8 @@ def test_a_file_changed_between_upload_and_verify_keeps_the_local_video(tmp_path
     assert report.archived == [] and report.removed == []
 
 
-def test_an_unmounted_nas_holds_expired_videos_until_they_are_archived(tmp_path: Path) -> None:
+def test_an_unmounted_nas_holds_expired_videos_until_they_are_archived(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "mnt" / "nas" / "lipsync"  # the share is not mounted: the folder is not there
     cfg = make_config(tmp_path / "data", janitor={"retention": {"default_days": 7},
                                                   "archive": {"url": f"file://{missing}"}})
@@ -155,7 +156,13 @@ def test_an_unmounted_nas_holds_expired_videos_until_they_are_archived(tmp_path:
     assert result.plan.awaiting_archive["files"] == 3
     assert "Kept past retention until archived: 3 files" in render_text(result.to_dict())
 
+    from daemon.commands.doctor import Report, check_archive
+
+    check_archive(Report(), cfg)
+    assert "FAIL  archive file://" in capsys.readouterr().out
     missing.mkdir(parents=True)
+    check_archive(Report(), cfg)
+    assert capsys.readouterr().out.startswith(f"OK    archive file://{missing}: {missing} exists")
     with kept_logging():
         janitor.run_pass(cfg)
         assert (missing / OLD_DATE / "alice" / "old.mp4").exists() and not expired[".mp4"].exists()

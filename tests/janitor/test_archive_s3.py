@@ -184,3 +184,18 @@ def test_a_janitor_killed_mid_upload_leaves_nothing_that_counts_as_archived(tmp_
         again = janitor.run_pass(cfg)
     assert again.ok, again.problems
     assert stored(s3, "long.mp4").read_bytes() == before and not files[".mp4"].exists()
+
+
+def test_doctor_checks_the_bucket_and_the_keys(tmp_path: Path, s3: RcloneS3,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from daemon.commands.doctor import Report, check_archive
+
+    cases = [({}, "OK    archive s3://videos/lipsync: bucket 'videos'"),
+             ({"url": "s3://missing/x"}, "FAIL  archive s3://missing/x: the bucket 'missing' does not exist"),
+             ({"secret_access_key": "wrong"}, "FAIL  archive s3://videos/lipsync: the S3 server")]
+    for n, (settings, line) in enumerate(cases):
+        report = Report()
+        check_archive(report, config_for(tmp_path / f"case{n}", s3, **settings))
+        out = capsys.readouterr().out
+        assert out.startswith(line), out
+        assert report.failed == (n > 0) and SECRET not in out
