@@ -269,62 +269,59 @@ class S3Target:
     def _put_single(self, name: str, fd: int, size: int) -> str:
         body = _read(fd, 0, size)
         md5 = hashlib.md5(body)  # noqa: S324 - Content-MD5 is what S3 checks
-        sha = hashlib.sha256(body)
+        sha = base64.b64encode(hashlib.sha256(body).digest()).decode()
         answer = self.client.put_object(Bucket=self.bucket, Key=name, Body=body,
-                                         ContentMD5=base64.b64encode(md5.digest()).decode(),
-                                         ChecksumSHA256=base64.b64encode(sha.digest()).decode())
-        if _etag(answer) not in (md5.hexdigest(), None):
-            raise ArchiveError(Failure.MISMATCH, f"the server stored {name} with ETag {_etag(answer)}, "
-                                                 f"not the MD5 of the file sent")
+                                         ContentMD5=base64.b64encode(md5.digest()).decode(), ChecksumSHA256=sha)
+        _confirm(answer, md5.hexdigest(), sha, f"the server's answer for {name}", optional=True)
         self._verify(name, size, md5.hexdigest(), sha)
-        return sha.hexdigest()
+        return base64.b64decode(sha).hex()
 
     def _put_multipart(self, name: str, fd: int, size: int) -> str:
-        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=name)["UploadId"]
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=name,
+                                                     ChecksumAlgorithm="SHA256")["UploadId"]
         try:
-            sha = hashlib.sha256()
+            whole = hashlib.sha256()
             whole_md5 = hashlib.md5()  # noqa: S324
-            digests: list[bytes] = []
+            md5s: list[bytes] = []
+            shas: list[bytes] = []
             parts: list[dict[str, Any]] = []
             for offset in range(0, size, self.part_size):
                 body = _read(fd, offset, min(self.part_size, size - offset))
-                sha.update(body)
+                whole.update(body)
                 whole_md5.update(body)
                 md5 = hashlib.md5(body)  # noqa: S324
+                sha = hashlib.sha256(body).digest()
                 number = len(parts) + 1
                 answer = self.client.upload_part(Bucket=self.bucket, Key=name, UploadId=upload, PartNumber=number,
-                                                 Body=body, ContentMD5=base64.b64encode(md5.digest()).decode())
-                if _etag(answer) != md5.hexdigest():
-                    raise ArchiveError(Failure.MISMATCH, f"part {number} of {name} was stored with ETag "
-                                                         f"{_etag(answer)}, not the MD5 of the part sent")
-                digests.append(md5.digest())
-                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+                                                 Body=body, ContentMD5=base64.b64encode(md5.digest()).decode(),
+                                                 ChecksumSHA256=base64.b64encode(sha).decode())
+                _confirm(answer, md5.hexdigest(), base64.b64encode(sha).decode(), f"part {number} of {name}")
+                md5s.append(md5.digest())
+                shas.append(sha)
+                parts.append({"PartNumber": number, "ETag": answer["ETag"],
+                              "ChecksumSHA256": base64.b64encode(sha).decode()})
                 del body
-            composite = f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"  # noqa: S324
+            composite = f"{hashlib.md5(b''.join(md5s)).hexdigest()}-{len(md5s)}"  # noqa: S324
+            sha_composite = f"{base64.b64encode(hashlib.sha256(b''.join(shas)).digest()).decode()}-{len(shas)}"
             done = self.client.complete_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload,
                                                          MultipartUpload={"Parts": parts})
         except BaseException:
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload)
             raise
-        if _etag(done) not in (composite, None):
-            raise ArchiveError(Failure.MISMATCH, f"the server completed {name} with ETag {_etag(done)}, "
-                                                 f"expected {composite}")
-        self._verify(name, size, composite, sha, whole_md5.hexdigest())
-        return sha.hexdigest()
+        _confirm(done, composite, sha_composite, f"the completed {name}", optional=True)
+        whole_sha = base64.b64encode(whole.digest()).decode()
+        self._verify(name, size, composite, sha_composite, whole_md5.hexdigest(), whole_sha)
+        return whole.hexdigest()
 
-    def _verify(self, name: str, size: int, etag: str, sha: Any, whole_md5: str | None = None) -> None:
-        """What the server now holds: its size, its ETag (the MD5, the multipart composite, or, on servers
-        that store the object whole, the whole file's MD5) and, where reported, its SHA-256."""
+    def _verify(self, name: str, size: int, etag: str, sha: str, *also: str) -> None:
+        """What the server now holds: its size, and its SHA-256 where it reports one, else its ETag (the MD5, the
+        multipart composite, or, on servers that store the object whole, the whole file's MD5 or SHA-256)."""
         head = self.client.head_object(Bucket=self.bucket, Key=name, ChecksumMode="ENABLED")
         if head.get("ContentLength") != size:
             raise ArchiveError(Failure.MISMATCH, f"the server holds {head.get('ContentLength')} bytes of {name}, "
                                                  f"{size} were sent")
-        if _etag(head) not in (etag, whole_md5):
-            raise ArchiveError(Failure.MISMATCH, f"the server holds {name} with ETag {_etag(head)}, expected {etag}")
-        reported = head.get("ChecksumSHA256")
-        if reported and "-" not in reported and reported != base64.b64encode(sha.digest()).decode():
-            raise ArchiveError(Failure.MISMATCH, f"the server's SHA-256 of {name} differs from the file sent")
+        _confirm(head, etag, sha, f"the stored {name}", also=also)
 
     def check(self) -> str:
         with self._errors():
@@ -385,6 +382,22 @@ def _read(fd: int, offset: int, size: int) -> bytes:
     if len(body) != size:
         raise ArchiveError(Failure.CHANGED, "the file became shorter while it was read")
     return body
+
+
+def _confirm(answer: dict[str, Any], etag: str, sha: str, what: str, *, optional: bool = False,
+             also: tuple[str, ...] = ()) -> None:
+    """Raise MISMATCH unless the server confirms what was sent: by the SHA-256 it reports (S3 and MinIO do;
+    this also holds for SSE-KMS buckets, whose ETag is no MD5), else by the ETag. *optional*: an answer that
+    carries neither (some servers say nothing on completion) is checked later by HEAD."""
+    reported = answer.get("ChecksumSHA256")
+    if reported:
+        if reported in (sha, *also):
+            return
+        raise ArchiveError(Failure.MISMATCH, f"{what}: the server's SHA-256 differs from the bytes sent")
+    tag = _etag(answer)
+    if tag in (etag, *also) or optional and tag is None:
+        return
+    raise ArchiveError(Failure.MISMATCH, f"{what}: the server's ETag {tag} is not the MD5 of the bytes sent")
 
 
 def _etag(answer: dict[str, Any]) -> str | None:

@@ -199,3 +199,21 @@ def test_doctor_checks_the_bucket_and_the_keys(tmp_path: Path, s3: RcloneS3,
         out = capsys.readouterr().out
         assert out.startswith(line), out
         assert report.failed == (n > 0) and SECRET not in out
+
+
+@pytest.mark.parametrize("size", [200_000, 11 * MIB])  # one PUT, and multipart
+def test_a_copy_that_changes_on_the_server_before_it_is_verified_keeps_the_video(tmp_path: Path, s3: RcloneS3,
+                                                                                 size: int) -> None:
+    cfg = config_for(tmp_path, s3)
+    files = archived_output(cfg.paths.outputs, DATE, "alice", "promo", 3, size=size)
+    target = archive.S3Target(cfg.janitor.archive, part_size=5 * MIB)
+
+    def corrupt_the_stored_video(request: object, **_: object) -> None:
+        if str(getattr(request, "url", "")).endswith("promo.mp4"):
+            with open(stored(s3, "promo.mp4"), "r+b") as handle:  # the bytes on the server's disk go bad
+                handle.write(b"\xff" * 64)
+
+    target.client.meta.events.register("before-send.s3.HeadObject", corrupt_the_stored_video)
+    report = archive.Archiver(cfg, time.time(), target=target).run()
+    assert [f["failure"] for f in report.failures] == ["mismatch"], report.failures
+    assert files[".mp4"].exists() and "archived" not in json.loads(files[".json"].read_text())
