@@ -1,6 +1,7 @@
 """`lipsyncd janitor`: one pass that keeps the disk from filling, run by lipsyncd-janitor.timer.
 
-The pass, top to bottom (run_pass): measure the filesystems, make the prune plan folder by folder
+The pass, top to bottom (run_pass): measure the filesystems, archive old outputs when janitor.archive.url
+is set (archive.py: copy, verify, then remove the local video), make the prune plan folder by folder
 (plan.py) and carry out each folder's step as it comes (delete.py) unless --dry-run, measure again,
 decide the disk alerts (alerts.py) and send them (notify/), retry parked job notifications, save the
 state (paths.state/janitor.json) and write the metrics textfile. It is safe at any moment: while the
