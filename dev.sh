@@ -37,7 +37,7 @@ setup() {
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
         "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
-        "$VENV/bin/python" -m pip install -q -e ".[systemd,redis,progress,demo,web,test]"
+        "$VENV/bin/python" -m pip install -q -e ".[systemd,redis,progress,demo,web,s3,test]"
         echo "$want" > "$stamp"
     fi
     # numba (librosa) compiles once; keep its cache across runs.

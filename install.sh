@@ -212,7 +212,7 @@ build_venv() {
     else
         "$venv/bin/python" -m pip install -q "$TORCH_SPEC"
     fi
-    "$venv/bin/python" -m pip install -q "$SRC[systemd,redis,progress,web]"
+    "$venv/bin/python" -m pip install -q "$SRC[systemd,redis,progress,web,s3]"
     printf '%s\n' "$want" >"$stamp"
 }
 

@@ -93,6 +93,12 @@ def cmd_sync_score(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from daemon.commands import restore
+
+    return restore.main(_load(args, layout=True), args.target)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from daemon.commands import demo
 
@@ -173,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video")
     p.add_argument("--audio", help="score against this audio instead of the video's own track")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("restore", cmd_restore, "bring an archived video back into outputs/ (janitor.archive)")
+    p.add_argument("target", metavar="DATE/USER/STEM", help="e.g. 2026-11-20/alice/promo, or the output's .json path")
     p = add("demo", cmd_demo, "make a sample pair and take it through the whole daemon")
     p.add_argument("--engine", choices=engines.NAMES, default="builtin")
     p.add_argument("--dir", help="where to put the demo's folders (default: a new temp folder)")

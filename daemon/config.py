@@ -89,6 +89,16 @@ DEFAULTS: dict[str, Any] = {
         "failed_days": 14,
         "min_age_hours": 24,
         "disk": {"warn_percent": 80, "critical_percent": 90, "clear_percent": 75, "target_free_percent": 25},
+        "archive": {
+            "url": None,
+            "endpoint_url": None,
+            "region": None,
+            "access_key_id": None,
+            "secret_access_key": None,
+            "after_days": 2,
+            "delete_local": True,
+            "required": True,
+        },
     },
     "notify": {
         "urls": [],
@@ -119,6 +129,11 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "notify.apprise_config": (str, type(None)),
     "logging.file": (str, type(None)),
     "metrics.textfile": (str, type(None)),
+    "janitor.archive.url": (str, type(None)),
+    "janitor.archive.endpoint_url": (str, type(None)),
+    "janitor.archive.region": (str, type(None)),
+    "janitor.archive.access_key_id": (str, type(None)),
+    "janitor.archive.secret_access_key": (str, type(None)),
 }
 _NUMBER = (int, float)
 _EVENTS = ("disk", "job_failed", "job_done")
@@ -223,10 +238,12 @@ class QueueConfig:
 
 @dataclass(frozen=True)
 class RetentionRule:
-    """One janitor.retention.rules entry: outputs matching the glob are kept *days* days."""
+    """One janitor.retention.rules entry: outputs matching the glob are kept *days* days (and, with archiving
+    on, archived once *archive_days* old instead of janitor.archive.after_days)."""
 
     match: str
     days: float
+    archive_days: float | None = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +265,23 @@ class DiskConfig:
 
 
 @dataclass(frozen=True)
+class ArchiveConfig:
+    """janitor.archive: where outputs are copied (and verified) before their local video is removed."""
+
+    url: str | None  # s3://BUCKET/PREFIX or file:///mnt/nas/lipsync; None: no archiving
+    endpoint_url: str | None
+    region: str | None
+    access_key_id: str | None
+    secret_access_key: str | None
+    after_days: float
+    delete_local: bool
+    required: bool
+
+    def __repr__(self) -> str:  # never the secret, wherever a config is printed
+        return f"ArchiveConfig(url={self.url!r}, endpoint_url={self.endpoint_url!r}, after_days={self.after_days})"
+
+
+@dataclass(frozen=True)
 class JanitorConfig:
     """janitor: what a pass may prune, and when it alerts."""
 
@@ -256,6 +290,7 @@ class JanitorConfig:
     failed_days: float
     min_age_hours: float
     disk: DiskConfig
+    archive: ArchiveConfig
 
 
 @dataclass(frozen=True)
@@ -512,13 +547,39 @@ def _validate(config: Config) -> None:
             raise config.error(f"paths.{name}", "must not be empty")
     rules = config["janitor"]["retention"]["rules"]
     for i, rule in enumerate(rules):
-        if not isinstance(rule, dict) or set(rule) != {"match", "days"} \
-                or not isinstance(rule["match"], str) or not isinstance(rule["days"], _NUMBER):
+        if not isinstance(rule, dict) or not {"match", "days"} <= set(rule) <= {"match", "days", "archive_days"} \
+                or not isinstance(rule["match"], str) or not _is_number(rule["days"]) \
+                or not _is_number(rule.get("archive_days", 0)) or rule.get("archive_days", 0) < 0:
             raise config.error("janitor.retention.rules",
-                               f"rule {i + 1} must look like {{match: \"<glob under outputs>\", days: N}}")
+                               f"rule {i + 1} must look like {{match: \"<glob under outputs>\", days: N}} "
+                               f"(optionally archive_days: N)")
     disk = config["janitor"]["disk"]
     if not disk["clear_percent"] <= disk["warn_percent"] <= disk["critical_percent"] <= 100:
         raise config.error("janitor.disk", "needs clear_percent <= warn_percent <= critical_percent <= 100")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, _NUMBER) and not isinstance(value, bool)
+
+
+def _archive_url(value: Any) -> str | None:
+    """janitor.archive.url: s3://BUCKET[/PREFIX] or file:///absolute/folder (a mounted NAS share)."""
+    if value is None:
+        return None
+    if value.startswith("s3://"):
+        bucket = value[5:].split("/", 1)[0]
+        if bucket and len(bucket) >= 3 and all(c.isalnum() or c in ".-" for c in bucket):
+            return None
+        return f"names no valid bucket: write s3://BUCKET/PREFIX (not {value!r})"
+    if value.startswith("file:///") and value.rstrip("/") != "file://":
+        return None
+    return f"must be empty (no archiving), s3://BUCKET/PREFIX or file:///mounted/folder (not {value!r})"
+
+
+def _endpoint_url(value: Any) -> str | None:
+    if value is None or value.startswith(("http://", "https://")):
+        return None
+    return f"must be empty (AWS) or an http:// or https:// URL such as http://minio.lan:9000 (not {value!r})"
 
 
 def _kind_name(t: type) -> str:
@@ -621,6 +682,9 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "janitor.disk.critical_percent": _percent,
     "janitor.disk.clear_percent": _percent,
     "janitor.disk.target_free_percent": _percent,
+    "janitor.archive.url": _archive_url,
+    "janitor.archive.endpoint_url": _endpoint_url,
+    "janitor.archive.after_days": _not_negative,
     "notify.urls": _strings,
     "notify.events": _events,
     "notify.repeat_hours": _positive,

@@ -80,6 +80,13 @@ def test_engine_names_come_from_the_registry(capsys: pytest.CaptureFixture[str])
         ("queue:\n  url: http://x\n", "queue.url", 2),
         ("janitor:\n  retention:\n    rules: [{match: x}]\n", "janitor.retention.rules", 3),
         ("notify: []\n", "notify", 1),
+        ("janitor:\n  archive:\n    url: ftp://nas/x\n", "janitor.archive.url", 3),
+        ("janitor:\n  archive:\n    url: s3://\n", "janitor.archive.url", 3),
+        ("janitor:\n  archive:\n    endpoint_url: minio:9000\n", "janitor.archive.endpoint_url", 3),
+        ("janitor:\n  archive:\n    after_days: -1\n", "janitor.archive.after_days", 3),
+        ("janitor:\n  archive:\n    required: maybe\n", "janitor.archive.required", 3),
+        ("janitor:\n  retention:\n    rules: [{match: x, days: 3, archive_days: soon}]\n",
+         "janitor.retention.rules", 3),
     ],
 )
 def test_errors_name_key_file_and_line(tmp_path: Path, text: str, key: str, line: int) -> None:
@@ -225,3 +232,17 @@ def test_job_limits_must_be_real_positive_numbers(tmp_path: Path, text: str) -> 
     path.write_text(text)
     with pytest.raises(configmod.ConfigError, match=r"pipeline\.max_(seconds|pixels).*greater than 0"):
         configmod.load(path)
+
+
+def test_archive_keys_are_read_into_typed_values_and_the_secret_is_never_shown(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("janitor:\n  retention:\n    rules: [{match: '*/bob/*', days: 30, archive_days: 1}]\n"
+                    "  archive:\n    url: s3://videos/lipsync\n    endpoint_url: http://127.0.0.1:9000\n"
+                    "    access_key_id: AKID\n    secret_access_key: s3cr3t-value\n    required: false\n")
+    cfg = configmod.load(path)
+    archive = cfg.janitor.archive
+    assert (archive.url, archive.endpoint_url, archive.after_days, archive.delete_local, archive.required) == \
+        ("s3://videos/lipsync", "http://127.0.0.1:9000", 2, True, False)
+    assert cfg.janitor.retention.rules[0].archive_days == 1
+    assert configmod.load(None, required=False).janitor.retention.rules == ()
+    assert "s3cr3t-value" not in repr(archive) and "s3cr3t-value" not in repr(cfg.janitor)

@@ -514,3 +514,24 @@ def test_a_cuda_render_stays_inside_the_service_sandbox(tmp_path: Path, short_wa
                        DEVICES_CLOSED | nvidia)
     print(f"cuda render: {len(trace.syscalls)} distinct system calls, all allowed; "
           f"{len(writable_executable_maps(trace))} writable+executable mappings")
+
+
+@needs_analyze
+@pytest.mark.parametrize("dropin", ["archive-nas.conf.example", "archive-s3.conf.example"])
+def test_the_archive_drop_ins_are_valid_and_open_only_what_archiving_needs(dropin: str, tmp_path: Path) -> None:
+    """The documented drop-ins (systemd/lipsyncd-janitor.service.d/), applied the way systemd merges them."""
+    text = (UNIT_SRC / "lipsyncd-janitor.service.d" / dropin).read_text()
+    staged = stage_units(tmp_path, names=("lipsyncd-janitor.service",))
+    merged = staged / "lipsyncd-janitor.service"
+    merged.write_text(merged.read_text() + "\n" + text)
+    result = analyze_verify([merged])
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+    sections = parse_unit(text)
+    base = unit("lipsyncd-janitor.service")
+    assert last(base, "Service", "ProtectSystem") == "strict"  # the drop-ins widen nothing else
+    if "nas" in dropin:
+        assert last(sections, "Service", "ReadWritePaths") == last(sections, "Unit", "RequiresMountsFor")
+    else:
+        assert last(sections, "Service", "IPAddressDeny") == "any" and last(sections, "Service", "IPAddressAllow")
+    assert set(sections["Service"]) <= {"ReadWritePaths", "RestrictAddressFamilies", "IPAddressDeny",
+                                        "IPAddressAllow", "TimeoutStartSec"}

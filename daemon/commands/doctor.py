@@ -213,9 +213,29 @@ def check_logging(report: Report, config: Config) -> None:
         (report.ok if os.access(path.parent, os.W_OK) else report.fail)(f"logging.file {path}")
 
 
+def check_archive(report: Report, config: Config) -> None:
+    """janitor.archive: the NAS folder is mounted and writable, or the bucket answers with the credentials."""
+    url = config.janitor.archive.url
+    if not url:
+        return
+    from daemon.janitor import archive
+
+    try:
+        target = archive.make_target(config.janitor.archive)
+    except ImportError:
+        report.fail("archive: boto3 is not installed, so nothing can go to S3 (pip install 'lipsyncd[s3]')")
+        return
+    try:
+        report.ok(f"archive {url}: {target.check()}")
+    except archive.ArchiveError as exc:
+        report.fail(f"archive {url}: {exc}; outputs are kept locally until this is fixed")
+    finally:
+        target.close()
+
+
 CHECKS: list[Callable[[Report, Config], None]] = [
     check_layout, check_folders, check_disk, check_inotify, check_queue, check_notify, check_logging, check_devices,
-    check_engines,
+    check_engines, check_archive,
 ]
 
 

@@ -53,7 +53,23 @@ def collect(config: Config) -> dict[str, Any]:
     problems = [str(problem) for problem in layout_problems(config)]  # what run and the janitor refuse
     return {"config_problems": problems, "queue": queue_info, "running": running, "queued": queued, "workers": workers,
             "recent_failures": recent_failures(config.paths.failed),
-            "disk": [fs.to_dict() for fs in filesystems(config.paths.folders())], "time": now}
+            "disk": [fs.to_dict() for fs in filesystems(config.paths.folders())], "time": now,
+            "archive": archive_backlog(config)}
+
+
+def archive_backlog(config: Config) -> dict[str, Any] | None:
+    """What the last janitor pass left to archive (janitor.json), or None when archiving is off."""
+    if not config.janitor.archive.url:
+        return None
+    info: dict[str, Any] = {"url": config.janitor.archive.url, "outputs": None, "bytes": None, "oldest": None,
+                            "failures": None, "last_failure": None}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        state = json.loads((config.paths.state / "janitor.json").read_text(encoding="utf-8")).get("archive") or {}
+        backlog = state.get("backlog") or {}
+        info.update(outputs=backlog.get("outputs"), bytes=backlog.get("bytes"), oldest=backlog.get("oldest"),
+                    failures=state.get("failures"), last_failure=state.get("last_failure"),
+                    bytes_total=state.get("bytes_total"))
+    return info
 
 
 def recent_failures(failed: Path, limit: int = RECENT_FAILURES) -> list[dict[str, Any]]:
@@ -126,6 +142,17 @@ def render_text(status: dict[str, Any]) -> str:
     for fs in status["disk"]:
         lines.append(f"  {fs['mount']}: {fs['percent']:.1f}% used, {_bytes(fs['avail'])} free "
                      f"({', '.join(fs['folders'])})")
+    archive = status.get("archive")
+    if archive:
+        if archive["outputs"] is None:
+            lines.append(f"Archive to {archive['url']}: no janitor pass has recorded it yet")
+        else:
+            oldest = time.strftime("%Y-%m-%d", time.localtime(archive["oldest"])) if archive["oldest"] else "-"
+            lines.append(f"Archive to {archive['url']}: backlog {archive['outputs']} outputs "
+                         f"({_bytes(archive['bytes'] or 0)}), oldest from {oldest}; "
+                         f"{archive['failures'] or 0} failures in the last pass")
+            if archive["last_failure"]:
+                lines.append(f"  last failure: {archive['last_failure']}")
     return "\n".join(lines)
 
 

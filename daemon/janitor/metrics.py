@@ -92,3 +92,17 @@ def janitor_metrics(*, filesystems: Iterable[Mapping[str, object]], users: Mappi
     if log_file_bytes is not None:
         metrics.append(Metric("log_file_bytes", "Size of logging.file plus its rotated copies.").add(log_file_bytes))
     return metrics
+
+
+def archive_metrics(*, bytes_total: int, failures: int, oldest_unarchived_age: float | None,
+                    backlog_outputs: int) -> list[Metric]:
+    """The archive's metrics (janitor.archive.url set): what went, what failed, how far behind it is."""
+    return [Metric("archive_bytes_total", "Bytes copied to the archive and verified, all passes.", "counter")
+            .add(bytes_total),
+            Metric("archive_failures", "Outputs the last janitor pass could not archive (retried next pass).")
+            .add(failures),
+            Metric("archive_oldest_unarchived_age_seconds",
+                   "Age of the oldest output whose video has no verified archived copy (0: none).")
+            .add(round(oldest_unarchived_age or 0.0, 1)),
+            Metric("archive_backlog_outputs", "Outputs old enough to be archived that are not yet.")
+            .add(backlog_outputs)]

@@ -84,6 +84,7 @@ class Group:
     keep_days: float = 0.0
     rule: str = ""
     files: int = 0  # files inside a failed entry folder
+    unarchived: bool = False  # archiving is on and its video has no verified copy (archive.py)
 
     def describe(self, now: float) -> str:
         if self.reason == EXPIRED:
@@ -108,6 +109,15 @@ class Step:
     fd: int | None = None
     parent_fd: int | None = None
     tree: int = 0  # remove: an empty folder tree of this many folders (EmptyFolder.tree), deepest first
+
+
+class ArchiveHold(NamedTuple):
+    """With janitor.archive on: an output whose local video has no verified copy is never deleted by retention
+    (kept "awaiting archive", retried next pass); the critical watermark takes it only when *required* is false,
+    and after every archived one."""
+
+    archived: set[tuple[str, str, str]]  # (date, user, stem) whose local video has a verified copy
+    required: bool
 
 
 class EmptyFolder(NamedTuple):
@@ -153,6 +163,7 @@ class Plan:
     pinned: dict[str, Any] = field(default_factory=lambda: {"files": 0, "bytes": 0, "markers": []})
     young: dict[str, int] = field(default_factory=lambda: {"files": 0, "bytes": 0})
     in_flight: int = 0
+    awaiting_archive: dict[str, int] = field(default_factory=lambda: {"files": 0, "bytes": 0})
     refused: list[dict[str, str]] = field(default_factory=list)
     unmanaged: list[str] = field(default_factory=list)
     stamps: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (root, date, user) -> folder mtime_ns
@@ -365,8 +376,10 @@ def _freed(st: os.stat_result) -> int:
 class Planner:
     """Makes a Plan from the configuration and the current state of the disk, one Step at a time."""
 
-    def __init__(self, config: Config, now: float, outputs_fs: FsUsage | None) -> None:
+    def __init__(self, config: Config, now: float, outputs_fs: FsUsage | None,
+                 hold: ArchiveHold | None = None) -> None:
         janitor = config.janitor
+        self.hold = hold
         self.now = now
         self.marker = janitor.keep_marker
         self.min_age = janitor.min_age_hours * 3600
@@ -386,6 +399,7 @@ class Planner:
         self._candidates: list[Group] = []  # outputs that may go early when the disk is critical
         self._young_freed = 0
         self._pinned_freed = 0
+        self._held_freed = 0  # unarchived outputs the watermark may not take (archive.required)
         self._deleted_counts: dict[tuple[str, str, str], int] = {}
         self._removed: set[tuple[str, tuple[str, ...]]] = set()  # folders a step already removes
         self._trees: dict[tuple[str, str, str], int] = {}  # (root, date, user) -> empty trees planned in it
@@ -654,14 +668,23 @@ class Planner:
                                   st.st_ino) for name, st in found]
                 freed = sum([m.freed for m in members])
                 has_video = f"{stem}.mp4" in [name for name, _ in found]
-                if mtime < cutoff:
+                held = has_video and self.hold is not None and (date, user, stem) not in self.hold.archived
+                if held:  # archiving is on and this video has no verified copy yet: retention waits for it
+                    if mtime < cutoff:
+                        plan.awaiting_archive["files"] += len(found)
+                        plan.awaiting_archive["bytes"] += size
+                    if self.hold.required:  # type: ignore[union-attr]
+                        self._held_freed += freed
+                        continue
+                if mtime < cutoff and not held:
                     expired.append(Group("outputs", folder, stem, members, mtime, size, freed, has_video, "output",
                                          EXPIRED, "", days, rule))
                     deleted_here += len(found)
                     deleted_size += size
                     deleted_videos += has_video
-                else:
-                    self._candidates.append(Group("outputs", folder, stem, members, mtime, size, freed, has_video))
+                elif watermark:
+                    self._candidates.append(Group("outputs", folder, stem, members, mtime, size, freed, has_video,
+                                                  unarchived=held))
         if deleted_here:
             self._count_deleted("outputs", date, user, deleted_here)
         usage = plan.users.get(user)
@@ -843,13 +866,15 @@ class Planner:
         target = fs.size * self.disk.target_free_percent / 100.0
         taken = 0
         if avail < target:
-            self._candidates.sort(key=lambda g: g.mtime)
+            self._candidates.sort(key=lambda g: (g.unarchived, g.mtime))  # archived (or not archiving) first
             for group in self._candidates:
                 if avail >= target:
                     break
                 group.reason = WATERMARK
                 group.detail = (f"disk {fs.percent:.1f}% used >= critical {self.disk.critical_percent:g}%: "
                                 f"oldest first until {self.disk.target_free_percent:g}% is free")
+                if group.unarchived:
+                    group.detail += "; NOT ARCHIVED (janitor.archive.required is false)"
                 self._delete(group)
                 yield Step("outputs", group.folder, [group], stamp=self.plan.stamps.get(("outputs", *group.folder)))
                 avail += group.freed
@@ -858,7 +883,7 @@ class Planner:
                                "outputs": taken, "avail_after_estimate": int(avail)}
         if avail < target:
             self.plan.shortfall = {"needed": int(target - avail), "pinned": self._pinned_freed,
-                                   "young": self._young_freed}
+                                   "young": self._young_freed, "unarchived": self._held_freed}
 
     def _plan_empty_folders(self) -> None:
         """User folders the pass empties (or empty ones older than min_age_hours, or of a date two days gone:

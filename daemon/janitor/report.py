@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from itertools import islice
 from typing import Any
 
+from daemon.janitor.archive import render_lines as archive_lines
 from daemon.notify.messages import human
 
 # A real pass (run by the timer, read in the journal) lists this many paths; a dry run lists them all.
@@ -26,6 +27,7 @@ def render_text(doc: dict[str, Any], actions: Iterable[dict[str, Any]] | None = 
     head = "lipsyncd janitor: dry run, nothing was changed; a real pass would do this:" if doc["dry_run"] \
         else "lipsyncd janitor:"
     lines.append(head)
+    lines += archive_lines(doc.get("archive"))  # archiving comes first in a pass
     listed = 0
     limit = None if doc["dry_run"] else REAL_PASS_LINES
     for action in islice(doc["actions"] if actions is None else actions, limit):
@@ -56,6 +58,9 @@ def render_text(doc: dict[str, Any], actions: Iterable[dict[str, Any]] | None = 
         pinned, young = kept["pinned"], kept["young"]
         lines.append(f"Kept: pinned {pinned['files']} files ({human(pinned['bytes'])}); younger than min_age_hours "
                      f"{young['files']} files ({human(young['bytes'])}); in flight {kept['in_flight']} temp files")
+        waiting = kept.get("awaiting_archive") or {}
+        if waiting.get("files"):
+            lines.append(f"Kept past retention until archived: {waiting['files']} files ({human(waiting['bytes'])})")
     for item in doc.get("refused", []):
         lines.append(f"Refused: {item['path']}: {item['why']}")
     if doc.get("unmanaged_count"):

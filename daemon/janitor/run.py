@@ -1,6 +1,7 @@
 """`lipsyncd janitor`: one pass that keeps the disk from filling, run by lipsyncd-janitor.timer.
 
-The pass, top to bottom (run_pass): measure the filesystems, make the prune plan folder by folder
+The pass, top to bottom (run_pass): measure the filesystems, archive old outputs when janitor.archive.url
+is set (archive.py: copy, verify, then remove the local video), make the prune plan folder by folder
 (plan.py) and carry out each folder's step as it comes (delete.py) unless --dry-run, measure again,
 decide the disk alerts (alerts.py) and send them (notify/), retry parked job notifications, save the
 state (paths.state/janitor.json) and write the metrics textfile. It is safe at any moment: while the
@@ -62,6 +63,7 @@ class PassResult:
     pending: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     skipped_busy: bool = False
+    archive: Any = None  # archive.Report when janitor.archive.url is set
 
     @property
     def ok(self) -> bool:
@@ -81,7 +83,8 @@ class PassResult:
             "action_count": plan.action_count() if plan else 0,
             "totals": plan.totals() if plan else {},
             "done": self.outcome.to_dict() if self.outcome else None,
-            "kept": {"pinned": plan.pinned, "young": plan.young, "in_flight": plan.in_flight} if plan else {},
+            "kept": {"pinned": plan.pinned, "young": plan.young, "in_flight": plan.in_flight,
+                     "awaiting_archive": plan.awaiting_archive} if plan else {},
             "refused": plan.refused if plan else [],
             "unmanaged": plan.unmanaged[:100] if plan else [],
             "unmanaged_count": len(plan.unmanaged) if plan else 0,
@@ -94,6 +97,7 @@ class PassResult:
             "filesystems": self.filesystems,
             "log_file": self.log_file,
             "pending_notifications": self.pending,
+            "archive": self.archive.to_dict() if self.archive else None,
         }
 
     def jobs(self) -> dict[str, int]:
@@ -165,7 +169,10 @@ def run_pass(config: Config, *, dry_run: bool = False, now: float | None = None)
         state = load_state(paths.state)
         before = disk.filesystems(paths.folders())
         outputs_fs = next((fs for fs in before if "outputs" in fs.folders), None)
-        planner = prune.Planner(config, started, outputs_fs)
+        hold = None
+        if config.janitor.archive.url:  # copy, verify, then remove local videos, before the prune plan is made
+            outputs_fs, hold = _archive(config, result, started, dry_run, outputs_fs)
+        planner = prune.Planner(config, started, outputs_fs, hold)
         with _no_cyclic_gc():
             if dry_run:
                 planner.build()  # every step made and recorded, none carried out: main() prints the plan
@@ -194,12 +201,45 @@ def run_pass(config: Config, *, dry_run: bool = False, now: float | None = None)
             result.duration = time.monotonic() - clock
             return result
         result.pending = notify.retry_pending(config, started)
+        if result.archive is not None:
+            _archive_alert(config, state, decision.state, result)
         _save(paths.state, decision.state, result, time.monotonic() - clock)
         _record_usage(paths.state, result)
         result.duration = time.monotonic() - clock
         if config.metrics.textfile:
             _write_metrics(config.metrics.textfile, result, decision.state)
     return result
+
+
+def _archive(config: Config, result: PassResult, started: float, dry_run: bool,
+             outputs_fs: disk.FsUsage | None) -> tuple[disk.FsUsage | None, prune.ArchiveHold]:
+    """The archive part of a pass (archive.py); the outputs filesystem as it is after it, and what the prune plan
+    must hold back. At the critical watermark, younger outputs are archived and their videos removed first."""
+    from daemon.janitor import archive
+
+    critical: float | None = None
+    if outputs_fs is not None and outputs_fs.percent >= config.janitor.disk.critical_percent:
+        critical = config.janitor.disk.target_free_percent
+    report = archive.Archiver(config, started, dry_run=dry_run, critical=critical).run()
+    result.archive = report
+    if report.failures:
+        first = report.failures[0]
+        result.problems.append(f"could not archive {len(report.failures)} outputs to {report.url} (first: "
+                               f"{first['path']}: {first['why']}); the local files are kept and retried next pass")
+    if report.removed and outputs_fs is not None:
+        outputs_fs = next((fs for fs in disk.filesystems(config.paths.folders()) if "outputs" in fs.folders),
+                          outputs_fs)
+    return outputs_fs, prune.ArchiveHold(report.archived_videos, config.janitor.archive.required)
+
+
+def _archive_alert(config: Config, prior: dict[str, Any], state: dict[str, Any], result: PassResult) -> None:
+    """Archive trouble told once per kind, and videos the watermark deleted unarchived; kept in the state."""
+    from daemon.janitor import archive
+
+    plan = result.plan
+    unarchived = [plan.path_of(g, g.name + ".mp4") for g in plan.deletions if g.unarchived] if plan else []
+    held = (plan.shortfall or {}).get("unarchived", 0) if plan else 0
+    state["archive"] = archive.alert(config, prior.get("archive", {}), result.archive, unarchived, held)
 
 
 @contextlib.contextmanager
@@ -363,6 +403,12 @@ def _write_metrics(path: str | os.PathLike[str], result: PassResult, state: dict
         pinned_bytes=plan.pinned["bytes"] if plan else 0, freed_total=int(state.get("freed_total", 0)),
         log_file_bytes=(result.log_file or {}).get("bytes"), started=result.started, duration=result.duration,
         success=result.ok, notify_failures=failures + result.pending.get("pending", 0))
+    report = result.archive
+    if report is not None:
+        oldest = report.oldest_unarchived
+        data += metrics.archive_metrics(bytes_total=int(state.get("archive", {}).get("bytes_total", 0)),
+                                        failures=len(report.failures), backlog_outputs=report.backlog["outputs"],
+                                        oldest_unarchived_age=None if oldest is None else result.started - oldest)
     try:
         metrics.write(path, data)
     except OSError as exc:

@@ -32,6 +32,15 @@ def test_importing_the_janitor_imports_nothing_heavy() -> None:
     assert not names & {*FORBIDDEN, "apprise"}, sorted(names & {*FORBIDDEN, "apprise"})
 
 
+def test_the_s3_client_is_imported_only_when_archiving_to_s3(tmp_path: Path) -> None:
+    names = imported("-c", "import daemon.janitor, daemon.janitor.archive, daemon.janitor.report, daemon.cli")
+    assert not names & {"boto3", "botocore"}, sorted(names & {"boto3", "botocore"})
+    (tmp_path / "nas").mkdir()
+    to_nas = write_config(tmp_path / "nas-pass", janitor={"archive": {"url": f"file://{tmp_path / 'nas'}"}})
+    names = imported("-m", "daemon.cli", "--config", str(to_nas), "janitor")
+    assert not names & {"boto3", "botocore", *FORBIDDEN}, sorted(names & {"boto3", "botocore", *FORBIDDEN})
+
+
 def write_config(tmp_path: Path, **overrides: object) -> Path:
     cfg = make_config(tmp_path, **overrides)
     path = tmp_path / "lipsyncd.yaml"
