@@ -83,6 +83,24 @@ def check_folders(report: Report, config: Config) -> None:
             report.fail(f"paths.state is on {fstype}: the SQLite queue and alert state must be on a local disk")
 
 
+def check_access(report: Report, config: Config) -> None:
+    """access.mode private needs POSIX ACLs on every data folder people reach, and the admin group."""
+    from daemon import access
+
+    rules = access.Access.of(config)
+    if not rules.private:
+        report.ok("access: shared (the drop group reads every user's results)")
+        return
+    folders = config.paths.folders()
+    try:
+        rules.ids(folders["outputs"])
+        access.check({key: folders[key] for key in (*access.PEOPLE_FOLDERS, "spool") if folders[key].is_dir()})
+    except access.AccessError as exc:
+        report.fail(f"access: private mode cannot work here: {exc} (lipsyncd run refuses to start)")
+        return
+    report.ok(f"access: private; ACLs work on the data folders; admin group {rules.admin_group}")
+
+
 def _fstype(path: Path) -> str:
     best, kind = "", ""
     try:
@@ -214,8 +232,8 @@ def check_logging(report: Report, config: Config) -> None:
 
 
 CHECKS: list[Callable[[Report, Config], None]] = [
-    check_layout, check_folders, check_disk, check_inotify, check_queue, check_notify, check_logging, check_devices,
-    check_engines,
+    check_layout, check_folders, check_access, check_disk, check_inotify, check_queue, check_notify, check_logging,
+    check_devices, check_engines,
 ]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import names
+from daemon.access import Access, Kind
 from daemon.files import move
 from daemon.jobs.job import Job, write_json_atomic
 
@@ -71,9 +72,16 @@ def _size(size: int) -> str:
 
 
 def file_failure(failed_root: Path, user: str, stem: str, files: Sequence[tuple[Path, str]], reason: str, *,
-                 job: Job | None = None, engine: str | None = None, device: str | None = None) -> Path:
-    """Move *files* ((current path, original name)) into a new failed/ folder with error.txt and job.json."""
-    folder = unique_folder(failed_root / today() / names.printable(user), names.printable(stem))
+                 job: Job | None = None, engine: str | None = None, device: str | None = None,
+                 access: Access | None = None) -> Path:
+    """Move *files* ((current path, original name)) into a new failed/ folder with error.txt and job.json.
+
+    With *access*, failed/<date>/<user>/ is made with its ACL (private mode: the person, admins, the service),
+    and what is made inside inherits it."""
+    user_folder = failed_root / today() / names.printable(user)
+    if access is not None:
+        access.make_folder(failed_root, user_folder, user, Kind.RESULT_USER)
+    folder = unique_folder(user_folder, names.printable(stem))
     listed: list[tuple[str, int]] = []
     for path, original in files:
         safe = names.printable(original) if names.refusal(original) else original
@@ -98,23 +106,28 @@ def file_failure(failed_root: Path, user: str, stem: str, files: Sequence[tuple[
 
 
 def publish(outputs_root: Path, job: Job, video: Path, *, sidecars: dict[str, Path | dict[str, Any]],
-            publish_dir: Path | None = None) -> Path:
+            publish_dir: Path | None = None, access: Access | None = None) -> Path:
     """Put *video* into outputs/<date>/<user>/ under a free name; sidecars (".json", ".jpg") follow its name.
 
     Idempotent for one job: if an earlier attempt already linked the video (same inode), that name is reused,
     and a sidecar file an interrupted try already moved to its temp is taken from there.
     The outputs folder itself is never created here: a missing one is a fault of the server (an unmounted
     share) to wait out, not a folder to make anew on whatever disk lies below.
+    With *access*, outputs/<date>/<user>/ is made with its ACL, and files renamed in from the spool get it too.
     """
     if not outputs_root.is_dir():
         raise FileNotFoundError(errno.ENOENT, "the outputs folder is missing", str(outputs_root))
     folder = publish_dir or outputs_root / today() / names.printable(job.user)
+    if access is not None and folder.parent.parent == outputs_root:
+        access.make_folder(outputs_root, folder, job.user, Kind.RESULT_USER)
     folder.mkdir(parents=True, exist_ok=True)
     temp = folder / f".{names.printable(job.stem)}.{job.id}.part"
     final = _already_published(folder, temp)
     if final is None:
         if not temp.exists():
             _copy_or_move(video, temp)
+        if access is not None:
+            access.secure_file(outputs_root, temp, job.user)
         final = _link_free_name(temp, folder, names.printable(job.stem))
     for suffix, content in sidecars.items():
         target = final.with_suffix(suffix)
@@ -126,6 +139,8 @@ def publish(outputs_root: Path, job: Job, video: Path, *, sidecars: dict[str, Pa
                 _copy_or_move(content, side_temp)
             elif not side_temp.exists():
                 continue  # no such sidecar (no poster), or an earlier try already put it in place
+            if access is not None:
+                access.secure_file(outputs_root, side_temp, job.user)
             os.replace(side_temp, target)
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()
