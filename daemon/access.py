@@ -234,16 +234,16 @@ class Access:
                 yield root, {"spool": Kind.SPOOL, "inbox": Kind.DROP_TOP, "avatars": Kind.DROP_TOP}.get(
                     key, Kind.RESULT_TOP), None, root
             if key in ("inbox", "avatars"):
-                for folder in _subdirs(root):
+                for folder in subdirs(root):
                     if only is None or folder.name == only:
                         yield folder, Kind.DROP_USER, folder.name, root
             elif key in ("outputs", "failed"):
-                for date in _subdirs(root):
-                    if not _is_date(date.name):
+                for date in subdirs(root):
+                    if not is_date(date.name):
                         continue
                     if only is None:
                         yield date, Kind.DATE, None, root
-                    for folder in _subdirs(date):
+                    for folder in subdirs(date):
                         if only is None or folder.name == only:
                             yield from _results(folder, folder.name, root)
 
@@ -342,11 +342,11 @@ def _setfacl(args: list[str], fd: int, path: Path) -> None:
         raise PermissionError(f"setfacl {path}: {message.replace(f'/proc/self/fd/{fd}', str(path))}")
 
 
-def _is_date(name: str) -> bool:
+def is_date(name: str) -> bool:
     return len(name) == 10 and name[4] == name[7] == "-" and name.replace("-", "").isdigit()
 
 
-def _subdirs(folder: Path) -> Iterator[Path]:
+def subdirs(folder: Path) -> Iterator[Path]:
     try:
         entries = list(os.scandir(folder))
     except OSError:

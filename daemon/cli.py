@@ -99,6 +99,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(engine=args.engine, workdir=Path(args.dir) if args.dir else None)
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    from daemon.commands import users
+
+    return users.main(_load(args, layout=True), args.action, args.name, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lipsyncd",
@@ -141,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video")
     p.add_argument("--audio", help="score against this audio instead of the video's own track")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("users", cmd_users, "people and their private folders (access.mode)")
+    p.add_argument("action", choices=("add", "remove", "list", "fix-permissions"),
+                   help="add: prepare NAME's folders; remove: take NAME's access away, keep the files; list: each "
+                        "user's account, folders, bytes kept, pins; fix-permissions: re-apply access.mode")
+    p.add_argument("name", nargs="?", metavar="NAME", help="the user folder (fix-permissions: only this user's)")
+    p.add_argument("--json", action="store_true", help="list: machine-readable output")
     p = add("demo", cmd_demo, "make a sample pair and take it through the whole daemon")
     p.add_argument("--engine", choices=engines.NAMES, default="builtin")
     p.add_argument("--dir", help="where to put the demo's folders (default: a new temp folder)")
