@@ -162,9 +162,8 @@ class Access:
         service = f"u:{ids.service}:rwx," if ids.service != uid else ""
         if kind is Kind.RESULT_FILE:  # what a file made in the folder inherits from its default ACL
             return f"u::rw-,{owner}{service}g::---,o::---,{a}:rwx,m::rw-"
-        acl = f"u::rwx,{owner}g::---,o::---,{a}:rwx,m::rwx"
-        return acl + "," + ",".join(f"d:{entry}" for entry in f"u::rwx,{owner}{service}g::---,o::---,{a}:rwx,"
-                                                               "m::rwx".split(","))
+        acl = f"u::rwx,{owner}{service}g::---,o::---,{a}:rwx,m::rwx"  # what a sub-folder inherits: the same
+        return acl + "," + ",".join(f"d:{entry}" for entry in acl.split(","))
 
     def _uid(self, user: str | None) -> int | None:
         if user is None:
@@ -193,10 +192,18 @@ class Access:
                 self.apply(current, Kind.DATE if i < len(parts) - 1 else kind, self.ids(root), user)
         return folder
 
-    def secure_file(self, root: Path, path: Path, user: str) -> None:
-        """Give a result file the service made elsewhere (renamed in from the spool) its folder's access."""
-        if self.private:
+    def secure_file(self, root: Path, path: Path, user: str, *, best_effort: bool = False) -> None:
+        """Give a result file its folder's access: one renamed in from the spool, or written with a fixed mode.
+
+        *best_effort*: a file the service does not own (an input the person dropped, moved to failed/) is left
+        as it is; it already has the access its inbox folder gave it."""
+        if not self.private:
+            return
+        try:
             self.apply(path, Kind.RESULT_FILE, self.ids(root), user)
+        except PermissionError:
+            if not best_effort:
+                raise
 
     def apply(self, path: Path, kind: Kind, ids: Ids, user: str | None = None) -> bool:
         """Set *path*'s ACL to what *kind* wants, if it differs. True when something changed.

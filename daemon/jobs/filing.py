@@ -101,6 +101,9 @@ def file_failure(failed_root: Path, user: str, stem: str, files: Sequence[tuple[
     text = error_text(reason, user=user, files=listed, job=job, folder=folder, engine=engine, device=device)
     temp = folder / ".error.txt.part"
     temp.write_text(text, encoding="utf-8")
+    if access is not None:
+        for path in [folder / name for name, _ in listed] + [folder / names.JOB_FILE, temp]:
+            access.secure_file(failed_root, path, user, best_effort=True)
     os.replace(temp, folder / names.ERROR_FILE)
     return folder
 
@@ -133,6 +136,8 @@ def publish(outputs_root: Path, job: Job, video: Path, *, sidecars: dict[str, Pa
         target = final.with_suffix(suffix)
         if isinstance(content, dict):
             write_json_atomic(target, content)
+            if access is not None:
+                access.secure_file(outputs_root, target, job.user)
         else:
             side_temp = folder / f".{target.name}.{job.id}.part"
             if content.exists():
