@@ -49,7 +49,7 @@ def cmd_janitor(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from daemon.commands import status
 
-    return status.main(_load(args), as_json=args.json)
+    return status.main(_load(args), as_json=args.json, user=args.user)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan/result as JSON")
     p = add("status", cmd_status, "queue, running jobs with progress, recent failures, disk")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--user", metavar="NAME", help="only this person's queue, results and failures")
     p = add("submit", cmd_submit, "copy an audio/video pair into the inbox safely")
     p.add_argument("audio")
     p.add_argument("video")

@@ -7,6 +7,8 @@ their own uid and groups, and every check is a real open/list/unlink that the ke
 from __future__ import annotations
 
 import grp
+import json
+import os
 import subprocess
 import sys
 import time
@@ -28,7 +30,8 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_each_person_reaches_only_their_own_results(people: People, shared_root: Path, short_wav: Path,
                                                     small_mp4: Path) -> None:
     root = shared_root
-    config = lay_out(root, people, access={"mode": "private", "admin_group": people.admin})
+    config = lay_out(root, people, access={"mode": "private", "admin_group": people.admin},
+                     metrics={"textfile": str(root / "state" / "lipsyncd.prom")})
     media = root / "media"
     wav, mp4 = readable_copy(short_wav, media), readable_copy(small_mp4, media)
     bad = media / "noise.wav"
@@ -43,7 +46,9 @@ def test_each_person_reaches_only_their_own_results(people: People, shared_root:
 
     with Daemon(config) as daemon:
         dropped = as_user(people.alice, "sh", "-c", f"cp {mp4} {inbox}/{people.alice}/talk.mp4 && "
-                                                    f"cp {wav} {inbox}/{people.alice}/talk.wav")
+                                                    f"cp {wav} {inbox}/{people.alice}/talk.wav && "
+                                                    f"cp {mp4} {inbox}/{people.alice}/keepme.mp4 && "
+                                                    f"cp {wav} {inbox}/{people.alice}/keepme.wav")
         assert dropped.returncode == 0, dropped.stderr
         dropped = as_user(people.bob, "sh", "-c", f"cp {mp4} {inbox}/{people.bob}/oops.mp4 && "
                                                   f"cp {bad} {inbox}/{people.bob}/oops.wav")
@@ -56,14 +61,15 @@ def test_each_person_reaches_only_their_own_results(people: People, shared_root:
         date = time.strftime("%Y-%m-%d")
         bobs_error = root / "failed" / date / people.bob / "oops" / "error.txt"
         ghost_error = root / "failed" / date / "ghost" / "lost" / "error.txt"
-        wait_for(lambda: outputs(root) and bobs_error.exists() and ghost_error.exists(), 90,
+        wait_for(lambda: len(outputs(root)) == 2 and bobs_error.exists() and ghost_error.exists(), 90,
                  "alice's result, bob's failure and the ghost folder's", interval=0.2)
         log = daemon.log()
     assert "Traceback" not in log, log
 
     mine = root / "outputs" / date / people.alice
     video = mine / "talk.mp4"
-    assert outputs(root) == [video]
+    kept = mine / "keepme.mp4"
+    assert outputs(root) == [kept, video]
     assert {p.parent.name for p in failures(root)} == {people.bob, "ghost"}
 
     # The owner lists and reads her result.
@@ -106,9 +112,41 @@ def test_each_person_reaches_only_their_own_results(people: People, shared_root:
     assert as_user(people.alice, "rm", f"{video}.keep").returncode == 0
     assert as_user(people.alice, "rm", str(video)).returncode == 0
     assert not video.exists() and video.with_suffix(".json").exists()
+    assert as_user(people.alice, "touch", f"{kept}.keep").returncode == 0
+
+    # One person's status: her results (the deleted video shown as such), none of bob's failures; and his.
+    hers = json.loads(cli(config, "status", "--user", people.alice, "--json").stdout)
+    states = {(r["name"], r["state"], r["pinned"]) for r in hers["results"]}
+    assert states == {("talk", "deleted", False), ("keepme", "ready", True)}, hers["results"]
+    assert hers["recent_failures"] == []
+    his = cli(config, "status", "--user", people.bob)
+    assert his.returncode == 0 and "oops" in his.stdout and people.alice not in his.stdout, his.stdout
+    listed = {p["user"]: p for p in json.loads(cli(config, "users", "list", "--json").stdout)["users"]}
+    assert listed[people.alice]["results"] == 1 and listed[people.alice]["pins"] == 1, listed
+    assert listed["ghost"]["account"] == "(no account)" and listed[people.bob]["failures"] == 1, listed
+
     # bob deletes his own failure report folder.
     assert as_user(people.bob, "rm", "-rf", str(bobs_error.parent)).returncode == 0
     assert not bobs_error.parent.exists()
+
+    # A month later the janitor prunes the half-deleted group, keeps the pinned one, and a link alice
+    # planted in her folder (she may write there now) is removed as a link: its target is untouched.
+    victim = root / "victim.txt"
+    victim.write_text("not lipsyncd's")
+    assert as_user(people.alice, "ln", "-s", str(victim), str(mine / "trap.mp4")).returncode == 0
+    month_ago = time.time() - 30 * 86400
+    for path in [*(root / "outputs").rglob("*"), *(root / "failed").rglob("*")]:
+        os.utime(path, (month_ago, month_ago), follow_symlinks=False)
+    janitor = cli(config, "janitor")
+    assert janitor.returncode == 0, janitor.stdout + janitor.stderr
+    assert "Traceback" not in janitor.stderr
+    assert not video.with_suffix(".json").exists() and not video.with_suffix(".jpg").exists()
+    assert kept.exists() and kept.with_suffix(".json").exists()
+    assert victim.read_text() == "not lipsyncd's"
+    metrics = (root / "state" / "lipsyncd.prom").read_text(encoding="utf-8")
+    assert f'lipsyncd_outputs_files{{user="{people.alice}"}}' in metrics, metrics
+    assert as_user(people.alice, "cmp", str(kept), str(kept)).returncode == 0, "pruning left her access alone"
+
 
     # What the daemon made is already right: fix-permissions has nothing to change on folders, twice.
     first = cli(config, "users", "fix-permissions")
