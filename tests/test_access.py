@@ -129,8 +129,8 @@ def test_each_person_reaches_only_their_own_results(people: People, shared_root:
     assert as_user(people.bob, "rm", "-rf", str(bobs_error.parent)).returncode == 0
     assert not bobs_error.parent.exists()
 
-    # A month later the janitor prunes the half-deleted group, keeps the pinned one, and a link alice
-    # planted in her folder (she may write there now) is removed as a link: its target is untouched.
+    # A month later the janitor prunes the half-deleted group and keeps the pinned one; a link alice planted
+    # in her folder (she may write there now) is never followed: its target is untouched.
     victim = root / "victim.txt"
     victim.write_text("not lipsyncd's")
     assert as_user(people.alice, "ln", "-s", str(victim), str(mine / "trap.mp4")).returncode == 0
@@ -142,7 +142,7 @@ def test_each_person_reaches_only_their_own_results(people: People, shared_root:
     assert "Traceback" not in janitor.stderr
     assert not video.with_suffix(".json").exists() and not video.with_suffix(".jpg").exists()
     assert kept.exists() and kept.with_suffix(".json").exists()
-    assert victim.read_text() == "not lipsyncd's"
+    assert victim.read_text() == "not lipsyncd's" and (mine / "trap.mp4").is_symlink()
     metrics = (root / "state" / "lipsyncd.prom").read_text(encoding="utf-8")
     assert f'lipsyncd_outputs_files{{user="{people.alice}"}}' in metrics, metrics
     assert as_user(people.alice, "cmp", str(kept), str(kept)).returncode == 0, "pruning left her access alone"
