@@ -98,6 +98,10 @@ def check_access(report: Report, config: Config) -> None:
     except access.AccessError as exc:
         report.fail(f"access: private mode cannot work here: {exc} (lipsyncd run refuses to start)")
         return
+    except PermissionError as exc:
+        report.warn(f"access: private; cannot try ACLs as uid {os.getuid()} ({exc}): run doctor as root or as "
+                    "the service user")
+        return
     report.ok(f"access: private; ACLs work on the data folders; admin group {rules.admin_group}")
 
 
