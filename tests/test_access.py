@@ -173,6 +173,9 @@ def test_switching_modes_is_a_config_change_and_fix_permissions(people: People, 
         run("gpasswd", "-a", person, people.drop).check_returncode()
     alices, bobs = made
     assert as_user(people.bob, "cat", str(alices)).returncode == 0, "shared: the drop group reads every result"
+    assert cli(config, "users", "add", people.alice).returncode == 0  # shared: install.sh's layout
+    assert as_user(people.bob, "touch", str(root / "inbox" / people.alice / "x.wav")).returncode == 0
+    (root / "inbox" / people.alice / "x.wav").unlink()
 
     text = config.read_text(encoding="utf-8")
     config.write_text(text + f"access: {{mode: private, admin_group: {people.admin}}}\n", encoding="utf-8")
