@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import write_config
+from tests.daemon_harness import ROOT, write_config
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")  # the venv's interpreter may live under /root, which accounts cannot read
 
 
 @dataclass(frozen=True)
@@ -98,3 +102,25 @@ def readable_copy(src: Path, folder: Path) -> Path:
     shutil.copyfile(src, dst)
     dst.chmod(0o644)
     return dst
+
+
+def system_python_fits() -> bool:
+    """/usr/bin/python3 is the venv's Python version, so it can run lipsyncd with the venv's packages."""
+    if not SYSTEM_PYTHON.exists():
+        return False
+    version = subprocess.run([str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True).stdout.strip()
+    return version == str(sys.version_info[:2])
+
+
+def system_python_env(home: Path) -> dict[str, str]:
+    """The environment for /usr/bin/python3 to run this checkout with the venv's packages."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": f"{ROOT}:{sysconfig.get_paths()['purelib']}"}
+
+
+def lipsyncd_as(user: str, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`lipsyncd --config CONFIG ARGS` as *user* (their uid and groups)."""
+    return subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--",
+                           str(SYSTEM_PYTHON), "-m", "daemon.cli", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=120, cwd="/", env=system_python_env(Path("/tmp")))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.access_support import People, as_user, lay_out, readable_copy, run
+from tests.access_support import People, as_user, lay_out, lipsyncd_as, readable_copy, run, system_python_fits
 from tests.daemon_harness import ROOT, Daemon, failures, outputs, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
@@ -121,6 +121,13 @@ def test_each_person_reaches_only_their_own_results(people: People, shared_root:
     assert hers["recent_failures"] == []
     his = cli(config, "status", "--user", people.bob)
     assert his.returncode == 0 and "oops" in his.stdout and people.alice not in his.stdout, his.stdout
+    if system_python_fits():  # each person asks for themselves: the spool is closed to them, their folders not
+        own = lipsyncd_as(people.alice, config, "status", "--user", people.alice)
+        assert own.returncode == 0, own.stderr
+        assert "talk  video deleted" in own.stdout and "keepme" in own.stdout, own.stdout
+        assert "spool" in own.stdout and "cannot be read by this account" in own.stdout, own.stdout
+        own = lipsyncd_as(people.bob, config, "status", "--user", people.bob)
+        assert "oops" in own.stdout and people.alice not in own.stdout, own.stdout + own.stderr
     listed = {p["user"]: p for p in json.loads(cli(config, "users", "list", "--json").stdout)["users"]}
     assert listed[people.alice]["results"] == 1 and listed[people.alice]["pins"] == 1, listed
     assert listed["ghost"]["account"] == "(no account)" and listed[people.bob]["failures"] == 1, listed

@@ -15,29 +15,31 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.access_support import People, as_user, lay_out, readable_copy, run
+from tests.access_support import (
+    SYSTEM_PYTHON,
+    People,
+    as_user,
+    lay_out,
+    readable_copy,
+    run,
+    system_python_env,
+    system_python_fits,
+)
 from tests.daemon_harness import ROOT, failures, outputs, wait_for
 from tests.test_units import DEVICES_CLOSED, check_against_unit, read_trace
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
-SYSTEM_PYTHON = Path("/usr/bin/python3")  # the venv's interpreter may live under /root, which the account cannot read
-
 
 def test_the_unprivileged_service_sets_private_acls_inside_its_sandbox(people: People, shared_root: Path,
                                                                         short_wav: Path, small_mp4: Path) -> None:
-    if not shutil.which("strace") or not SYSTEM_PYTHON.exists():
-        pytest.skip("needs strace and /usr/bin/python3")
-    version = subprocess.run([str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info[:2])"],
-                             capture_output=True, text=True).stdout.strip()
-    if version != str(sys.version_info[:2]):
-        pytest.skip(f"/usr/bin/python3 is {version}, the venv's packages are for {sys.version_info[:2]}")
+    if not shutil.which("strace") or not system_python_fits():
+        pytest.skip("needs strace, and /usr/bin/python3 of the venv's Python version (to run as an account)")
     root = shared_root
     service = f"lss{os.getpid() % 100000}"
     run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--groups", people.drop,
@@ -60,9 +62,7 @@ def test_the_unprivileged_service_sets_private_acls_inside_its_sandbox(people: P
         wav, mp4 = readable_copy(short_wav, media), readable_copy(small_mp4, media)
         trace_dir.mkdir()
         shutil.chown(trace_dir, user=service)
-        site = sysconfig.get_paths()["purelib"]
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(root / "state"), "PYTHONPATH": f"{ROOT}:{site}",
-               "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8"}
+        env = system_python_env(root / "state")
         argv = ["setpriv", f"--reuid={service}", f"--regid={service}", "--init-groups", "--inh-caps=-all",
                 "--bounding-set=-all", "--no-new-privs", "--", "sh", "-c",
                 f"umask 0027; exec \"$@\" > {log_file} 2>&1", "sh",

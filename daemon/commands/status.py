@@ -29,7 +29,14 @@ def collect(config: Config, user: str | None = None) -> dict[str, Any]:
     now = time.time()
     lease_seconds = config.queue.lease_seconds
     queued, running = [], []
-    for entry in spool.jobs(config.paths.spool):
+    try:
+        entries = list(spool.jobs(config.paths.spool))
+    except PermissionError:  # access.mode private locks the spool: other people's jobs are in it
+        entries, unreadable = [], f"the spool ({config.paths.spool}) cannot be read by this account; an admin " \
+            "(access.admin_group) or the service sees the queue"
+    else:
+        unreadable = None
+    for entry in entries:
         job = entry.job
         if user is not None and (job is None or job.user != user):
             continue
@@ -45,6 +52,8 @@ def collect(config: Config, user: str | None = None) -> dict[str, Any]:
                 item["waiting"] = {k: entry.waiting.get(k) for k in ("reason", "since", "stage")}
             queued.append(item)
     queue_info: dict[str, Any] = {"queued": len(queued), "running": len(running)}
+    if unreadable:
+        queue_info["error"] = unreadable
     try:
         from daemon.jobs.queue import JobQueue
 
@@ -52,8 +61,11 @@ def collect(config: Config, user: str | None = None) -> dict[str, Any]:
         queue_info.update({"backend": job_queue.where, "pending_messages": job_queue.depth()})
         job_queue.close()
     except Exception as exc:  # noqa: BLE001 - status must still show the rest
-        queue_info["error"] = str(exc)
-    workers = worker_table(config.paths.spool, now)
+        queue_info["error"] = "; ".join(filter(None, (queue_info.get("error"), str(exc))))
+    try:
+        workers = worker_table(config.paths.spool, now)
+    except PermissionError:
+        workers = []
     problems = [str(problem) for problem in layout_problems(config)]  # what run and the janitor refuse
     status = {"config_problems": problems, "queue": queue_info, "running": running, "queued": queued,
               "workers": workers, "recent_failures": recent_failures(config.paths.failed, user=user),
@@ -96,9 +108,8 @@ def results(outputs: Path, user: str, marker: str, limit: int = RECENT_RESULTS) 
 def recent_failures(failed: Path, limit: int = RECENT_FAILURES, user: str | None = None) -> list[dict[str, Any]]:
     found = []
     for day in _children(failed):
-        for user_folder in _children(day):
-            if user is not None and user_folder.name != names.printable(user):
-                continue
+        # One person's folder by name: in access.mode private a date folder can be traversed, not listed.
+        for user_folder in _children(day) if user is None else [day / names.printable(user)]:
             for entry in _children(user_folder):
                 error = entry / ERROR_FILE
                 try:
