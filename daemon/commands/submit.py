@@ -38,7 +38,12 @@ def main(config: Config, audio: Path, video: Path, *, user: str | None = None, n
     if folder == inbox:
         folder.mkdir(parents=True, exist_ok=True)
     else:
-        Access.of(config).make_folder(inbox, folder, user, Kind.DROP_USER)  # private mode: the person's own
+        try:
+            Access.of(config).make_folder(inbox, folder, user, Kind.DROP_USER)  # private mode: the person's own
+        except OSError as exc:
+            print(f"lipsyncd submit: cannot make the inbox folder {folder} ({exc}); ask an administrator to run "
+                  f"`lipsyncd users add {user}`", file=sys.stderr)
+            return 1
     targets = []
     for src in (video, audio):
         target = folder / f"{stem}.{names.parse(src.name).ext}"
