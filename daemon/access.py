@@ -5,20 +5,23 @@ user folder (inbox/<user>, avatars/<user>, outputs/<date>/<user>, failed/<date>/
 account, the admin group and the service, through POSIX ACLs with default entries, so that what is made inside
 follows. Date folders can be traversed but not listed, so they do not give away other people's names.
 
-The ACLs are set with setfacl (package acl) using numeric ids, and read back with getfacl to change only what
-differs: fix() is idempotent and says what it changed. A filesystem without ACLs cannot hold private folders;
-check() says so, and the daemon refuses to start rather than leave the folders open.
+An ACL is written in setfacl's short form with numeric ids (u::rwx,u:1001:rwx,g::---,...,d:...) and stored as
+the kernel's system.posix_acl_access / system.posix_acl_default attributes, exactly what setfacl --set writes;
+it is read back the same way to change only what differs: fix() is idempotent and says what it changed. No
+setfacl process per file: fix-permissions over thousands of results takes a moment. A filesystem without ACLs
+cannot hold private folders; check() says so, and the daemon refuses to start rather than leave them open.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import json
 import os
 import pwd
 import stat
-import subprocess
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -49,7 +52,7 @@ class Kind(Enum):
 
 
 class AccessError(OSError):
-    """Private folders cannot be made here (no ACL support, no setfacl, no admin group), worded for a person.
+    """Private folders cannot be made here (no ACL support, no admin group), worded for a person.
 
     An OSError: met while publishing, it is the server's fault, and the job waits for it to be fixed."""
 
@@ -221,9 +224,7 @@ class Access:
                 return False
             if os.geteuid() == 0 and stat.S_ISDIR(st.st_mode) and (st.st_uid, st.st_gid) != (ids.service, ids.drop):
                 os.chown(f"/proc/self/fd/{fd}", ids.service, ids.drop)  # folders are the service's
-            if any(e.startswith("default:") for e in current) and "d:" not in wanted:
-                _setfacl(["-k"], fd, path)
-            _setfacl(["--set", wanted], fd, path)
+            write_acl(fd, path, _entries(wanted))
             return True
         finally:
             os.close(fd)
@@ -322,31 +323,91 @@ def _entries(text: str) -> frozenset[str]:
     return frozenset(out)
 
 
+# The kernel's binary form of an ACL (linux/posix_acl_xattr.h): a version, then (tag, perm, id) entries
+# sorted by tag and id.
+ACCESS_XATTR, DEFAULT_XATTR = "system.posix_acl_access", "system.posix_acl_default"
+_VERSION = 2
+_NO_ID = 0xFFFFFFFF
+_CODES = {("user", False): 0x01, ("user", True): 0x02, ("group", False): 0x04, ("group", True): 0x08,
+          ("mask", False): 0x10, ("other", False): 0x20}
+_TAG_OF = {code: tag for (tag, _), code in _CODES.items()}
+
+
+def _encode(entries: list[str]) -> bytes:
+    """Entries like "user:1001:rwx" as the kernel's attribute value."""
+    items = []
+    for entry in entries:
+        tag, qualifier, perms = entry.split(":")
+        perm = sum(bit for bit, char in zip((4, 2, 1), perms, strict=True) if char != "-")
+        items.append((_CODES[(tag, bool(qualifier))], int(qualifier) if qualifier else _NO_ID, perm))
+    return struct.pack("<I", _VERSION) + b"".join(struct.pack("<HHI", code, perm, qid)
+                                                  for code, qid, perm in sorted(items))
+
+
+def _decode(data: bytes, prefix: str) -> set[str]:
+    out = set()
+    for offset in range(4, len(data) - 7, 8):
+        code, perm, qid = struct.unpack_from("<HHI", data, offset)
+        named = code in (0x02, 0x08)
+        out.add(f"{prefix}{_TAG_OF[code]}:{qid if named else ''}:{_perms(perm)}")
+    return out
+
+
+def _perms(bits: int) -> str:
+    return "".join(char if bits & bit else "-" for bit, char in ((4, "r"), (2, "w"), (1, "x")))
+
+
+def _xattr(fd: int, name: str) -> bytes | None:
+    try:
+        return os.getxattr(f"/proc/self/fd/{fd}", name)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.EOPNOTSUPP):
+            return None
+        raise
+
+
 def read_acl(fd: int) -> frozenset[str]:
-    """The ACL of the open file *fd*, as getfacl -n writes it."""
-    try:
-        result = subprocess.run(["getfacl", "-cnpE", "--", f"/proc/self/fd/{fd}"], capture_output=True, text=True,
-                                check=False, pass_fds=(fd,))
-    except FileNotFoundError:
-        raise AccessError("getfacl is not installed (Debian package acl); private folders need it") from None
-    if result.returncode != 0:
-        raise OSError(f"getfacl: {result.stderr.strip()}")
-    return frozenset(line.strip() for line in result.stdout.splitlines() if line.strip())
+    """The ACL of the open file *fd*, as `getfacl -n` lists it (the mode's three entries when it has none)."""
+    mode = os.fstat(fd).st_mode
+    data = _xattr(fd, ACCESS_XATTR)
+    if data is None:
+        entries = {f"user::{_perms(mode >> 6)}", f"group::{_perms(mode >> 3)}", f"other::{_perms(mode)}"}
+    else:
+        entries = _decode(data, "")
+    if stat.S_ISDIR(mode) and (default := _xattr(fd, DEFAULT_XATTR)) is not None:
+        entries |= _decode(default, "default:")
+    return frozenset(entries)
 
 
-def _setfacl(args: list[str], fd: int, path: Path) -> None:
-    """setfacl on the open file *fd* (*path* names it in messages)."""
+def write_acl(fd: int, path: Path, entries: frozenset[str]) -> None:
+    """Give the open file *fd* exactly these entries (setfacl --set; no default entries: the default ACL goes)."""
+    target = f"/proc/self/fd/{fd}"
+    default = [e.removeprefix("default:") for e in entries if e.startswith("default:")]
     try:
-        result = subprocess.run(["setfacl", *args, "--", f"/proc/self/fd/{fd}"], capture_output=True, text=True,
-                                check=False, pass_fds=(fd,))
-    except FileNotFoundError:
-        raise AccessError("setfacl is not installed (Debian package acl); private folders need it") from None
-    if result.returncode != 0:
-        message = result.stderr.strip()
-        if "Operation not supported" in message:
-            raise AccessError(f"the filesystem of {path} does not support POSIX ACLs ({message}); private "
-                              "folders need them (mount it with ACLs, or use access.mode: shared)")
-        raise PermissionError(f"setfacl {path}: {message.replace(f'/proc/self/fd/{fd}', str(path))}")
+        os.setxattr(target, ACCESS_XATTR, _encode([e for e in entries if not e.startswith("default:")]))
+        if default:
+            os.setxattr(target, DEFAULT_XATTR, _encode(default))
+        elif stat.S_ISDIR(os.fstat(fd).st_mode):
+            with _no_data():
+                os.removexattr(target, DEFAULT_XATTR)
+    except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP:
+            raise AccessError(f"the filesystem of {path} does not support POSIX ACLs; private "
+                              "folders need them (mount it with ACLs, or use access.mode: shared)") from None
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            raise PermissionError(exc.errno, f"cannot set the ACL of {path} ({exc.strerror}): only its owner or "
+                                  "root may") from None
+        raise
+
+
+@contextlib.contextmanager
+def _no_data() -> Iterator[None]:
+    """Removing a default ACL that is not there is fine."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENODATA:
+            raise
 
 
 def is_date(name: str) -> bool:
@@ -370,7 +431,8 @@ def check(folders: Mapping[str, Path]) -> None:
         try:
             fd = os.open(scratch, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                _setfacl(["-m", f"u:{os.geteuid()}:rwx,d:u::rwx"], fd, scratch)
+                write_acl(fd, scratch, _entries(f"u::rwx,u:{os.geteuid()}:rwx,g::---,o::---,m::rwx,d:u::rwx,"
+                                                f"d:u:{os.geteuid()}:rwx,d:g::---,d:o::---,d:m::rwx"))
             except AccessError as exc:
                 raise AccessError(f"paths.{key}: {exc}") from None
             finally:
