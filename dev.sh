@@ -10,7 +10,8 @@ cd "$(dirname "$0")"
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}   # the pinned CPU build; a looser spec may pull a multi-GB CUDA wheel
 VENV=${VENV:-.venv}
 BASE_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev ffmpeg espeak-ng)
-TEST_PACKAGES=(redis-server logrotate rsync systemd procps util-linux acl strace chromium curl fonts-wqy-microhei)
+TEST_PACKAGES=(redis-server logrotate rsync systemd procps util-linux acl strace chromium curl fonts-wqy-microhei
+               samba smbclient passwd)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

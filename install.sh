@@ -254,7 +254,15 @@ install_data_dirs() {
     set_inbox_acl "$DATA/avatars"
     local person
     for person in "${ADD_USERS[@]}"; do
-        make_dir "$DATA/inbox/$person" 2770 "$SERVICE_USER" "$DROP_GROUP"
+        # lipsyncd users add makes inbox/ and avatars/ folders with access.mode's permissions (private: the
+        # person's own, through ACLs); without the venv (--no-venv) the shared layout is made here.
+        if [ "$STAGING" = 0 ] && [ -x "$VENV/bin/lipsyncd" ]; then
+            "$VENV/bin/lipsyncd" --config "$ETC/lipsyncd.yaml" users add "$person" >/dev/null \
+                || die "lipsyncd users add $person failed (see above)"
+        else
+            make_dir "$DATA/inbox/$person" 2770 "$SERVICE_USER" "$DROP_GROUP"
+            if [ "$STAGING" = 1 ]; then say "would: lipsyncd users add $person"; fi
+        fi
     done
     make_dir "$LOGS" 0750 "$SERVICE_USER" "$SERVICE_USER"
 }

@@ -49,7 +49,7 @@ def cmd_janitor(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from daemon.commands import status
 
-    return status.main(_load(args), as_json=args.json)
+    return status.main(_load(args), as_json=args.json, user=args.user)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -137,6 +137,12 @@ def cmd_web_user(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    from daemon.commands import users
+
+    return users.main(_load(args, layout=True), args.action, args.name, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lipsyncd",
@@ -160,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan/result as JSON")
     p = add("status", cmd_status, "queue, running jobs with progress, recent failures, disk")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--user", metavar="NAME", help="only this person's queue, results and failures")
     p = add("submit", cmd_submit, "copy an audio/video pair into the inbox safely")
     p.add_argument("audio")
     p.add_argument("video")
@@ -181,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("restore", cmd_restore, "bring an archived video back into outputs/ (janitor.archive)")
     p.add_argument("target", metavar="DATE/USER/STEM", help="e.g. 2026-11-20/alice/promo, or the output's .json path")
+    p = add("users", cmd_users, "people and their private folders (access.mode)")
+    p.add_argument("action", choices=("add", "remove", "list", "fix-permissions"),
+                   help="add: prepare NAME's folders; remove: take NAME's access away, keep the files; list: each "
+                        "user's account, folders, bytes kept, pins; fix-permissions: re-apply access.mode")
+    p.add_argument("name", nargs="?", metavar="NAME", help="the user folder (fix-permissions: only this user's)")
+    p.add_argument("--json", action="store_true", help="list: machine-readable output")
     p = add("demo", cmd_demo, "make a sample pair and take it through the whole daemon")
     p.add_argument("--engine", choices=engines.NAMES, default="builtin")
     p.add_argument("--dir", help="where to put the demo's folders (default: a new temp folder)")

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from daemon import names
 from pipeline import engines  # the registry's engine names; no torch (the janitor imports this module)
 
 SYSTEM_CONFIG = Path("/etc/lipsyncd/lipsyncd.yaml")
@@ -106,6 +107,12 @@ DEFAULTS: dict[str, Any] = {
         "events": ["disk", "job_failed"],
         "repeat_hours": 6,
         "language": "en",
+        "users": {},
+    },
+    "access": {
+        "mode": "shared",
+        "admin_group": "lipsyncd-admin",
+        "accounts": {},
     },
     "logging": {"level": "INFO", "file": None},
     "metrics": {"textfile": None},
@@ -302,6 +309,16 @@ class NotifyConfig:
     events: tuple[str, ...]
     repeat_hours: float
     language: str
+    users: dict[str, tuple[str, ...]]  # notify.users: {user folder: [apprise URLs]} for that person's jobs
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    """access: who may reach a user's folders (daemon.access applies it)."""
+
+    mode: str
+    admin_group: str
+    accounts: dict[str, str]  # {folder name: local account}
 
 
 @dataclass(frozen=True)
@@ -346,6 +363,7 @@ class Config(dict):
     queue: QueueConfig
     janitor: JanitorConfig
     notify: NotifyConfig
+    access: AccessConfig
     logging: LoggingConfig
     metrics: MetricsConfig
     web: WebConfig
@@ -363,6 +381,7 @@ class Config(dict):
         self.queue = _typed(QueueConfig, self["queue"])
         self.janitor = _typed(JanitorConfig, self["janitor"])
         self.notify = _typed(NotifyConfig, self["notify"])
+        self.access = _typed(AccessConfig, self["access"])
         self.logging = _typed(LoggingConfig, self["logging"])
         self.metrics = _typed(MetricsConfig, self["metrics"])
         self.web = _typed(WebConfig, self["web"])
@@ -384,6 +403,8 @@ def _typed(kind: Any, value: Any) -> Any:
     if is_dataclass(kind):
         hints = typing.get_type_hints(kind)
         return kind(**{key: _typed(hints[key], item) for key, item in value.items()})
+    if typing.get_origin(kind) is dict:
+        return {key: _typed(typing.get_args(kind)[1], item) for key, item in value.items()}
     if typing.get_origin(kind) is tuple:
         return tuple(_typed(typing.get_args(kind)[0], item) for item in value)
     if isinstance(kind, types.UnionType):  # X | None, and the value is not None
@@ -490,7 +511,7 @@ def _merge(base: dict[str, Any], user: Mapping[str, Any], prefix: str, source: s
 
 
 # Mappings whose keys are the user's own (not checked against DEFAULTS).
-_FREE_FORM_KEYS = {"pipeline.command": ("env",)}
+_FREE_FORM_KEYS = {"pipeline.command": ("env",), "notify": ("users",), "access": ("accounts",)}
 
 
 def _kind(value: Any) -> str:
@@ -507,7 +528,7 @@ def _walk_leaves(defaults: Mapping[str, Any], prefix: str = ""):
             yield dotted, value
 
 
-_FREE_DICTS = {"pipeline.command.env"}
+_FREE_DICTS = {"pipeline.command.env", "notify.users", "access.accounts"}
 
 
 def _get(data: Mapping[str, Any], dotted: str) -> Any:
@@ -635,6 +656,16 @@ def _percent(value: Any) -> str | None:
     return None if 0 < value <= 100 else "must be a percentage between 0 and 100"
 
 
+def _name_map(value: Any, what: str, good: Callable[[Any], Any]) -> str | None:
+    """A mapping {user folder name: *what*} (notify.users, access.accounts)."""
+    for key, item in value.items():
+        if not isinstance(key, str) or names.refusal(key):
+            return f"{key!r} cannot be a user folder name"
+        if not good(item):
+            return f"{key}: must be {what}, not {_kind(item)} ({item!r})"
+    return None
+
+
 def _queue_url(value: Any) -> str | None:
     if value is None or str(value).startswith(("redis://", "rediss://", "unix://")):
         return None
@@ -695,6 +726,11 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "web.trusted_proxies": _networks,
     "web.admins": _strings,
     "web.upload_max_mb": _positive,
+    "notify.users": lambda value: _name_map(value, "a list of Apprise URLs", lambda v: isinstance(v, list) and all(
+        isinstance(u, str) for u in v)),
+    "access.mode": _one_of("shared", "private"),
+    "access.admin_group": lambda value: None if value.strip() else "must name a group",
+    "access.accounts": lambda value: _name_map(value, "a local account name", lambda v: isinstance(v, str) and v),
 }
 
 

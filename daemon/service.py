@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from daemon import access, names
 from daemon import config as configmod
 from daemon import log as logmod
-from daemon import names
 from daemon.inbox.claim import recover_claims
 from daemon.inbox.ingest import Ingest
 from daemon.inbox.watcher import LOST_CHECK_SECONDS, Watcher
@@ -253,6 +253,7 @@ class Service:
             new = configmod.load(self.config_path)
             configmod.check_layout(new)
             problems = configmod.ensure_folders(new)
+            problems += access.start(new)
         except configmod.ConfigError as exc:
             log.error("configuration not reloaded, keeping the old one: %s", exc)
             self.notifier.ready(self._status_text())
@@ -308,6 +309,8 @@ def main(config: configmod.Config, config_path: str | os.PathLike[str] | None) -
     configmod.check_layout(config)  # before any folder is made: a bad layout is exit 2, and nothing is created
     for problem in configmod.ensure_folders(config):
         log.warning("%s: finished jobs will wait in the spool and be published once it is fixed", problem)
+    for problem in access.start(config):  # private mode on a filesystem without ACLs: exit 2, nothing opened
+        log.warning("%s", problem)
     path = str(config_path) if config_path else None
     return Service(config, path).run()
 

@@ -9,6 +9,8 @@ import pytest
 
 from tests import media
 
+pytest_plugins = ["tests.access_support"]  # real accounts for the private-folder tests (people, shared_root)
+
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "lipsyncd" / "numba"))
 
 

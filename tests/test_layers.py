@@ -163,7 +163,7 @@ def test_the_daemon_reaches_the_pipeline_only_through_its_interface() -> None:
 # the janitor reads the spool's layout from names; the service and the commands sit on top.
 DAEMON_ROOMS = [
     ("shared words", ("daemon.names", "daemon.files", "daemon.config", "daemon.log", "daemon.disk",
-                      "daemon.sdnotify")),
+                      "daemon.sdnotify", "daemon.access")),
     ("notify", ("daemon.notify",)),
     ("jobs", ("daemon.jobs",)),
     ("inbox", ("daemon.inbox",)),

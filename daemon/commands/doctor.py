@@ -83,6 +83,28 @@ def check_folders(report: Report, config: Config) -> None:
             report.fail(f"paths.state is on {fstype}: the SQLite queue and alert state must be on a local disk")
 
 
+def check_access(report: Report, config: Config) -> None:
+    """access.mode private needs POSIX ACLs on every data folder people reach, and the admin group."""
+    from daemon import access
+
+    rules = access.Access.of(config)
+    if not rules.private:
+        report.ok("access: shared (the drop group reads every user's results)")
+        return
+    folders = config.paths.folders()
+    try:
+        rules.ids(folders["outputs"])
+        access.check({key: folders[key] for key in (*access.PEOPLE_FOLDERS, "spool") if folders[key].is_dir()})
+    except access.AccessError as exc:
+        report.fail(f"access: private mode cannot work here: {exc} (lipsyncd run refuses to start)")
+        return
+    except PermissionError as exc:
+        report.warn(f"access: private; cannot try ACLs as uid {os.getuid()} ({exc}): run doctor as root or as "
+                    "the service user")
+        return
+    report.ok(f"access: private; ACLs work on the data folders; admin group {rules.admin_group}")
+
+
 def _fstype(path: Path) -> str:
     best, kind = "", ""
     try:
@@ -234,8 +256,8 @@ def check_archive(report: Report, config: Config) -> None:
 
 
 CHECKS: list[Callable[[Report, Config], None]] = [
-    check_layout, check_folders, check_disk, check_inotify, check_queue, check_notify, check_logging, check_devices,
-    check_engines, check_archive,
+    check_layout, check_folders, check_access, check_disk, check_inotify, check_queue, check_notify, check_logging,
+    check_devices, check_engines, check_archive,
 ]
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from daemon import names
+from daemon.access import Access, Kind
 from daemon.config import Config
 
 SKIP = {names.ERROR_FILE, names.JOB_FILE}
@@ -50,7 +51,10 @@ def requeue(config: Config, folder: Path) -> list[Path]:
         user = names.printable(user)
     inbox = config.paths.inbox
     dest = inbox if user == config.ingest.default_user and not (inbox / user).is_dir() else inbox / user
-    dest.mkdir(parents=True, exist_ok=True)
+    if dest == inbox:
+        dest.mkdir(parents=True, exist_ok=True)
+    else:
+        Access.of(config).make_folder(inbox, dest, user, Kind.DROP_USER)  # private mode: the person's own
     files = [p for p in sorted(folder.iterdir()) if p.name not in SKIP and p.is_file() and not p.is_symlink()]
     if not files:
         raise RetryError(f"{folder} holds no input files to retry")

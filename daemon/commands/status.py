@@ -21,14 +21,25 @@ from daemon.jobs.workers import describe, worker_table
 from daemon.names import ERROR_FILE, JOB_FILE
 
 RECENT_FAILURES = 10
+RECENT_RESULTS = 20
 
 
-def collect(config: Config) -> dict[str, Any]:
+def collect(config: Config, user: str | None = None) -> dict[str, Any]:
+    """Everything status shows; with *user*, only that person's queue, failures and results."""
     now = time.time()
     lease_seconds = config.queue.lease_seconds
     queued, running = [], []
-    for entry in spool.jobs(config.paths.spool):
+    try:
+        entries = list(spool.jobs(config.paths.spool))
+    except PermissionError:  # access.mode private locks the spool: other people's jobs are in it
+        entries, unreadable = [], f"the spool ({config.paths.spool}) cannot be read by this account; an admin " \
+            "(access.admin_group) or the service sees the queue"
+    else:
+        unreadable = None
+    for entry in entries:
         job = entry.job
+        if user is not None and (job is None or job.user != user):
+            continue
         item = {"job": entry.id, "user": names.escape(job.user) if job else None,
                 "name": names.escape(job.stem) if job else None,
                 "attempts": job.attempts if job else None, "age_seconds": round(now - job.created, 1) if job else None}
@@ -41,6 +52,8 @@ def collect(config: Config) -> dict[str, Any]:
                 item["waiting"] = {k: entry.waiting.get(k) for k in ("reason", "since", "stage")}
             queued.append(item)
     queue_info: dict[str, Any] = {"queued": len(queued), "running": len(running)}
+    if unreadable:
+        queue_info["error"] = unreadable
     try:
         from daemon.jobs.queue import JobQueue
 
@@ -48,13 +61,20 @@ def collect(config: Config) -> dict[str, Any]:
         queue_info.update({"backend": job_queue.where, "pending_messages": job_queue.depth()})
         job_queue.close()
     except Exception as exc:  # noqa: BLE001 - status must still show the rest
-        queue_info["error"] = str(exc)
-    workers = worker_table(config.paths.spool, now)
+        queue_info["error"] = "; ".join(filter(None, (queue_info.get("error"), str(exc))))
+    try:
+        workers = worker_table(config.paths.spool, now)
+    except PermissionError:
+        workers = []
     problems = [str(problem) for problem in layout_problems(config)]  # what run and the janitor refuse
-    return {"config_problems": problems, "queue": queue_info, "running": running, "queued": queued, "workers": workers,
-            "recent_failures": recent_failures(config.paths.failed),
-            "disk": [fs.to_dict() for fs in filesystems(config.paths.folders())], "time": now,
-            "archive": archive_backlog(config)}
+    status = {"config_problems": problems, "queue": queue_info, "running": running, "queued": queued,
+              "workers": workers, "recent_failures": recent_failures(config.paths.failed, user=user),
+              "disk": [fs.to_dict() for fs in filesystems(config.paths.folders())], "time": now,
+              "archive": archive_backlog(config)}
+    if user is not None:
+        status["user"] = names.escape(user)
+        status["results"] = results(config.paths.outputs, user, config.janitor.keep_marker)
+    return status
 
 
 def archive_backlog(config: Config) -> dict[str, Any] | None:
@@ -72,11 +92,41 @@ def archive_backlog(config: Config) -> dict[str, Any] | None:
     return info
 
 
-def recent_failures(failed: Path, limit: int = RECENT_FAILURES) -> list[dict[str, Any]]:
+def results(outputs: Path, user: str, marker: str, limit: int = RECENT_RESULTS) -> list[dict[str, Any]]:
+    """One person's results, newest first: a group is <stem>.mp4 with its .json/.jpg, and any of them may be
+    gone (the owner deleted the video by hand, the janitor archived it): what is left is shown as it is."""
+    found = []
+    for day in sorted(_children(outputs), reverse=True):
+        folder = day / names.printable(user)
+        try:
+            entries = {e.name: e for e in os.scandir(folder) if e.is_file(follow_symlinks=False)}
+        except OSError:
+            continue
+        stems = {name.rsplit(".", 1)[0] for name in entries if name.endswith((".mp4", ".json"))
+                 and not name.startswith(".")}
+        for stem in sorted(stems):
+            video = entries.get(f"{stem}.mp4")
+            record: dict[str, Any] = {}
+            if f"{stem}.json" in entries:
+                with contextlib.suppress(OSError, ValueError):
+                    record = json.loads((folder / f"{stem}.json").read_text(encoding="utf-8"))
+            archived = isinstance(record, dict) and bool(record.get("archived"))
+            state = "ready" if video else "archived" if archived else "deleted"
+            found.append({"date": day.name, "name": names.escape(stem), "state": state,
+                          "bytes": video.stat(follow_symlinks=False).st_size if video else 0,
+                          "pinned": f"{stem}.mp4{marker}" in entries or marker in entries,
+                          "path": names.escape(str(folder / f"{stem}.mp4"))})
+            if len(found) >= limit:
+                return found
+    return found
+
+
+def recent_failures(failed: Path, limit: int = RECENT_FAILURES, user: str | None = None) -> list[dict[str, Any]]:
     found = []
     for day in _children(failed):
-        for user in _children(day):
-            for entry in _children(user):
+        # One person's folder by name: in access.mode private a date folder can be traversed, not listed.
+        for user_folder in _children(day) if user is None else [day / names.printable(user)]:
+            for entry in _children(user_folder):
                 error = entry / ERROR_FILE
                 try:
                     mtime = error.stat().st_mtime
@@ -138,6 +188,11 @@ def render_text(status: dict[str, Any]) -> str:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(f["time"]))
         lines.append(f"  {when}  {f['user']}/{f['name']}: {f['reason']}")
         lines.append(f"           {f['folder']}")
+    if "results" in status:
+        lines.append(f"Results of {status['user']}:" if status["results"] else f"Results of {status['user']}: none")
+        for r in status["results"]:
+            what = {"ready": _bytes(r["bytes"]), "archived": "archived", "deleted": "video deleted"}[r["state"]]
+            lines.append(f"  {r['date']}  {r['name']}  {what}" + ("  pinned" if r["pinned"] else ""))
     lines.append("Disk:")
     for fs in status["disk"]:
         lines.append(f"  {fs['mount']}: {fs['percent']:.1f}% used, {_bytes(fs['avail'])} free "
@@ -156,8 +211,8 @@ def render_text(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(config: Config, as_json: bool = False) -> int:
-    status = collect(config)
+def main(config: Config, as_json: bool = False, user: str | None = None) -> int:
+    status = collect(config, user)
     if as_json:
         print(json.dumps(status, indent=2, ensure_ascii=False))
     else:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from daemon import names
+from daemon.access import Access, Kind
 from daemon.config import Config
 
 
@@ -34,7 +35,15 @@ def main(config: Config, audio: Path, video: Path, *, user: str | None = None, n
             return 2
     inbox = config.paths.inbox
     folder = inbox if user == config.ingest.default_user and not (inbox / user).is_dir() else inbox / user
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder == inbox:
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        try:
+            Access.of(config).make_folder(inbox, folder, user, Kind.DROP_USER)  # private mode: the person's own
+        except OSError as exc:
+            print(f"lipsyncd submit: cannot make the inbox folder {folder} ({exc}); ask an administrator to run "
+                  f"`lipsyncd users add {user}`", file=sys.stderr)
+            return 1
     targets = []
     for src in (video, audio):
         target = folder / f"{stem}.{names.parse(src.name).ext}"

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from daemon import names
+from daemon.access import Access
 from daemon.config import Config
 from daemon.inbox import claim
 from daemon.inbox.manifest import MAX_BYTES, Manifest, ManifestError
@@ -50,6 +51,7 @@ class Ingest:
         self.users_from = ingest.users_from
         self.default_user = ingest.default_user
         self.allowed_engines = config.pipeline.allowed_engines
+        self.access = Access.of(config)
         self._dirty: set[str] = set()
 
     # --- what is in the inbox -------------------------------------------------------------------
@@ -162,6 +164,11 @@ class Ingest:
             return 0
         entries: dict[str, Entry] = {}
         folder_problem = names.refusal(folder.name) if folder != self.inbox else None
+        if folder_problem:
+            folder_problem = f"the folder this was dropped in cannot be used as a user name: {folder_problem}. " \
+                "Rename the folder."
+        else:
+            folder_problem = self.access.no_account_reason(user)  # private mode: a folder is an account's
         for path in paths:
             try:
                 st = os.lstat(path)
@@ -224,7 +231,7 @@ class Ingest:
         # status and alerts get the escaped form, the same one failed/<date>/<user>/ is named with.
         user, reason = names.escape(user), names.escape(decision.reason)  # the reason may quote a name
         try:
-            where = filing.file_failure(self.failed, user, decision.stem, files, reason)
+            where = filing.file_failure(self.failed, user, decision.stem, files, reason, access=self.access)
         except OSError as exc:
             log.error("could not move %s to failed/ (%s); leaving them in the inbox. Reason they failed: %s",
                       ", ".join(map(names.quoted, decision.files)), exc, reason,
@@ -241,7 +248,7 @@ class Ingest:
 def _problem(name: str, st: os.stat_result, folder_problem: str | None) -> str | None:
     """Why a file must be refused without being opened, or None."""
     if folder_problem:
-        return f"the folder this was dropped in cannot be used as a user name: {folder_problem}. Rename the folder."
+        return folder_problem
     unsafe = claim.plain_file_problem(name, st)
     if unsafe:
         return unsafe

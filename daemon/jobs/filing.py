@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import names
+from daemon.access import Access, Kind
 from daemon.files import move
 from daemon.jobs.job import Job, write_json_atomic
 
@@ -71,9 +72,16 @@ def _size(size: int) -> str:
 
 
 def file_failure(failed_root: Path, user: str, stem: str, files: Sequence[tuple[Path, str]], reason: str, *,
-                 job: Job | None = None, engine: str | None = None, device: str | None = None) -> Path:
-    """Move *files* ((current path, original name)) into a new failed/ folder with error.txt and job.json."""
-    folder = unique_folder(failed_root / today() / names.printable(user), names.printable(stem))
+                 job: Job | None = None, engine: str | None = None, device: str | None = None,
+                 access: Access | None = None) -> Path:
+    """Move *files* ((current path, original name)) into a new failed/ folder with error.txt and job.json.
+
+    With *access*, failed/<date>/<user>/ is made with its ACL (private mode: the person, admins, the service),
+    and what is made inside inherits it."""
+    user_folder = failed_root / today() / names.printable(user)
+    if access is not None:
+        access.make_folder(failed_root, user_folder, user, Kind.RESULT_USER)
+    folder = unique_folder(user_folder, names.printable(stem))
     listed: list[tuple[str, int]] = []
     for path, original in files:
         safe = names.printable(original) if names.refusal(original) else original
@@ -93,51 +101,65 @@ def file_failure(failed_root: Path, user: str, stem: str, files: Sequence[tuple[
     text = error_text(reason, user=user, files=listed, job=job, folder=folder, engine=engine, device=device)
     temp = folder / ".error.txt.part"
     temp.write_text(text, encoding="utf-8")
+    if access is not None:
+        for path in [folder / name for name, _ in listed] + [folder / names.JOB_FILE, temp]:
+            access.secure_file(failed_root, path, user, best_effort=True)
     os.replace(temp, folder / names.ERROR_FILE)
     return folder
 
 
 def publish(outputs_root: Path, job: Job, video: Path, *, sidecars: dict[str, Path | dict[str, Any]],
-            publish_dir: Path | None = None) -> Path:
+            publish_dir: Path | None = None, access: Access | None = None) -> Path:
     """Put *video* into outputs/<date>/<user>/ under a free name; sidecars (".json", ".jpg") follow its name.
 
     Idempotent for one job: if an earlier attempt already linked the video (same inode), that name is reused,
     and a sidecar file an interrupted try already moved to its temp is taken from there.
     The outputs folder itself is never created here: a missing one is a fault of the server (an unmounted
     share) to wait out, not a folder to make anew on whatever disk lies below.
+    With *access*, outputs/<date>/<user>/ is made with its ACL, and files renamed in from the spool get it too.
     """
     if not outputs_root.is_dir():
         raise FileNotFoundError(errno.ENOENT, "the outputs folder is missing", str(outputs_root))
     folder = publish_dir or outputs_root / today() / names.printable(job.user)
+    if access is not None and folder.parent.parent == outputs_root:
+        access.make_folder(outputs_root, folder, job.user, Kind.RESULT_USER)
     folder.mkdir(parents=True, exist_ok=True)
     temp = folder / f".{names.printable(job.stem)}.{job.id}.part"
     final = _already_published(folder, temp)
     if final is None:
         if not temp.exists():
             _copy_or_move(video, temp)
+        if access is not None:
+            access.secure_file(outputs_root, temp, job.user)
         final = _link_free_name(temp, folder, names.printable(job.stem))
     for suffix, content in sidecars.items():
-        publish_sidecar(final, suffix, content, job.id)
+        publish_sidecar(final, suffix, content, job.id, access=access, outputs_root=outputs_root, user=job.user)
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()
     return final
 
 
-def publish_sidecar(final: Path, suffix: str, content: Path | dict[str, Any], job_id: str) -> None:
+def publish_sidecar(final: Path, suffix: str, content: Path | dict[str, Any], job_id: str, *,
+                    access: Access | None = None, outputs_root: Path | None = None, user: str = "") -> None:
     """Put a sidecar of the published *final* in place in one rename: a record (dict, as JSON) or a file.
 
     Also how the poster and the scored record replace what was published first (the worker publishes the
     video and its record as soon as the video is made). A file an interrupted try already moved to its
-    temp is taken from there; no file at all (no poster) is skipped."""
+    temp is taken from there; no file at all (no poster) is skipped. With *access* (and the outputs root
+    and the job's user), the sidecar gets its owner's ACL before it takes its name."""
     target = final.with_suffix(suffix)
     if isinstance(content, dict):
         write_json_atomic(target, content)
+        if access is not None and outputs_root is not None:
+            access.secure_file(outputs_root, target, user)
         return
     side_temp = final.parent / f".{target.name}.{job_id}.part"
     if content.exists():
         _copy_or_move(content, side_temp)
     elif not side_temp.exists():
         return
+    if access is not None and outputs_root is not None:
+        access.secure_file(outputs_root, side_temp, user)
     os.replace(side_temp, target)
 
 

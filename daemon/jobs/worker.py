@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from daemon import config as configmod
 from daemon import log as logmod
 from daemon import names
+from daemon.access import Access
 from daemon.jobs import filing, lease, record
 from daemon.jobs.job import Job, JobState, load, save, write_json_atomic
 from daemon.jobs.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
@@ -483,7 +484,7 @@ class Worker:
                 return None
             try:
                 final = filing.publish(outputs, job, kept / "output.mp4", sidecars=sidecars,
-                                       publish_dir=Path(job.publish_dir))
+                                       publish_dir=Path(job.publish_dir), access=Access.of(self.config))
             except OSError as exc:
                 if exc.errno in NAME_ERRNOS:
                     self._fail(run, f"the video was made but cannot be saved under the name {job.stem!r} in "
@@ -533,9 +534,11 @@ class Worker:
                              extra=fields(job_id=job.id, user=job.user, stage="finish"))
                 else:
                     try:
+                        owner = {"access": Access.of(self.config), "outputs_root": self.config.paths.outputs,
+                                 "user": job.user}
                         if has_poster:
-                            filing.publish_sidecar(final, ".jpg", poster, job.id)
-                        filing.publish_sidecar(final, ".json", done, job.id)
+                            filing.publish_sidecar(final, ".jpg", poster, job.id, **owner)
+                        filing.publish_sidecar(final, ".json", done, job.id, **owner)
                     except OSError as exc:
                         self._wait_to_publish(run, exc, what="is published, but its poster and sync score cannot "
                                                              "be added")
@@ -619,7 +622,8 @@ class Worker:
         with self._commit_lock:
             try:
                 where = filing.file_failure(self.config.paths.failed, job.user, job.stem, files,
-                                            reason, job=job, engine=engine, device=self.device)
+                                            reason, job=job, engine=engine, device=self.device,
+                                            access=Access.of(self.config))
             except OSError as exc:
                 self._wait_to_file(run, verdict, engine, exc)
                 return
@@ -648,7 +652,7 @@ class Worker:
         files = [(p, p.name) for p in folder.iterdir()
                  if p.is_file() and p.name not in (names.LEASE_FILE, names.JOB_FILE, names.TAKEOVER_LOCK)]
         filing.file_failure(self.config.paths.failed, "unknown", job_id, files,
-                            f"the job's record (job.json) is damaged: {why}")
+                            f"the job's record (job.json) is damaged: {why}", access=Access.of(self.config))
         self._remove_job_folder(folder)
 
     def _no_room(self, exc: Exception) -> str | None:

@@ -57,6 +57,21 @@ def targets(config: Config) -> list[Target]:
     return out
 
 
+def user_targets(config: Config, user: str) -> list[Target]:
+    """The person's own targets (notify.users[user]): they hear of their own jobs, and only of those."""
+    out = []
+    for url in config.notify.users.get(user, ()):
+        key = _digest(f"user:{user}:{url}")
+        scheme = url.split("://", 1)[0] if "://" in url else "?"
+        out.append(Target(key=key, label=f"{names.escape(user)}'s {scheme}:// #{key[:8]}", url=url))
+    return out
+
+
+def _all_targets(config: Config) -> list[Target]:
+    """Every target a parked message may be waiting for: ops' and each person's."""
+    return targets(config) + [t for user in config.notify.users for t in user_targets(config, user)]
+
+
 def _digest(text: str) -> str:
     """A short stable key for a target (hashlib is imported here: a pass with nothing to send never needs it)."""
     import hashlib
@@ -149,15 +164,16 @@ def notify_job(config: Config, event: str, user: str, stem: str, job_id: str, de
     detail: the error (its first line is used) for job_failed, the output path for job_done.
     Returns True when every target accepted it, or when there is nothing to send (event not enabled,
     no targets); False when a target failed: the message is then parked for the janitor to retry.
+    The job's own person (notify.users[user]) hears of both job events, whatever notify.events says (that is
+    for the notify.urls targets); the message is about this one job, so it names no one else's files.
     """
+    own = user_targets(config, user) if event in JOB_EVENTS else []
     user, stem = names.escape(user), names.escape(stem)  # from a user: no newline may forge a line of an alert
     try:
         if event not in JOB_EVENTS:
             log.error("notify_job: unknown event %r (known: %s)", event, ", ".join(JOB_EVENTS))
             return False
-        if event not in config.notify.events:
-            return True
-        send_to = targets(config)
+        send_to = (targets(config) if event in config.notify.events else []) + own
         if not send_to:
             return True
         title, body = messages.job_message(config.notify.language, event, user, stem, job_id, detail,
@@ -200,7 +216,7 @@ def retry_pending(config: Config, now: float | None = None) -> dict[str, int]:
     except OSError as exc:
         log.error("cannot read parked notifications in %s: %s", folder, exc)
         return counts
-    by_key = {t.key: t for t in targets(config)}
+    by_key = {t.key: t for t in _all_targets(config)}
     for name in names:
         path = os.path.join(folder, name)
         try:
