@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from daemon.access import Access
 from daemon.config import Config
 from daemon.janitor import archive
 from daemon.janitor.plan import DATE_NAME
@@ -99,6 +100,7 @@ def restore(config: Config, date: str, user: str, stem: str) -> dict[str, Any]:
             raise RestoreError(f"the archived copy at {url} differs from what was archived ({sink.size} bytes, "
                                f"sha256 {sink.sha.hexdigest()}; recorded {done.get('bytes')}, {done.get('sha256')}); "
                                f"nothing was restored")
+        Access.of(config).secure_file(Path(config.paths.outputs), temp, user)  # private mode: the owner's ACL
         os.link(temp, video)  # never over a file that appeared meanwhile
     finally:
         target.close()
