@@ -15,8 +15,12 @@ import shutil
 from pathlib import Path
 
 
-def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o644) -> None:
-    """Replace *path* with *data* in one rename; on any error the old file is left as it was."""
+def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Replace *path* with *data* in one rename; on any error the old file is left as it was.
+
+    *durable*: fsync before the rename, so a power cut leaves the old file or the new one, never an empty
+    one. Only files whose loss costs nothing skip it (a worker's heartbeat; a render's record, whose absence
+    only means the render is done again): an fsync is 4 ms or more on many disks, per file."""
     path = os.fspath(path)
     folder, name = os.path.split(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -28,7 +32,8 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int = 0o
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.chmod(temp, mode)

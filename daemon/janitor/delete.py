@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.janitor.plan import Group, Member, Plan, Step, empty_tree, mount_id
+from daemon.janitor.plan import LISTED, Group, Member, Plan, Step, empty_tree, mount_id
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,15 @@ class Outcome:
     folders: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)  # reason -> bytes
     freed_by_root: dict[str, int] = field(default_factory=dict)  # "outputs"/"failed" -> allocated bytes freed
-    skipped: list[dict[str, str]] = field(default_factory=list)  # changed or gone since planned
-    errors: list[dict[str, str]] = field(default_factory=list)  # could not delete: the pass failed
+    skipped: list[dict[str, str]] = field(default_factory=list)  # changed or gone since planned (first LISTED)
+    errors: list[dict[str, str]] = field(default_factory=list)  # could not delete: the pass failed (first LISTED)
+    skipped_count: int = 0
+    error_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"files": self.files, "bytes": self.bytes, "freed": self.freed, "folders": self.folders,
-                "by_reason": self.by_reason, "skipped": self.skipped, "errors": self.errors}
+                "by_reason": self.by_reason, "skipped": self.skipped, "skipped_count": self.skipped_count,
+                "errors": self.errors, "error_count": self.error_count}
 
     def count(self, group: Group, files: int, size: int, freed: int) -> None:
         self.files += files
@@ -57,7 +60,9 @@ class Outcome:
         self.freed_by_root[group.root] = self.freed_by_root.get(group.root, 0) + freed
 
     def skip(self, path: str, why: str) -> None:
-        self.skipped.append({"path": path, "why": why})
+        self.skipped_count += 1
+        if len(self.skipped) < LISTED:
+            self.skipped.append({"path": path, "why": why})
 
     def failed(self, path: str, exc: OSError) -> None:
         """An OSError on *path*: someone else's doing (skipped) or a failure of the pass (errors)."""
@@ -66,8 +71,10 @@ class Outcome:
         elif exc.errno == errno.ELOOP or exc.errno == errno.ENOTDIR:
             self.skip(path, "a folder on the way is now a symlink or a file (refused)")
         else:
-            log.error("cannot delete %s: %s", path, exc.strerror or exc)
-            self.errors.append({"path": path, "error": exc.strerror or str(exc)})
+            self.error_count += 1
+            if len(self.errors) < LISTED:
+                log.error("cannot delete %s: %s", path, exc.strerror or exc)
+                self.errors.append({"path": path, "error": exc.strerror or str(exc)})
 
 
 class _Folders:

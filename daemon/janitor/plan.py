@@ -1,8 +1,9 @@
 """The prune plan: which outputs and failed/ entries a janitor pass deletes, and why. Reads, never writes.
 
-The plan is made once, folder by folder, as a stream of Steps (Planner.steps): a dry run only lists
-them, a real pass carries each out (delete.py) as it comes, while the planner still holds that folder
-open, so the two can never differ. Only the documented layout is managed:
+The plan is made once, date folder by date folder, as a stream of Steps (Planner.steps): a dry run only
+lists them, a real pass carries each out (delete.py) as it comes, while the planner still holds that
+folder open, so the two can never differ. Nothing of a folder is kept once its step is handed out, so
+memory stays flat in the size of the tree (as find's does). Only the documented layout is managed:
   outputs/YYYY-MM-DD/<user>/<stem>.mp4 + .json + .jpg   (one output: its files go together)
   failed/YYYY-MM-DD/<user>/<stem>/                       (one failed entry: the folder goes as a whole)
 Anything else under those roots is reported as unmanaged and left alone. Symlinks are never followed,
@@ -13,7 +14,9 @@ pass from /proc/self/mountinfo).
 Rules, in order: pinned (<file>.keep, <stem>.keep, or the keep marker in any folder above) is kept;
 younger than janitor.min_age_hours is kept; older than its retention (the first matching rule, else
 default_days) is "expired". When the filesystem of outputs/ is at or above critical_percent, the
-oldest remaining outputs are added ("watermark") until free space would reach target_free_percent.
+oldest remaining outputs are added ("watermark") until free space would reach target_free_percent:
+outputs/ is read a second time, oldest date folder first (date folders are in age order), the oldest
+outputs of each date first, so only one date's outputs are held at a time.
 Dot-named temp files (a job publishing) younger than min_age_hours, or whose job is still in the
 spool, are in flight and kept; older ones are "abandoned-temp".
 """
@@ -22,11 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fnmatch
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -43,6 +47,8 @@ MOUNT_WHY = "a mount point (another filesystem or a bind mount): never entered"
 # Empty folder trees (holding nothing but folders) below outputs/ are removed; a pass looks at no more than
 # this many such folders in all, so a huge tree costs bounded time (one larger than this is left alone).
 EMPTY_FOLDERS_PER_PASS = 10_000
+# Paths named one by one in each of the plan's lists (refused, left alone, pin markers); the rest are counted.
+LISTED = 100
 
 DATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 OUTPUT_SUFFIXES = (".mp4", ".json", ".jpg")
@@ -140,48 +146,109 @@ class _Measured(NamedTuple):
 
 
 @dataclass(slots=True)
-class _Folder:
-    """A date/user folder: how many entries it holds, to know whether the pass empties it."""
+class _Left:
+    """A folder the watermark walk may empty: entries left in it once the pass has done what it planned so far."""
 
-    root: str
-    date: str
-    user: str
-    entries: int
-    mtime: float
-    deleted: int = 0
+    parts: tuple[str, ...]  # (date, user) or (date,)
+    left: int
+    stamp: int | None = None  # its mtime_ns while the walk read it
+    date: _Left | None = None  # a user folder's date folder
+    gone: bool = False  # removed before the watermark (a dry run: planned to be)
 
 
 @dataclass
 class Plan:
-    """Everything one pass will delete, plus what it saw and kept (for the report, alerts and metrics)."""
+    """What one pass deletes, and what it saw and kept (for the report, alerts and metrics).
+
+    Steps are counted as they are made (note()): the totals need no list of them, so a pass over a tree of
+    any size holds only one folder's steps at a time. With *record* (tests, and callers that want
+    plan.actions() afterwards) every step is kept as well; the CLI passes a *listener* instead, which is
+    handed each step's paths (actions) as the step is made and streams them out. Paths named one by one
+    (refused, left alone, pin markers) are kept up to LISTED each; the rest only counted."""
 
     now: float
     roots: dict[str, str]  # "outputs"/"failed" -> absolute path
+    record: bool = True
+    listener: Callable[[Iterator[dict[str, Any]]], None] | None = None  # handed each step's paths as it is made
     devs: dict[str, int] = field(default_factory=dict)
-    deletions: list[Group] = field(default_factory=list)
-    folders: list[EmptyFolder] = field(default_factory=list)  # deepest first
-    pinned: dict[str, Any] = field(default_factory=lambda: {"files": 0, "bytes": 0, "markers": []})
+    pinned: dict[str, Any] = field(default_factory=lambda: {"files": 0, "bytes": 0, "markers": [], "marker_count": 0})
     young: dict[str, int] = field(default_factory=lambda: {"files": 0, "bytes": 0})
     in_flight: int = 0
     awaiting_archive: dict[str, int] = field(default_factory=lambda: {"files": 0, "bytes": 0})
     refused: list[dict[str, str]] = field(default_factory=list)
+    refused_count: int = 0
     unmanaged: list[str] = field(default_factory=list)
-    stamps: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (root, date, user) -> folder mtime_ns
+    unmanaged_count: int = 0
     users: dict[str, list[int]] = field(default_factory=dict)  # user -> [bytes, files] left after the pass
     dates: dict[str, int] = field(default_factory=dict)  # date -> bytes left after the pass
     outputs_left: int = 0  # outputs (groups with an .mp4) left after the pass
     failed_entries: int = 0  # failed/ entries left after the pass
     watermark: dict[str, Any] = field(default_factory=dict)
     shortfall: dict[str, int] | None = None
-    _summarized: tuple[tuple[int, int], dict[str, Any], int] | None = field(default=None, repr=False, compare=False)
+    by_reason: dict[str, dict[str, int]] = field(default_factory=dict)  # reason -> {"files", "bytes"} planned
+    files: int = 0
+    bytes: int = 0
+    freed_estimate: int = 0
+    freed_by_root: dict[str, int] = field(default_factory=dict)  # "outputs"/"failed" -> bytes a delete frees
+    folder_count: int = 0
+    action_count_: int = 0
+    _steps: list[Step] = field(default_factory=list, repr=False)
 
     def path_of(self, group: Group, member: str | None = None) -> str:
         parts = [self.roots[group.root], *group.folder, member if member is not None else group.name]
         return os.path.join(*parts)
 
-    def iter_actions(self) -> Iterator[dict[str, Any]]:
-        """One line per path, in the order the pass carries them out: each path, size, reason."""
-        for g in self.deletions:
+    # -- while the plan is made -----------------------------------------------------------------------------
+
+    def note(self, step: Step) -> None:
+        """Count a step as it is handed out (and keep it, or hand it to the listener)."""
+        for g in step.groups:
+            n = g.files if g.kind == "failed" else len(g.members)
+            self.action_count_ += 1 if g.kind == "failed" else n
+            r = self.by_reason.get(g.reason)
+            if r is None:
+                r = self.by_reason[g.reason] = {"files": 0, "bytes": 0}
+            r["files"] += n
+            r["bytes"] += g.size
+            self.files += n
+            self.bytes += g.size
+            self.freed_estimate += g.freed
+            self.freed_by_root[g.root] = self.freed_by_root.get(g.root, 0) + g.freed
+        if step.remove:
+            self.folder_count += 1
+            self.action_count_ += 1
+        if self.record:
+            self._steps.append(step)
+        if self.listener is not None:
+            self.listener(self.step_actions(step))
+
+    def refuse(self, path: str, why: str) -> None:
+        self.refused_count += 1
+        if len(self.refused) < LISTED:
+            self.refused.append({"path": path, "why": why})
+
+    def leave_alone(self, path: str) -> None:
+        """Something not in the layout: reported, never touched."""
+        self.unmanaged_count += 1
+        if len(self.unmanaged) < LISTED:
+            self.unmanaged.append(path)
+
+    def take_back(self, path: str) -> None:
+        """The last leave_alone(path) was an empty folder tree the pass removes after all."""
+        self.unmanaged_count -= 1
+        if self.unmanaged and self.unmanaged[-1] == path and len(self.unmanaged) > self.unmanaged_count:
+            self.unmanaged.pop()
+
+    def pin_marker(self, path: str) -> None:
+        self.pinned["marker_count"] += 1
+        if len(self.pinned["markers"]) < LISTED:
+            self.pinned["markers"].append(path)
+
+    # -- afterwards ---------------------------------------------------------------------------------------
+
+    def step_actions(self, step: Step) -> Iterator[dict[str, Any]]:
+        """One line per path of one step, in the order it is carried out: each path, size, reason."""
+        for g in step.groups:
             if g.kind == "failed":
                 yield {"path": self.path_of(g), "size": g.size, "files": g.files, "reason": g.reason,
                        "detail": g.describe(self.now)}
@@ -189,46 +256,34 @@ class Plan:
             detail = g.describe(self.now)
             for name, size, _freed, _mtime, _ino in g.members:
                 yield {"path": self.path_of(g, name), "size": size, "reason": g.reason, "detail": detail}
-        for root, parts, tree in self.folders:
-            yield {"path": os.path.join(self.roots[root], *parts), "size": 0, "reason": EMPTY_FOLDER,
-                   "detail": f"empty folder tree, {tree} folders" if tree else "emptied folder"}
+        if step.remove:
+            yield {"path": os.path.join(self.roots[step.root], *step.folder), "size": 0, "reason": EMPTY_FOLDER,
+                   "detail": f"empty folder tree, {step.tree} folders" if step.tree else "emptied folder"}
+
+    @property
+    def deletions(self) -> list[Group]:
+        """Every group planned (recorded plans only)."""
+        return [g for step in self._steps for g in step.groups]
+
+    @property
+    def folders(self) -> list[EmptyFolder]:
+        """Every folder the pass removes (recorded plans only)."""
+        return [EmptyFolder(s.root, s.folder, s.tree) for s in self._steps if s.remove]
+
+    def iter_actions(self) -> Iterator[dict[str, Any]]:
+        """Every path of a recorded plan, in the order the pass carries them out."""
+        for step in self._steps:
+            yield from self.step_actions(step)
 
     def actions(self) -> list[dict[str, Any]]:
         return list(self.iter_actions())
 
     def action_count(self) -> int:
-        return self._summary()[1]
+        return self.action_count_
 
     def totals(self) -> dict[str, Any]:
-        return self._summary()[0]
-
-    def _summary(self) -> tuple[dict[str, Any], int]:
-        """(totals, number of actions): one loop over the deletions for both, redone only if the plan grew."""
-        key = (len(self.deletions), len(self.folders))
-        if self._summarized is not None and self._summarized[0] == key:
-            return self._summarized[1], self._summarized[2]
-        by_reason: dict[str, dict[str, int]] = {}
-        files = size = freed = actions = 0
-        for g in self.deletions:
-            if g.kind == "failed":
-                n = g.files
-                actions += 1
-            else:
-                n = len(g.members)
-                actions += n
-            r = by_reason.get(g.reason)
-            if r is None:
-                r = by_reason[g.reason] = {"files": 0, "bytes": 0}
-            r["files"] += n
-            r["bytes"] += g.size
-            files += n
-            size += g.size
-            freed += g.freed
-        totals = {"files": files, "bytes": size, "freed_estimate": freed, "folders": len(self.folders),
-                  "by_reason": by_reason}
-        actions += len(self.folders)
-        self._summarized = (key, totals, actions)
-        return totals, actions
+        return {"files": self.files, "bytes": self.bytes, "freed_estimate": self.freed_estimate,
+                "folders": self.folder_count, "by_reason": self.by_reason}
 
 
 class _Rules:
@@ -374,35 +429,38 @@ def _freed(st: os.stat_result) -> int:
 
 
 class Planner:
-    """Makes a Plan from the configuration and the current state of the disk, one Step at a time."""
+    """Makes a Plan from the configuration and the current state of the disk, one Step at a time.
+
+    Memory stays flat in the size of the tree: the plan is made date folder by date folder, and nothing is
+    kept of a folder once its step is handed out (see Plan for the counts that are kept)."""
 
     def __init__(self, config: Config, now: float, outputs_fs: FsUsage | None,
-                 hold: ArchiveHold | None = None) -> None:
+                 hold: ArchiveHold | None = None,
+                 listener: Callable[[Iterator[dict[str, Any]]], None] | None = None) -> None:
         janitor = config.janitor
         self.hold = hold
         self.now = now
         self.marker = janitor.keep_marker
         self.min_age = janitor.min_age_hours * 3600
+        self.recent = now - self.min_age  # an empty folder younger than this stays (a job may publish into it)
+        self.closed = datetime.date.fromtimestamp(now - 2 * DAY).isoformat()  # no job publishes into these dates
         self.failed_days = janitor.failed_days
         self.failed_age = max(janitor.failed_days * DAY, self.min_age)
         self.rules = _Rules(janitor.retention.rules, janitor.retention.default_days)
         self.disk = janitor.disk
         self.outputs_fs = outputs_fs
-        # Outputs that could go early are only collected when the watermark can apply (saves memory).
-        self.collect_candidates = outputs_fs is not None and outputs_fs.percent >= self.disk.critical_percent
+        # The watermark applies (and what it could not take is counted) only on a critical disk.
+        self.critical = outputs_fs is not None and outputs_fs.percent >= self.disk.critical_percent
         self.plan = Plan(now=now, roots={"outputs": os.path.abspath(config.paths.outputs),
-                                         "failed": os.path.abspath(config.paths.failed)})
+                                         "failed": os.path.abspath(config.paths.failed)},
+                         record=listener is None, listener=listener)
         self.spool_jobs = self._spool_job_ids(config.paths.spool)
         self.mounts = mount_points(self.plan.roots.values())
         self.holding_mounts = _holding(self.mounts)
-        self._folders: list[_Folder] = []
-        self._candidates: list[Group] = []  # outputs that may go early when the disk is critical
         self._young_freed = 0
         self._pinned_freed = 0
         self._held_freed = 0  # unarchived outputs the watermark may not take (archive.required)
-        self._deleted_counts: dict[tuple[str, str, str], int] = {}
-        self._removed: set[tuple[str, tuple[str, ...]]] = set()  # folders a step already removes
-        self._trees: dict[tuple[str, str, str], int] = {}  # (root, date, user) -> empty trees planned in it
+        self._trees: set[tuple[str, ...]] = set()  # empty trees planned under outputs/ (bounded by the budget)
         self._tree_budget = EMPTY_FOLDERS_PER_PASS
         self._last_stamp = 0  # st_mtime_ns and st_mtime of the folder _open_dir opened last
         self._last_mtime = 0.0
@@ -423,9 +481,9 @@ class Planner:
         return self.plan
 
     def steps(self) -> Iterator[Step]:
-        """The plan as it is made: each folder's step as soon as the folder is read, then the watermark's
-        outputs (oldest first) and the folders left empty. self.plan records every step (for the report)
-        and is complete once the steps are."""
+        """The plan as it is made, date folder by date folder: each user folder's step as soon as it is read
+        (its emptied folder with it), each date folder's removal once its users are done; then, on a critical
+        disk, the watermark's outputs, oldest date first. Each step is counted in self.plan (Plan.note)."""
         for root in ("outputs", "failed"):
             path = self.plan.roots[root]
             try:
@@ -433,19 +491,20 @@ class Planner:
             except FileNotFoundError:
                 continue
             if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-                self.plan.refused.append({"path": path, "why": "the root is a symlink or not a folder"})
+                self.plan.refuse(path, "the root is a symlink or not a folder")
                 continue
             self.plan.devs[root] = st.st_dev
             pinned = os.path.lexists(os.path.join(path, self.marker))
             if pinned:
-                self.plan.pinned["markers"].append(os.path.join(path, self.marker))
+                self.plan.pin_marker(os.path.join(path, self.marker))
             yield from self._scan_dates(root, path, st.st_dev, pinned)
         yield from self._apply_watermark()
-        self._plan_empty_folders()
-        for folder in self.plan.folders:
-            if (folder.root, folder.parts) not in self._removed:
-                yield Step(folder.root, folder.parts, [], remove=True, tree=folder.tree)
-        self.plan.deletions.sort(key=attrgetter("root", "folder", "name"))
+
+    def _emit(self, step: Step) -> Iterator[Step]:
+        """Hand out one step, counted; its descriptors are the planner's and only valid until the next."""
+        self.plan.note(step)
+        yield step
+        step.fd = step.parent_fd = None
 
     def _scan_dates(self, root_name: str, root: str, dev: int, pinned: bool) -> Iterator[Step]:
         """Walk <root>/<date>/<user>/ through directory file descriptors (O_NOFOLLOW at every level)."""
@@ -462,29 +521,39 @@ class Planner:
                 path = os.path.join(root, name)
                 if not self._managed_dir(date, path, dev, _is_date(name)):
                     if root_name == "outputs" and path not in self.mounts and self._unmanaged_is_dir(date):
-                        self._plan_tree(root_fd, root_name, (name,), path)
+                        seen = self._plan_tree(root_fd, (name,), path)
+                        if seen:
+                            yield from self._emit(Step(root_name, (name,), [], remove=True, parent_fd=root_fd,
+                                                       tree=seen))
                     continue
                 date_fd = self._open_dir(root_fd, name, path, dev)
                 if date_fd is None:
                     continue
                 date_mtime = self._last_mtime
+                removed = 0
                 try:
                     with os.scandir(date_fd) as it:
                         users = sorted(it, key=lambda e: e.name)
                     date_pinned = pinned or any(u.name == marker for u in users)
                     if date_pinned and not pinned:
-                        self.plan.pinned["markers"].append(os.path.join(path, marker))
+                        self.plan.pin_marker(os.path.join(path, marker))
                     for user in users:
                         if user.name == marker:
                             continue
                         user_path = f"{path}/{user.name}"  # = os.path.join(path, user.name): path has no trailing /
                         if self._managed_dir(user, user_path, dev, not user.name.startswith(".")):
-                            yield from scan_folder(date_fd, name, user, user_path, dev, date_pinned)
+                            removed += yield from scan_folder(date_fd, name, user, user_path, dev, date_pinned)
                 finally:
                     os.close(date_fd)
-                self._folders.append(_Folder(root_name, name, "", len(users), date_mtime))
+                if self._goes(name, len(users), removed, date_mtime):
+                    yield from self._emit(Step(root_name, (name,), [], remove=True, parent_fd=root_fd))
         finally:
             os.close(root_fd)
+
+    def _goes(self, date: str, entries: int, gone: int, mtime: float) -> bool:
+        """Whether a folder is removed: the pass empties it, or it is empty and older than min_age_hours, or
+        of a date two days gone (a pass killed mid-way leaves emptied folders that look fresh)."""
+        return entries == gone and (gone > 0 or mtime < self.recent or date < self.closed)
 
     def _open_dir(self, parent_fd: int, name: str, path: str, dev: int) -> int | None:
         """A folder's fd, opened without following a symlink and checked to be on the root's filesystem."""
@@ -495,12 +564,12 @@ class Planner:
             with contextlib.suppress(OSError):
                 if os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_dev != dev:
                     why = MOUNT_WHY
-            self.plan.refused.append({"path": path, "why": why})
+            self.plan.refuse(path, why)
             return None
         st = os.fstat(fd)
         if st.st_dev != dev:
             os.close(fd)
-            self.plan.refused.append({"path": path, "why": MOUNT_WHY})
+            self.plan.refuse(path, MOUNT_WHY)
             return None
         self._last_stamp = st.st_mtime_ns
         self._last_mtime = st.st_mtime
@@ -509,28 +578,30 @@ class Planner:
     def _managed_dir(self, entry: os.DirEntry[str], path: str, dev: int, name_ok: bool) -> bool:
         """True for a real folder on the root's filesystem with a managed name; records why not otherwise."""
         if path in self.mounts:
-            self.plan.refused.append({"path": path, "why": MOUNT_WHY})
+            self.plan.refuse(path, MOUNT_WHY)
             return False
         if entry.is_symlink():
-            self.plan.refused.append({"path": path, "why": "symlink (never followed)"})
+            self.plan.refuse(path, "symlink (never followed)")
             return False
         if not entry.is_dir(follow_symlinks=False):
-            self.plan.unmanaged.append(path)
+            self.plan.leave_alone(path)
             return False
         if not name_ok:
             if entry.stat(follow_symlinks=False).st_dev != dev:
-                self.plan.refused.append({"path": path, "why": MOUNT_WHY})
+                self.plan.refuse(path, MOUNT_WHY)
             else:
-                self.plan.unmanaged.append(path)
+                self.plan.leave_alone(path)
             return False
         return True  # its st_dev is checked on the fd itself when it is opened (_open_dir): no lstat needed
 
     def _scan_output_folder(self, date_fd: int, date: str, user_entry: os.DirEntry[str], user_path: str, dev: int,
-                            pinned_above: bool) -> Iterator[Step]:
+                            pinned_above: bool) -> Generator[Step, None, int]:
         """One outputs/<date>/<user>/ folder: the hot loop of a pass, one fstatat per file relative to the folder.
 
         Kept lean on purpose (locals, no per-file objects beyond one (name, stat) pair): it runs once per file.
-        The folder's abandoned temps and expired outputs make one step, handed out while its fd is still open."""
+        The folder's empty folder trees go first, then its abandoned temps and expired outputs make one step
+        (with the folder itself when that empties it), handed out while its fd is still open. Returns 1 when
+        the folder is removed, else 0."""
         user = user_entry.name
         marker = self.marker
         plan = self.plan
@@ -538,11 +609,12 @@ class Planner:
         folder_marker = False
         groups: dict[str, list[tuple[str, os.stat_result]]] = {}  # stem -> its files
         temps: list[tuple[str, os.stat_result]] | None = None
-        entries = videos = trees = 0
+        trees: list[tuple[str, int]] = []  # empty folder trees in it: (name, folders)
+        entries = videos = 0
         user_fd = self._open_dir(date_fd, user, user_path, dev)
         if user_fd is None:
-            return
-        stamp = plan.stamps[("outputs", date, user)] = self._last_stamp
+            return 0
+        stamp = self._last_stamp
         folder_mtime = self._last_mtime
         mounts = self.mounts if user_path in self.holding_mounts else None  # None: no mount point in here
         try:
@@ -550,13 +622,13 @@ class Planner:
                 for entry in it:
                     entries += 1
                     if mounts is not None and f"{user_path}/{entry.name}" in mounts:
-                        plan.refused.append({"path": f"{user_path}/{entry.name}", "why": MOUNT_WHY})
+                        plan.refuse(f"{user_path}/{entry.name}", MOUNT_WHY)
                         continue
                     if not entry.is_file(follow_symlinks=False):
-                        self._odd_entry(entry, os.path.join(user_path, entry.name))
-                        if plan.unmanaged and plan.unmanaged[-1] == f"{user_path}/{entry.name}" and \
-                                self._plan_tree(user_fd, "outputs", (date, user, entry.name), plan.unmanaged[-1]):
-                            trees += 1
+                        if self._odd_entry(entry, f"{user_path}/{entry.name}"):
+                            seen = self._plan_tree(user_fd, (date, user, entry.name), f"{user_path}/{entry.name}")
+                            if seen:
+                                trees.append((entry.name, seen))
                         continue
                     try:
                         st = entry.stat(follow_symlinks=False)
@@ -579,7 +651,7 @@ class Planner:
                                 temps = []
                             temps.append((name, st))
                             continue
-                        plan.unmanaged.append(f"{user_path}/{name}")  # not an output's file: left alone
+                        plan.leave_alone(f"{user_path}/{name}")  # not an output's file: left alone
                         continue
                     elif suffix == "mp4":
                         videos += 1  # a stem has one .mp4 at most: this counts outputs with their video
@@ -590,47 +662,41 @@ class Planner:
                         found.append((name, st))
             folder_pinned = pinned_above or folder_marker
             if folder_marker and not pinned_above:
-                plan.pinned["markers"].append(os.path.join(user_path, marker))
-            self._folders.append(_Folder("outputs", date, user, entries, folder_mtime))
-            if trees:
-                self._trees[("outputs", date, user)] = trees
+                plan.pin_marker(os.path.join(user_path, marker))
+            for name, seen in trees:
+                yield from self._emit(Step("outputs", (date, user, name), [], remove=True, parent_fd=user_fd,
+                                           tree=seen))
             gone: list[Group] = []
             for name, st in temps or ():
                 temp = self._temp(date, user, name, st)
                 if temp is not None:
                     gone.append(temp)
-            gone += self._judge_outputs(date, user, user_path, groups, videos, pins, folder_pinned)
-            if gone:
-                plan.deletions.extend(gone)
-                yield from self._step("outputs", date, user, entries, gone, stamp, user_fd, date_fd)
+            expired, deleted = self._judge_outputs(date, user, user_path, groups, videos, pins, folder_pinned)
+            gone += expired
+            remove = self._goes(date, entries, len(trees) + len(gone) - len(expired) + deleted, folder_mtime)
+            if gone or remove:
+                gone.sort(key=attrgetter("name"))
+                yield from self._emit(Step("outputs", (date, user), gone, remove, stamp, user_fd,
+                                           date_fd if remove else None))
         finally:
             os.close(user_fd)
-
-    def _step(self, root: str, date: str, user: str, entries: int, gone: list[Group], stamp: int | None,
-              fd: int | None, date_fd: int) -> Iterator[Step]:
-        """Hand out one folder's step; a folder this pass empties (the watermark only ever adds) goes with it."""
-        remove = entries == self._deleted_counts.get((root, date, user), 0)
-        if remove:
-            self._removed.add((root, (date, user)))
-        step = Step(root, (date, user), gone, remove, stamp, fd, date_fd if remove else None)
-        yield step
-        step.fd = step.parent_fd = None  # closed after this: a step kept for later opens its folder again
+        return int(remove)
 
     def _judge_outputs(self, date: str, user: str, user_path: str, groups: dict[str, list[tuple[str, os.stat_result]]],
-                       videos: int, pins: set[str] | None, folder_pinned: bool) -> list[Group]:
-        """Sort one folder's outputs into pinned / young / kept / expired (returned) / watermark candidates.
+                       videos: int, pins: set[str] | None, folder_pinned: bool) -> tuple[list[Group], int]:
+        """Sort one folder's outputs into pinned / young / kept / expired; returns the expired and their files.
 
         Runs once per output: the common case (no pins, no rules, three files) takes the fewest steps, and
-        whether an output has its video is only worked out where it matters (deleted or a candidate)."""
+        whether an output has its video is only worked out where it matters (deleted)."""
         plan = self.plan
         folder = (date, user)
         rules = self.rules
         folder_hits = rules.for_folder(date, user) if rules.rules else None
         days, rule = rules.default_days, "default_days"
         cutoff = self.now - days * DAY
-        young_cut = self.now - self.min_age
+        young_cut = self.recent
         total_size = total_files = deleted_here = deleted_size = deleted_videos = 0
-        watermark = self.collect_candidates
+        critical = self.critical
         expired: list[Group] = []
         for stem, found in groups.items():
             if len(found) == 3:  # the usual .mp4 + .json + .jpg, unrolled
@@ -657,36 +723,26 @@ class Planner:
             if mtime > young_cut:
                 plan.young["files"] += len(found)
                 plan.young["bytes"] += size
-                if watermark:
+                if critical:
                     self._young_freed += sum(_freed(st) for _, st in found)
                 continue
             if folder_hits is not None:
                 days, rule = rules.days(folder_hits, [f"{date}/{user}/{n}" for n, _ in found])
                 cutoff = self.now - days * DAY
-            if mtime < cutoff or watermark:
+            if mtime < cutoff:
                 members = [Member(name, st.st_size, st.st_blocks * 512 if st.st_nlink <= 1 else 0, st.st_mtime_ns,
                                   st.st_ino) for name, st in found]
                 freed = sum([m.freed for m in members])
                 has_video = f"{stem}.mp4" in [name for name, _ in found]
-                held = has_video and self.hold is not None and (date, user, stem) not in self.hold.archived
-                if held:  # archiving is on and this video has no verified copy yet: retention waits for it
-                    if mtime < cutoff:
-                        plan.awaiting_archive["files"] += len(found)
-                        plan.awaiting_archive["bytes"] += size
-                    if self.hold.required:  # type: ignore[union-attr]
-                        self._held_freed += freed
-                        continue
-                if mtime < cutoff and not held:
-                    expired.append(Group("outputs", folder, stem, members, mtime, size, freed, has_video, "output",
-                                         EXPIRED, "", days, rule))
-                    deleted_here += len(found)
-                    deleted_size += size
-                    deleted_videos += has_video
-                elif watermark:
-                    self._candidates.append(Group("outputs", folder, stem, members, mtime, size, freed, has_video,
-                                                  unarchived=held))
-        if deleted_here:
-            self._count_deleted("outputs", date, user, deleted_here)
+                if has_video and self.hold is not None and (date, user, stem) not in self.hold.archived:
+                    plan.awaiting_archive["files"] += len(found)  # no verified copy yet: retention waits for it
+                    plan.awaiting_archive["bytes"] += size
+                    continue
+                expired.append(Group("outputs", folder, stem, members, mtime, size, freed, has_video, "output",
+                                     EXPIRED, "", days, rule))
+                deleted_here += len(found)
+                deleted_size += size
+                deleted_videos += has_video
         usage = plan.users.get(user)
         if usage is None:
             usage = plan.users[user] = [0, 0]
@@ -694,7 +750,7 @@ class Planner:
         usage[1] += total_files - deleted_here
         plan.dates[date] = plan.dates.get(date, 0) + total_size - deleted_size
         plan.outputs_left += videos - deleted_videos
-        return expired
+        return expired, deleted_here
 
     def _pin(self, found: list[tuple[str, os.stat_result]], size: int, user_path: str, stem: str,
              pins: set[str] | None, folder_pinned: bool) -> None:
@@ -702,133 +758,123 @@ class Planner:
         plan = self.plan
         plan.pinned["files"] += len(found)
         plan.pinned["bytes"] += size
-        if self.collect_candidates:
+        if self.critical:
             self._pinned_freed += sum(_freed(st) for _, st in found)
         if not folder_pinned and pins is not None:  # each marker by the name it was made with
             names = [stem] if stem in pins else []
             names += [name for name, _ in found if name in pins]
-            plan.pinned["markers"] += [os.path.join(user_path, name + self.marker) for name in names]
+            for name in names:
+                plan.pin_marker(os.path.join(user_path, name + self.marker))
 
-    def _odd_entry(self, entry: os.DirEntry[str], path: str) -> None:
-        """Anything in a user folder that is not a plain file: reported, never touched."""
+    def _odd_entry(self, entry: os.DirEntry[str], path: str) -> bool:
+        """Anything in a user folder that is not a plain file: reported, never touched. True for a folder."""
         if entry.is_symlink():
-            self.plan.refused.append({"path": path, "why": "symlink (never followed)"})
+            self.plan.refuse(path, "symlink (never followed)")
         elif entry.is_dir(follow_symlinks=False):
-            self.plan.unmanaged.append(path)
+            self.plan.leave_alone(path)
+            return True
         else:
-            self.plan.refused.append({"path": path, "why": "not a regular file"})
+            self.plan.refuse(path, "not a regular file")
+        return False
 
     @staticmethod
     def _unmanaged_is_dir(entry: os.DirEntry[str]) -> bool:
         return not entry.is_symlink() and entry.is_dir(follow_symlinks=False)
 
-    def _plan_tree(self, parent_fd: int, root: str, parts: tuple[str, ...], path: str) -> bool:
-        """Plan the removal of parent/parts[-1] when it is an empty folder tree (was just listed as unmanaged:
-        it is taken off that list). Bounded by EMPTY_FOLDERS_PER_PASS folders in all per pass."""
+    def _plan_tree(self, parent_fd: int, parts: tuple[str, ...], path: str) -> int:
+        """The folders in outputs/<parts> when it is an empty folder tree the pass removes (it was just left
+        alone: it is taken back), else 0. Bounded by EMPTY_FOLDERS_PER_PASS folders in all per pass."""
         if self._tree_budget <= 0:
-            return False
+            return 0
         try:
-            seen, empty = empty_tree(parent_fd, parts[-1], self._tree_budget, self.now - self.min_age)
+            seen, empty = empty_tree(parent_fd, parts[-1], self._tree_budget, self.recent)
         except OSError:
-            return False
+            return 0
         self._tree_budget -= seen
         if not empty:
-            return False
-        if self.plan.unmanaged and self.plan.unmanaged[-1] == path:
-            self.plan.unmanaged.pop()
-        self.plan.folders.append(EmptyFolder(root, parts, seen))
-        return True
+            return 0
+        self.plan.take_back(path)
+        self._trees.add(parts)
+        return seen
+
+    def _abandoned(self, name: str, st: os.stat_result) -> bool:
+        """A temp file whose job is gone: older than min_age_hours and not in the spool."""
+        return self.now - st.st_mtime >= self.min_age and _temp_job_id(name) not in self.spool_jobs
 
     def _temp(self, date: str, user: str, name: str, st: os.stat_result) -> Group | None:
         """An abandoned temp file to delete, or None while it is in flight."""
-        age = self.now - st.st_mtime
-        if age < self.min_age or _temp_job_id(name) in self.spool_jobs:
+        if not self._abandoned(name, st):
             self.plan.in_flight += 1
             return None
+        age = self.now - st.st_mtime
         freed = _freed(st)
-        self._count_deleted("outputs", date, user, 1)
         return Group("outputs", (date, user), name, [Member(name, st.st_size, freed, st.st_mtime_ns, st.st_ino)],
                      st.st_mtime, st.st_size, freed, kind="temp", reason=ABANDONED_TEMP,
                      detail=f"temp file {age / 3600:.0f} h old and its job is not in the spool")
 
-    def _delete(self, group: Group) -> None:
-        """Plan *group*'s deletion (a failed/ entry, or a watermark output already counted in the totals)."""
-        self.plan.deletions.append(group)
-        date, user = group.folder
-        if group.root == "outputs":
-            usage = self.plan.users[user]
-            usage[0] -= group.size
-            usage[1] -= len(group.members)
-            self.plan.dates[date] -= group.size
-            self.plan.outputs_left -= group.has_video
-            self._count_deleted("outputs", date, user, len(group.members))
-        else:
-            self.plan.failed_entries -= 1
-            self._count_deleted("failed", date, user, 1)
-
-    def _count_deleted(self, root: str, date: str, user: str, n: int) -> None:
-        key = (root, date, user)
-        self._deleted_counts[key] = self._deleted_counts.get(key, 0) + n
-
     # -- failed/ ------------------------------------------------------------------------------------------
 
     def _scan_failed_folder(self, date_fd: int, date: str, user_entry: os.DirEntry[str], user_path: str, dev: int,
-                            pinned_above: bool) -> Iterator[Step]:
-        """One failed/<date>/<user>/ folder: each entry is deleted whole once it is older than failed_days."""
+                            pinned_above: bool) -> Generator[Step, None, int]:
+        """One failed/<date>/<user>/ folder: each entry is deleted whole once it is older than failed_days.
+        Returns 1 when the folder is removed, else 0."""
         user = user_entry.name
         marker = self.marker
+        plan = self.plan
         folder_st = user_entry.stat(follow_symlinks=False)
         if folder_st.st_dev != dev:  # (outputs/ checks this on the folder's fd, in _open_dir)
-            self.plan.refused.append({"path": user_path, "why": MOUNT_WHY})
-            return
+            plan.refuse(user_path, MOUNT_WHY)
+            return 0
         with os.scandir(user_path) as it:
             entries = list(it)
         names = {e.name for e in entries}
         folder_pinned = pinned_above or marker in names
         if marker in names and not pinned_above:
-            self.plan.pinned["markers"].append(os.path.join(user_path, marker))
-        self._folders.append(_Folder("failed", date, user, len(entries), folder_st.st_mtime))
+            plan.pin_marker(os.path.join(user_path, marker))
         gone: list[Group] = []
         for entry in entries:
             if entry.name == marker or entry.name.endswith(marker):
                 continue
             if entry.path in self.mounts:
-                self.plan.refused.append({"path": entry.path, "why": MOUNT_WHY})
+                plan.refuse(entry.path, MOUNT_WHY)
                 continue
             if entry.is_symlink():
-                self.plan.refused.append({"path": entry.path, "why": "symlink (never followed)"})
+                plan.refuse(entry.path, "symlink (never followed)")
                 continue
             measured = self._measure_entry(entry, dev)
             if measured is None:
                 continue
             size, freed, files, newest, entry_pinned = measured
             st = entry.stat(follow_symlinks=False)
-            self.plan.failed_entries += 1
+            plan.failed_entries += 1
             group = Group("failed", (date, user), entry.name,
                           [Member(entry.name, size, freed, st.st_mtime_ns, st.st_ino)], newest, size, freed,
                           kind="failed", files=files)
             if folder_pinned or entry_pinned or (entry.name + marker) in names:
-                self.plan.pinned["files"] += files
-                self.plan.pinned["bytes"] += size
+                plan.pinned["files"] += files
+                plan.pinned["bytes"] += size
                 self._pinned_freed += freed
                 if not folder_pinned:
-                    self.plan.pinned["markers"].append(entry.path + ("/" + marker if entry_pinned else marker))
+                    plan.pin_marker(entry.path + ("/" + marker if entry_pinned else marker))
                 continue
             age = self.now - newest
             if age > self.failed_age:
                 group.reason = FAILED_EXPIRED
                 group.detail = f"{age / DAY:.1f} days old; failed/ entries are kept {self.failed_days:g} days"
-                self._delete(group)
+                plan.failed_entries -= 1
                 gone.append(group)
-        if gone:  # opened again from the root when carried out (fd None): the entries were read by path
-            yield from self._step("failed", date, user, len(entries), gone, None, None, date_fd)
+        remove = self._goes(date, len(entries), len(gone), folder_st.st_mtime)
+        if gone or remove:  # opened again from the root when carried out (fd None): the entries were read by path
+            gone.sort(key=attrgetter("name"))
+            yield from self._emit(Step("failed", (date, user), gone, remove, None, None, date_fd if remove else None))
+        return int(remove)
 
     def _measure_entry(self, entry: os.DirEntry[str], dev: int) -> _Measured | None:
         """A failed entry's size, files, age and keep marker; None if refused."""
         st = entry.stat(follow_symlinks=False)
         if not entry.is_dir(follow_symlinks=False):
             if not stat.S_ISREG(st.st_mode):
-                self.plan.refused.append({"path": entry.path, "why": "not a regular file"})
+                self.plan.refuse(entry.path, "not a regular file")
                 return None
             return _Measured(st.st_size, _freed(st), 1, st.st_mtime, False)
         size = freed = files = 0
@@ -841,7 +887,7 @@ class Planner:
                 for child in it:
                     cst = child.stat(follow_symlinks=False)
                     if cst.st_dev != dev or child.path in self.mounts:
-                        self.plan.refused.append({"path": child.path, "why": MOUNT_WHY})
+                        self.plan.refuse(child.path, MOUNT_WHY)
                         return None
                     if child.name == self.marker:
                         pinned = True
@@ -854,56 +900,188 @@ class Planner:
                         freed += _freed(cst)
         return _Measured(size, freed, files, newest or st.st_mtime, pinned)
 
-    # -- watermark and folders ----------------------------------------------------------------------------
+    # -- watermark --------------------------------------------------------------------------------------
 
     def _apply_watermark(self) -> Iterator[Step]:
-        """On a critical disk: the oldest remaining outputs, one step each, until the free-space target is met."""
+        """On a critical disk: the oldest remaining outputs, oldest date folder first (oldest output first within
+        it), one step each, until the free-space target is met; a folder this empties goes with it."""
         fs = self.outputs_fs
-        if fs is None or "outputs" not in self.plan.devs or fs.percent < self.disk.critical_percent:
+        if fs is None or not self.critical or "outputs" not in self.plan.devs:
             return
         on_fs = {root for root, dev in self.plan.devs.items() if dev == fs.dev}
-        avail = fs.avail + sum(g.freed for g in self.plan.deletions if g.root in on_fs)
+        avail = fs.avail + sum(self.plan.freed_by_root.get(root, 0) for root in on_fs)
         target = fs.size * self.disk.target_free_percent / 100.0
         taken = 0
         if avail < target:
-            self._candidates.sort(key=lambda g: (g.unarchived, g.mtime))  # archived (or not archiving) first
-            for group in self._candidates:
+            detail = (f"disk {fs.percent:.1f}% used >= critical {self.disk.critical_percent:g}%: "
+                      f"oldest first until {self.disk.target_free_percent:g}% is free")
+            for date, candidates in self._oldest_dates():
+                for group, folder in candidates:
+                    if avail >= target:
+                        break
+                    group.reason, group.detail = WATERMARK, detail
+                    if group.unarchived:
+                        group.detail += "; NOT ARCHIVED (janitor.archive.required is false)"
+                    self._take(group)
+                    folder.left -= len(group.members)
+                    remove = folder.left == 0
+                    yield from self._emit(Step("outputs", group.folder, [group], remove, folder.stamp))
+                    avail += group.freed
+                    taken += 1
+                    if remove:
+                        date.left -= 1
+                        if date.left == 0:
+                            yield from self._emit(Step("outputs", date.parts, [], remove=True))
                 if avail >= target:
                     break
-                group.reason = WATERMARK
-                group.detail = (f"disk {fs.percent:.1f}% used >= critical {self.disk.critical_percent:g}%: "
-                                f"oldest first until {self.disk.target_free_percent:g}% is free")
-                if group.unarchived:
-                    group.detail += "; NOT ARCHIVED (janitor.archive.required is false)"
-                self._delete(group)
-                yield Step("outputs", group.folder, [group], stamp=self.plan.stamps.get(("outputs", *group.folder)))
-                avail += group.freed
-                taken += 1
         self.plan.watermark = {"percent": round(fs.percent, 2), "target_free_percent": self.disk.target_free_percent,
                                "outputs": taken, "avail_after_estimate": int(avail)}
         if avail < target:
             self.plan.shortfall = {"needed": int(target - avail), "pinned": self._pinned_freed,
                                    "young": self._young_freed, "unarchived": self._held_freed}
 
-    def _plan_empty_folders(self) -> None:
-        """User folders the pass empties (or empty ones older than min_age_hours, or of a date two days gone:
-        a pass killed mid-way leaves emptied folders that look fresh), then their date folders."""
-        counts = self._deleted_counts
-        recent = self.now - self.min_age
-        closed = datetime.date.fromtimestamp(self.now - 2 * DAY).isoformat()  # no job publishes into these
-        removed_users: dict[tuple[str, str], int] = {}
-        for f in self._folders:
-            if not f.user:
-                continue
-            deleted = counts.get((f.root, f.date, f.user), 0) + self._trees.get((f.root, f.date, f.user), 0)
-            if f.entries - deleted == 0 and (deleted or f.mtime < recent or f.date < closed):
-                self.plan.folders.append(EmptyFolder(f.root, (f.date, f.user)))
-                removed_users[(f.root, f.date)] = removed_users.get((f.root, f.date), 0) + 1
-        for f in self._folders:
-            if f.user:
-                continue
-            gone = removed_users.get((f.root, f.date), 0)
-            if f.entries - gone == 0 and (gone or f.mtime < recent or f.date < closed):
-                self.plan.folders.append(EmptyFolder(f.root, (f.date,)))
-        self.plan.folders.sort(key=lambda item: (-len(item.parts), item))
+    def _take(self, group: Group) -> None:
+        """Count a watermark output as deleted in the totals left for users, dates and outputs."""
+        date, user = group.folder
+        usage = self.plan.users[user]
+        usage[0] -= group.size
+        usage[1] -= len(group.members)
+        self.plan.dates[date] -= group.size
+        self.plan.outputs_left -= group.has_video
 
+    def _oldest_dates(self) -> Iterator[tuple[_Left, list[tuple[Group, _Left]]]]:
+        """outputs/ read again, one date folder at a time, oldest first: its outputs the watermark may take
+        (not pinned, not young, not expired), oldest first, each with its folder's count of entries left.
+
+        In a real pass what was planned before is gone already; in a dry run it is still there, so what the
+        pass plans to delete (expired outputs, abandoned temps, empty trees) is counted as gone, and the two
+        agree. Only one date folder's outputs are held at a time. Nothing is reported again: the first walk
+        did."""
+        root = self.plan.roots["outputs"]
+        dev = self.plan.devs["outputs"]
+        marker = self.marker
+        try:
+            root_fd = self._open_quiet(None, root, dev)
+        except OSError:
+            return
+        try:
+            root_pinned = os.path.lexists(os.path.join(root, marker))
+            with os.scandir(root_fd) as it:
+                names = sorted(e.name for e in it if _is_date(e.name) and e.is_dir(follow_symlinks=False))
+            for name in names:
+                if f"{root}/{name}" in self.mounts:
+                    continue
+                try:
+                    date_fd = self._open_quiet(root_fd, name, dev)
+                except OSError:
+                    continue
+                try:
+                    with os.scandir(date_fd) as it:
+                        users = sorted(it, key=lambda e: e.name)
+                    date = _Left((name,), len(users))
+                    pinned = root_pinned or any(u.name == marker for u in users)
+                    candidates: list[tuple[tuple[bool, float, str, str], Group, _Left]] = []
+                    for user in users:
+                        path = f"{root}/{name}/{user.name}"
+                        if (user.name == marker or user.name.startswith(".") or path in self.mounts
+                                or not self._unmanaged_is_dir(user)):
+                            continue
+                        try:
+                            user_fd = self._open_quiet(date_fd, user.name, dev)
+                        except OSError:
+                            continue
+                        try:
+                            folder = self._walk_user(user_fd, name, user.name, path, pinned, date, candidates)
+                        except OSError:
+                            continue
+                        finally:
+                            os.close(user_fd)
+                        if folder.gone:  # removed by the first walk (a dry run: planned to be)
+                            date.left -= 1
+                finally:
+                    os.close(date_fd)
+                if candidates:
+                    candidates.sort(key=lambda c: c[0])
+                    yield date, [(group, folder) for _key, group, folder in candidates]
+        finally:
+            os.close(root_fd)
+
+    def _walk_user(self, user_fd: int, date: str, user: str, path: str, pinned_above: bool, date_left: _Left,
+                   candidates: list[tuple[tuple[bool, float, str, str], Group, _Left]]) -> _Left:
+        """One user folder for the watermark: adds its candidates; returns its count of entries left."""
+        folder_st = os.fstat(user_fd)
+        marker = self.marker
+        entries = gone = 0
+        pins: set[str] = set()
+        folder_marker = False
+        groups: dict[str, list[tuple[str, os.stat_result]]] = {}
+        mounts = self.mounts if path in self.holding_mounts else ()
+        with os.scandir(user_fd) as it:
+            for entry in it:
+                entries += 1
+                name = entry.name
+                if f"{path}/{name}" in mounts:
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    gone += (date, user, name) in self._trees
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    entries -= 1
+                    continue
+                stem, _, suffix = name.rpartition(".")
+                if suffix not in _SUFFIXES or not stem:
+                    if name == marker:
+                        folder_marker = True
+                    elif name.endswith(marker):
+                        pins.add(name[:-len(marker)])
+                    elif name[0] == "." and _is_temp(name):
+                        gone += self._abandoned(name, st)
+                    continue
+                groups.setdefault(stem, []).append((name, st))
+        folder = _Left((date, user), entries, folder_st.st_mtime_ns, date_left)
+        if not (pinned_above or folder_marker):
+            gone += self._candidates(date, user, groups, pins, folder, candidates)
+        folder.left -= gone
+        folder.gone = self._goes(date, entries, gone, folder_st.st_mtime)
+        return folder
+
+    def _candidates(self, date: str, user: str, groups: dict[str, list[tuple[str, os.stat_result]]], pins: set[str],
+                    folder: _Left, candidates: list[tuple[tuple[bool, float, str, str], Group, _Left]]) -> int:
+        """Adds a folder's outputs the watermark may take (not pinned, young or expired) to *candidates*;
+        returns the files of its expired outputs (deleted by the first walk; a dry run: planned to be)."""
+        gone = 0
+        folder_hits = self.rules.for_folder(date, user) if self.rules.rules else None
+        for stem, found in groups.items():
+            if stem in pins or any(n in pins for n, _ in found):
+                continue
+            mtime = max(st.st_mtime for _, st in found)
+            if mtime > self.recent:
+                continue
+            days = self.rules.default_days
+            if folder_hits is not None:
+                days, _rule = self.rules.days(folder_hits, [f"{date}/{user}/{n}" for n, _ in found])
+            has_video = f"{stem}.mp4" in [n for n, _ in found]
+            unarchived = has_video and self.hold is not None and (date, user, stem) not in self.hold.archived
+            if mtime < self.now - days * DAY and not unarchived:
+                gone += len(found)  # expired: deleted by the first walk (a dry run: planned to be)
+                continue
+            members = [Member(n, st.st_size, _freed(st), st.st_mtime_ns, st.st_ino) for n, st in found]
+            group = Group("outputs", (date, user), stem, members, mtime, sum(m.size for m in members),
+                          sum(m.freed for m in members), has_video, unarchived=unarchived)
+            if unarchived and self.hold.required:  # type: ignore[union-attr]
+                self._held_freed += group.freed  # better a full-disk alert than a lost video
+                continue
+            # Within a date, archived outputs (their videos already gone, or not archiving) before unarchived.
+            candidates.append(((unarchived, mtime, user, stem), group, folder))
+        return gone
+
+    @staticmethod
+    def _open_quiet(parent_fd: int | None, name: str, dev: int) -> int:
+        """A folder's fd (O_NOFOLLOW), on the root's filesystem, else OSError; reports nothing."""
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        if os.fstat(fd).st_dev != dev:
+            os.close(fd)
+            raise OSError(errno.EXDEV, "another filesystem")
+        return fd

@@ -6,9 +6,10 @@ Rendered from the same document as --json, so a dry run and a real pass print th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from itertools import islice
-from typing import Any
+from typing import Any, TextIO
 
 from daemon.janitor.archive import render_lines as archive_lines
 from daemon.notify.messages import human
@@ -21,22 +22,80 @@ UNMANAGED_LINES = 10
 
 def render_text(doc: dict[str, Any], actions: Iterable[dict[str, Any]] | None = None) -> str:
     """*doc* is PassResult.to_dict(); *actions* the plan's paths when doc leaves them out."""
-    lines: list[str] = []
     if doc.get("skipped_busy"):
-        return "lipsyncd janitor: another pass is running; this one did nothing\n"
-    head = "lipsyncd janitor: dry run, nothing was changed; a real pass would do this:" if doc["dry_run"] \
-        else "lipsyncd janitor:"
-    lines.append(head)
+        return BUSY
+    lines = [head(doc["dry_run"])]
     lines += archive_lines(doc.get("archive"))  # archiving comes first in a pass
     listed = 0
-    limit = None if doc["dry_run"] else REAL_PASS_LINES
-    for action in islice(doc["actions"] if actions is None else actions, limit):
+    for action in islice(doc["actions"] if actions is None else actions, None if doc["dry_run"] else REAL_PASS_LINES):
         listed += 1
-        if action["reason"] == "empty-folder":
-            lines.append(f"  rmdir   {'':>10}  {action['path']}  ({action['detail']})")
+        lines.append(action_line(action))
+    return "\n".join(lines) + "\n" + render_tail(doc, listed)
+
+
+BUSY = "lipsyncd janitor: another pass is running; this one did nothing\n"
+
+
+def head(dry_run: bool) -> str:
+    return "lipsyncd janitor: dry run, nothing was changed; a real pass would do this:" if dry_run \
+        else "lipsyncd janitor:"
+
+
+def action_line(action: dict[str, Any]) -> str:
+    if action["reason"] == "empty-folder":
+        return f"  rmdir   {'':>10}  {action['path']}  ({action['detail']})"
+    return f"  delete  {human(action['size']):>10}  {action['path']}  [{action['reason']}: {action['detail']}]"
+
+
+class Stream:
+    """Writes the report while the pass runs: each step's paths as the plan makes it (Plan.listener), the
+    rest once the pass is done. Nothing per path is kept, so the report of a tree of any size costs the same."""
+
+    def __init__(self, out: TextIO, dry_run: bool, as_json: bool) -> None:
+        self.out, self.dry_run, self.as_json = out, dry_run, as_json
+        self.count = 0  # paths written
+        self.limit = None if dry_run or as_json else REAL_PASS_LINES
+
+    def paths(self, actions: Iterable[dict[str, Any]]) -> None:
+        """One step's paths (Plan.listener): a real pass prints the first REAL_PASS_LINES, --json all of them,
+        one a line (through json's C encoder: with an indent json takes its pure-Python encoder, whose
+        closures are reference cycles left to the paused cycle collector)."""
+        if self.as_json:
+            for action in actions:
+                self.out.write(('{\n  "actions": [\n    ' if not self.count else ",\n    ")
+                               + json.dumps(action, ensure_ascii=False))
+                self.count += 1
+            return
+        if self.limit is not None and self.count >= self.limit:
+            return
+        for action in islice(actions, None if self.limit is None else self.limit - self.count):
+            if not self.count:
+                self.out.write(head(self.dry_run) + "\n")
+            self.out.write(action_line(action) + "\n")
+            self.count += 1
+
+    def finish(self, doc: dict[str, Any]) -> None:
+        """Everything after the paths: *doc* is PassResult.to_dict(actions=False)."""
+        if self.as_json:
+            if not self.count:
+                self.out.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+                return
+            rest = {key: value for key, value in doc.items() if key != "actions"}
+            self.out.write("\n  ],\n" + json.dumps(rest, ensure_ascii=False, indent=2)[2:] + "\n")
+        elif doc.get("skipped_busy"):
+            self.out.write(BUSY)
         else:
-            lines.append(f"  delete  {human(action['size']):>10}  {action['path']}  "
-                         f"[{action['reason']}: {action['detail']}]")
+            if not self.count:
+                self.out.write(head(self.dry_run) + "\n")
+            archived = archive_lines(doc.get("archive"))  # made before the plan; said after its paths
+            if archived:
+                self.out.write("\n".join(archived) + "\n")
+            self.out.write(render_tail(doc, self.count))
+
+
+def render_tail(doc: dict[str, Any], listed: int) -> str:
+    """The report after its path lines (*listed* of them were printed)."""
+    lines: list[str] = []
     if listed < doc["action_count"]:
         lines.append(f"  ... and {doc['action_count'] - listed} more (--json lists every path)")
     totals = doc["totals"]
@@ -51,8 +110,12 @@ def render_text(doc: dict[str, Any], actions: Iterable[dict[str, Any]] | None = 
                      f"to the filesystem), removed {done['folders']} folders")
         for item in done["skipped"]:
             lines.append(f"  skipped {item['path']}: {item['why']}")
+        if done.get("skipped_count", 0) > len(done["skipped"]):
+            lines.append(f"  ... and {done['skipped_count'] - len(done['skipped'])} more skipped")
         for item in done["errors"]:
             lines.append(f"  FAILED  {item['path']}: {item['error']}")
+        if done.get("error_count", 0) > len(done["errors"]):
+            lines.append(f"  ... and {done['error_count'] - len(done['errors'])} more FAILED")
     kept = doc.get("kept") or {}
     if kept:
         pinned, young = kept["pinned"], kept["young"]
@@ -63,6 +126,8 @@ def render_text(doc: dict[str, Any], actions: Iterable[dict[str, Any]] | None = 
             lines.append(f"Kept past retention until archived: {waiting['files']} files ({human(waiting['bytes'])})")
     for item in doc.get("refused", []):
         lines.append(f"Refused: {item['path']}: {item['why']}")
+    if doc.get("refused_count", 0) > len(doc.get("refused", [])):
+        lines.append(f"Refused: ... and {doc['refused_count'] - len(doc['refused'])} more")
     if doc.get("unmanaged_count"):
         lines.append(f"Left alone (not in the outputs/DATE/USER or failed/DATE/USER/NAME layout): "
                      f"{doc['unmanaged_count']} entries:")
@@ -95,4 +160,4 @@ def render_text(doc: dict[str, Any], actions: Iterable[dict[str, Any]] | None = 
     if log_file:
         size = "unreadable" if log_file.get("bytes") is None else human(log_file["bytes"])
         lines.append(f"Log file {log_file['path']}: {size}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if lines else ""

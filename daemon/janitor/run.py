@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from daemon.files import write_atomic
 from daemon.janitor import alerts, spoolreport
 from daemon.janitor import delete as safedelete
 from daemon.janitor import plan as prune
-from daemon.janitor.report import render_text
+from daemon.janitor.report import Stream
 from daemon.names import Exit
 from daemon.notify import send as notify
 
@@ -86,8 +86,9 @@ class PassResult:
             "kept": {"pinned": plan.pinned, "young": plan.young, "in_flight": plan.in_flight,
                      "awaiting_archive": plan.awaiting_archive} if plan else {},
             "refused": plan.refused if plan else [],
-            "unmanaged": plan.unmanaged[:100] if plan else [],
-            "unmanaged_count": len(plan.unmanaged) if plan else 0,
+            "refused_count": plan.refused_count if plan else 0,
+            "unmanaged": plan.unmanaged if plan else [],
+            "unmanaged_count": plan.unmanaged_count if plan else 0,
             "watermark": plan.watermark if plan else {},
             "shortfall": plan.shortfall if plan else None,
             "users": {u: {"bytes": b, "files": f} for u, (b, f) in sorted(plan.users.items())} if plan else {},
@@ -116,17 +117,17 @@ def main(config: Config, dry_run: bool = False, as_json: bool = False) -> int:
     except ConfigError as exc:
         print(f"lipsyncd janitor: configuration error: {exc}", file=sys.stderr)
         return Exit.USAGE
+    stream = Stream(sys.stdout, dry_run, as_json)  # each path as the plan reaches it: nothing per path is kept
     try:
-        result = run_pass(config, dry_run=dry_run)
+        result = run_pass(config, dry_run=dry_run, listener=stream.paths)
     except Exception as exc:  # noqa: BLE001 - report in plain words, exit 1
         log.exception("the janitor pass failed")
         print(f"lipsyncd janitor: the pass failed: {exc}", file=sys.stderr)
+        if as_json and stream.count:  # close the document the paths were written into
+            stream.finish({"dry_run": dry_run, "ok": False, "problems": [f"the pass failed: {exc}"]})
+        sys.stdout.flush()
         return Exit.FAILED
-    if as_json:
-        json.dump(result.to_dict(), sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(render_text(result.to_dict(actions=False), result.plan.iter_actions() if result.plan else ()))
+    stream.finish(result.to_dict(actions=False))
     sys.stdout.flush()
     for problem in result.problems:
         print(f"lipsyncd janitor: {problem}", file=sys.stderr)
@@ -152,9 +153,12 @@ def _pass_lock(state_dir: str | os.PathLike[str], dry_run: bool) -> Iterator[boo
         os.close(fd)
 
 
-def run_pass(config: Config, *, dry_run: bool = False, now: float | None = None) -> PassResult:
+def run_pass(config: Config, *, dry_run: bool = False, now: float | None = None,
+             listener: Callable[[Iterator[dict[str, Any]]], None] | None = None) -> PassResult:
     """The pass itself (no printing): measure, plan, carry out (unless a dry run), measure, alerts, state.
 
+    *listener* is handed each step's planned paths as the plan makes it, and the plan then keeps none (memory stays
+    flat in the size of the tree); without one the plan keeps every step (result.plan.actions()).
     *now* is for tests that need a fixed clock."""
     started = time.time() if now is None else now
     clock = time.monotonic()
@@ -172,7 +176,7 @@ def run_pass(config: Config, *, dry_run: bool = False, now: float | None = None)
         hold = None
         if config.janitor.archive.url:  # copy, verify, then remove local videos, before the prune plan is made
             outputs_fs, hold = _archive(config, result, started, dry_run, outputs_fs)
-        planner = prune.Planner(config, started, outputs_fs, hold)
+        planner = prune.Planner(config, started, outputs_fs, hold=hold, listener=listener)
         with _no_cyclic_gc():
             if dry_run:
                 planner.build()  # every step made and recorded, none carried out: main() prints the plan
@@ -180,10 +184,13 @@ def run_pass(config: Config, *, dry_run: bool = False, now: float | None = None)
                 result.outcome = safedelete.carry_out(planner.plan, planner.steps())  # each folder as it is read
                 result.problems += [f"could not delete {error['path']}: {error['error']}"
                                     for error in result.outcome.errors]
+                if result.outcome.error_count > len(result.outcome.errors):
+                    result.problems.append(f"... and {result.outcome.error_count - len(result.outcome.errors)} "
+                                           "more could not be deleted")
         result.plan = planner.plan
         if planner.plan.unmanaged:  # once per pass, however many there are
             log.info("left alone %d entries not in the outputs/failed layout, e.g. %r",
-                     len(planner.plan.unmanaged), planner.plan.unmanaged[0])
+                     planner.plan.unmanaged_count, planner.plan.unmanaged[0])
         freed = _freed_by_dev(planner.plan, result.outcome)
         after = _estimate_after(before, freed) if dry_run else disk.filesystems(paths.folders())
         result.spool = spoolreport.scan(paths.spool, started, config.queue.lease_seconds)
@@ -244,8 +251,8 @@ def _archive_alert(config: Config, prior: dict[str, Any], state: dict[str, Any],
 
 @contextlib.contextmanager
 def _no_cyclic_gc() -> Iterator[None]:
-    """Pause the cycle collector while the tree is read: the plan builds ~100k small tuples and lists that
-    hold no cycles, and the collector's repeated walks over them cost as much as the scan itself."""
+    """Pause the cycle collector while the tree is read: each folder's plan is many small tuples and lists
+    that hold no cycles, and the collector's repeated walks over them cost as much as the scan itself."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -262,11 +269,8 @@ def _no_cyclic_gc() -> Iterator[None]:
 def _freed_by_dev(plan: prune.Plan, outcome: safedelete.Outcome | None) -> dict[int, int]:
     """Bytes given back per filesystem (st_dev): what the pass freed, or (dry run) what it would."""
     freed: dict[int, int] = {}
-    if outcome is not None:
-        by_root = outcome.freed_by_root.items()
-    else:
-        by_root = ((group.root, group.freed) for group in plan.deletions)
-    for root, size in by_root:
+    by_root = outcome.freed_by_root if outcome is not None else plan.freed_by_root
+    for root, size in by_root.items():
         freed[plan.devs[root]] = freed.get(plan.devs[root], 0) + size
     return freed
 

@@ -68,9 +68,9 @@ class Job:
         return [self.audio, self.video, *self.extra]
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
     """Replace *path* with *data* as JSON in one rename (daemon.files): never seen half written."""
-    write_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    write_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n", durable=durable)
 
 
 def load(folder: Path) -> Job:

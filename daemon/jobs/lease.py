@@ -116,7 +116,7 @@ def write_heartbeat(spool: Path, name: str, data: dict[str, Any]) -> None:
     """Rewrite this worker's heartbeat file, spool/.workers/<name>.json, stamped with the time."""
     folder = spool / WORKERS_DIR
     folder.mkdir(exist_ok=True)
-    write_json_atomic(folder / f"{name}.json", {**data, "updated": time.time()})
+    write_json_atomic(folder / f"{name}.json", {**data, "updated": time.time()}, durable=False)  # status only
 
 
 def remove_heartbeat(spool: Path, host: str, pid: int) -> None:

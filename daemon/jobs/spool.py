@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,9 +66,45 @@ def read_waiting(folder: Path) -> dict[str, Any] | None:
 
 def remove_job_folder(folder: Path) -> None:
     """Remove a finished job's folder: first renamed to a dot-name, so no worker or scan takes it for a job."""
+    gone = retire_job_folder(folder)
+    if gone is not None:
+        shutil.rmtree(gone, ignore_errors=True)
+
+
+def retire_job_folder(folder: Path) -> Path | None:
+    """Rename a finished job's folder to a dot-name: from then on no worker or scan takes it for a job, and it
+    can be removed at leisure (Sweeper). None when it is gone already."""
     gone = folder.with_name(f"{DONE_PREFIX}{folder.name}")
     try:
         os.rename(folder, gone)
     except FileNotFoundError:
-        return
-    shutil.rmtree(gone, ignore_errors=True)
+        return None
+    return gone
+
+
+class Sweeper:
+    """Removes retired job folders (retire_job_folder) in a thread of their own, so a worker takes its next
+    job without waiting for a folder of inputs and work files to be unlinked (20 ms a job on an ext4 mounted
+    with discard). It first removes those a stopped worker left behind; close() finishes the ones handed in."""
+
+    def __init__(self, spool: Path) -> None:
+        self._todo: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, args=(spool,), name="sweeper", daemon=True)
+        self._thread.start()
+
+    def put(self, folder: Path) -> None:
+        self._todo.put(folder)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._todo.put(None)
+        self._thread.join(timeout)
+
+    def _run(self, spool: Path) -> None:
+        try:
+            left = [Path(e.path) for e in os.scandir(spool) if e.name.startswith(DONE_PREFIX)]
+        except OSError:
+            left = []
+        for folder in left:
+            shutil.rmtree(folder, ignore_errors=True)
+        while (folder := self._todo.get()) is not None:
+            shutil.rmtree(folder, ignore_errors=True)

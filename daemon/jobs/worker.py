@@ -39,7 +39,15 @@ from daemon.access import Access
 from daemon.jobs import filing, lease, record
 from daemon.jobs.job import Job, JobState, load, save, write_json_atomic
 from daemon.jobs.queue import REQUEUE_PRIORITY, JobQueue, QueueUnavailable
-from daemon.jobs.spool import POSTER_FILE, RECORD_FILE, RENDERED_DIR, WAITING_FILE, read_waiting, remove_job_folder
+from daemon.jobs.spool import (
+    POSTER_FILE,
+    RECORD_FILE,
+    RENDERED_DIR,
+    WAITING_FILE,
+    Sweeper,
+    read_waiting,
+    retire_job_folder,
+)
 from daemon.log import fields
 from daemon.sdnotify import Notifier
 
@@ -108,6 +116,7 @@ class Worker:
         # deadline re-queues a job only between such changes. Reentrant: _abandon holds it around _requeue.
         self._commit_lock = threading.RLock()
         self._notifier = Notifier()  # when run as lipsyncd-worker@.service; the daemon's workers have none
+        self._sweeper: Sweeper | None = None  # removes finished job folders (started with the first)
 
     # --- process life ------------------------------------------------------------------------------
 
@@ -137,6 +146,8 @@ class Worker:
         finally:
             self._stop_heartbeat.set()
             self._heartbeat_thread.join(HEARTBEAT_JOIN_SECONDS)
+            if self._sweeper is not None:
+                self._sweeper.close()
             self._sign_off()
             for engine in self._engines.values():
                 with contextlib.suppress(Exception):
@@ -420,7 +431,7 @@ class Worker:
         publish that has to wait for the server publishes it later instead of rendering it again."""
         work = output.parent
         (work / POSTER_FILE).unlink(missing_ok=True)  # an engine's file of that name is no poster of ours
-        write_json_atomic(work / RECORD_FILE, job_record)
+        write_json_atomic(work / RECORD_FILE, job_record, durable=False)  # lost to a power cut: rendered again
         kept = run.folder / RENDERED_DIR
         shutil.rmtree(kept, ignore_errors=True)
         os.rename(work, kept)
@@ -608,9 +619,14 @@ class Worker:
             self.current = None
 
     def _remove_job_folder(self, folder: Path) -> None:
-        """Remove a finished or failed job's folder, lease and all."""
+        """Remove a finished or failed job's folder, lease and all: renamed away at once, unlinked by the
+        sweeper thread while the next job starts."""
         self._release()
-        remove_job_folder(folder)
+        gone = retire_job_folder(folder)
+        if gone is not None:
+            if self._sweeper is None:
+                self._sweeper = Sweeper(self.spool)
+            self._sweeper.put(gone)
 
     def _fail(self, run: Run, reason: str, *, engine: str | None) -> None:
         """File the job's inputs and error.txt under failed/ and tell its user."""

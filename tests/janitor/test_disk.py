@@ -242,3 +242,36 @@ def test_dry_run_sends_nothing_and_saves_nothing(fs: Path, sink: HttpSink) -> No
     assert sink.requests == []
     assert not (cfg.paths.state / "janitor.json").exists()
     assert not (fs / "lipsyncd.prom").exists()
+
+
+def test_watermark_goes_date_by_date_and_a_dry_run_plans_exactly_what_the_pass_does(fs: Path) -> None:
+    """The watermark reads outputs/ again one date folder at a time, oldest first, holding one date's outputs;
+    a dry run counts what the pass would already have deleted (expired outputs, abandoned temps), so its
+    plan, folders emptied by the watermark included, is the real pass's."""
+    cfg = make_config(fs, janitor={"retention": {"default_days": 365, "rules": [{"match": "*/*/draft-*", "days": 30}]},
+                                   "disk": {"target_free_percent": 30}})
+    out = cfg.paths.outputs
+    output(out, "2026-10-01", "amy", "draft-a", 50, MIB)                 # expired by its rule
+    output(out, "2026-10-01", "amy", "a1", 50, MIB)
+    put(out / "2026-10-01" / "amy" / ".a2.20261001-101010-aaaaaa.part", 50, MIB)  # an abandoned temp
+    output(out, "2026-10-01", "bob", "b1", 49, MIB)
+    later = [output(out, "2026-10-15", "amy", f"c{i}", 40 - i, MIB) for i in range(4)]
+    latest = [output(out, "2026-11-01", "amy", f"d{i}", 20 - i, MIB) for i in range(10)]
+    young = output(out, "2026-11-27", "amy", "new", 0.2, MIB)
+    assert used_percent(fs) >= 90
+    now = time.time()
+
+    dry = janitor.run_pass(cfg, dry_run=True, now=now)
+    real = janitor.run_pass(cfg, now=now)
+    assert real.ok, real.problems
+    assert dry.plan.actions() == real.plan.actions()
+    assert dry.plan.totals() == real.plan.totals() and dry.plan.watermark["outputs"] == real.plan.watermark["outputs"]
+    removed = [a["path"] for a in real.plan.actions() if a["reason"] == "empty-folder"]
+    day = out / "2026-10-01"
+    assert removed == [str(day / "amy"), str(day / "bob"), str(day)]  # emptied by the watermark, then its date
+    assert not day.exists()
+    taken = [a["path"] for a in real.plan.actions() if a["reason"] == "watermark" and a["path"].endswith(".mp4")]
+    assert taken[:2] == [str(day / "amy" / "a1.mp4"), str(day / "bob" / "b1.mp4")]  # the oldest date first
+    assert not later[0][0].exists() and all(f.exists() for files in latest for f in files)
+    assert all(f.exists() for f in young)
+    assert 100 - used_percent(fs) >= 30

@@ -141,3 +141,20 @@ def test_a_pass_looks_at_a_bounded_number_of_empty_folders(tmp_path: Path, monke
         assert result.outcome is not None and result.outcome.folders <= 100 + 2
         left.append(len(os.listdir(user)) if user.exists() else 0)
     assert left == [150, 50, 0] and not user.exists()
+
+
+def test_paths_left_alone_are_named_up_to_a_bound_and_counted(tmp_path: Path) -> None:
+    """A folder full of stray files costs the report a bounded list, not a record per file."""
+    from daemon.janitor.plan import LISTED
+
+    cfg = make_config(tmp_path)
+    folder = cfg.paths.outputs / DATE / "ann"
+    folder.mkdir(parents=True)
+    for i in range(LISTED + 50):
+        (folder / f"notes{i}.txt").write_bytes(b"x")
+    result = janitor.run_pass(cfg)
+    assert result.ok, result.problems
+    doc = result.to_dict()
+    assert len(result.plan.unmanaged) == LISTED and doc["unmanaged_count"] == LISTED + 50
+    assert f"{LISTED + 50} entries" in render_text(doc)
+    assert len(list(folder.iterdir())) == LISTED + 50
