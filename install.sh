@@ -27,6 +27,7 @@ SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 NAME=lipsyncd
 SERVICE_USER=lipsyncd
 DROP_GROUP=lipsyncd-drop
+ADMIN_GROUP=lipsyncd-admin  # access.admin_group's default: reads everyone's folders in private mode
 PREFIX_OPT=/opt/lipsyncd
 VENV=$PREFIX_OPT/venv
 ETC=/etc/lipsyncd
@@ -168,6 +169,7 @@ apt_install() {
 ensure_users() {
     if [ "$STAGING" = 1 ]; then
         say "would: groupadd --system $DROP_GROUP"
+        say "would: groupadd --system $ADMIN_GROUP"
         say "would: useradd --system --user-group --home-dir $DATA --no-create-home --shell /usr/sbin/nologin $SERVICE_USER"
         say "would: usermod -a -G $DROP_GROUP $SERVICE_USER"
         local person
@@ -175,6 +177,7 @@ ensure_users() {
         return 0
     fi
     getent group "$DROP_GROUP" >/dev/null || { groupadd --system "$DROP_GROUP"; say "created group $DROP_GROUP"; }
+    getent group "$ADMIN_GROUP" >/dev/null || { groupadd --system "$ADMIN_GROUP"; say "created group $ADMIN_GROUP"; }
     if ! getent passwd "$SERVICE_USER" >/dev/null; then
         useradd --system --user-group --home-dir "$DATA" --no-create-home --shell /usr/sbin/nologin \
             --comment "lipsyncd service" "$SERVICE_USER"
@@ -388,11 +391,12 @@ do_purge() {
     remove_path "$DATA"
     remove_path "$LOGS"
     if [ "$STAGING" = 1 ]; then
-        say "would: userdel $SERVICE_USER && groupdel $DROP_GROUP"
+        say "would: userdel $SERVICE_USER && groupdel $DROP_GROUP $ADMIN_GROUP"
     else
         getent passwd "$SERVICE_USER" >/dev/null && userdel "$SERVICE_USER" && say "removed user $SERVICE_USER"
         getent group "$SERVICE_USER" >/dev/null && groupdel "$SERVICE_USER" 2>/dev/null || true
         getent group "$DROP_GROUP" >/dev/null && groupdel "$DROP_GROUP" && say "removed group $DROP_GROUP"
+        getent group "$ADMIN_GROUP" >/dev/null && groupdel "$ADMIN_GROUP" && say "removed group $ADMIN_GROUP"
     fi
     return 0
 }

@@ -78,9 +78,16 @@ def test_publish_fault_waits_without_rendering_again(tmp_path: Path, fault: Call
             assert renders.read_text().count("render") == 1, "the job was rendered again while it waited"
             assert not failures(root)
             assert daemon.proc is not None and daemon.proc.poll() is None
-            [entry] = status.collect(configmod.load(config))["queued"]
+
+            def waiting() -> dict | None:
+                """One look, taken while the job waits between tries (every 2 leases a retry takes it a moment)."""
+                seen = status.collect(configmod.load(config))
+                return seen if len(seen["queued"]) == 1 else None
+
+            seen = wait_for(waiting, 10, "the waiting job in the status")
+            [entry] = seen["queued"]
             assert entry["waiting"]["reason"], entry
-            assert "cannot be published" in status.render_text(status.collect(configmod.load(config)))
+            assert "cannot be published" in status.render_text(seen)
             clear()
             clear = lambda: None  # noqa: E731
             [out] = wait_for(lambda: outputs(root), 60, "the job to be published once the fault is cleared")
