@@ -247,7 +247,7 @@ class Access:
                         yield folder, Kind.DROP_USER, folder.name, root
             elif key in ("outputs", "failed"):
                 for date in subdirs(root):
-                    if not is_date(date.name):
+                    if not names.is_date(date.name):
                         continue
                     if only is None:
                         yield date, Kind.DATE, None, root
@@ -408,10 +408,6 @@ def _no_data() -> Iterator[None]:
     except OSError as exc:
         if exc.errno != errno.ENODATA:
             raise
-
-
-def is_date(name: str) -> bool:
-    return len(name) == 10 and name[4] == name[7] == "-" and name.replace("-", "").isdigit()
 
 
 def subdirs(folder: Path) -> Iterator[Path]:

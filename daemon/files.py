@@ -57,3 +57,12 @@ def move(src: Path, dst: Path) -> None:
         with open(dst, "rb") as handle:
             os.fsync(handle.fileno())
         os.unlink(src)
+
+
+def exists_at(dir_fd: int, name: str) -> bool:
+    """Whether *name* is in the folder open as *dir_fd*, as itself (a symlink counts, never followed)."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return True

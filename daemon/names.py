@@ -12,7 +12,9 @@ UTF-8 writer.
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
+import re
 import unicodedata
 from dataclasses import dataclass
 from enum import IntEnum
@@ -37,6 +39,18 @@ DONE_PREFIX = ".done-"
 WORKERS_DIR = ".workers"
 TAKEOVER_LOCK = ".lease.lock"  # flocked while a stale lease is taken over
 ERROR_FILE = "error.txt"  # in failed/<date>/<user>/<stem>/, beside the inputs and job.json
+DATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\Z")  # outputs/<date>/ and failed/<date>/
+
+
+def is_date(name: str) -> bool:
+    """A date folder's name: YYYY-MM-DD and a real day (2026-13-45 and 2026-02-30 are not in the layout)."""
+    if DATE_NAME.match(name) is None:
+        return False
+    try:
+        datetime.date(int(name[:4]), int(name[5:7]), int(name[8:10]))
+    except ValueError:
+        return False
+    return True
 
 
 class Exit(IntEnum):

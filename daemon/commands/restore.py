@@ -18,8 +18,7 @@ from typing import Any, BinaryIO
 from daemon.access import Access
 from daemon.config import Config
 from daemon.janitor import archive
-from daemon.janitor.plan import DATE_NAME
-from daemon.names import Exit
+from daemon.names import DATE_NAME, Exit
 
 TEMP_SUFFIX = ".restore.part"
 

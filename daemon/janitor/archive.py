@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 from daemon.config import ArchiveConfig, Config, RetentionRule
-from daemon.janitor.plan import DATE_NAME, mount_id
+from daemon.files import exists_at
+from daemon.janitor.plan import mount_id
+from daemon.names import DATE_NAME
 
 log = logging.getLogger("lipsyncd.janitor.archive")
 
@@ -527,13 +529,13 @@ class Archiver:
         try:
             st = os.fstat(root_fd)
             self._dev, self._mount = st.st_dev, mount_id(root_fd)
-            pinned = _exists(root_fd, self.marker)
+            pinned = exists_at(root_fd, self.marker)
             for date in sorted(n for n in os.listdir(root_fd) if DATE_NAME.match(n)):
                 date_fd = self._open(root_fd, date)
                 if date_fd is None:
                     continue
                 try:
-                    date_pinned = pinned or _exists(date_fd, self.marker)
+                    date_pinned = pinned or exists_at(date_fd, self.marker)
                     for user in sorted(os.listdir(date_fd)):
                         if user.startswith(".") or user == self.marker:
                             continue
@@ -713,14 +715,6 @@ class Archiver:
     def _fail(self, path: str, exc: ArchiveError) -> None:
         log.error("could not archive %s: %s; the local file is kept and retried next pass", path, exc)
         self.report.failures.append({"path": path, "failure": exc.failure.value, "why": str(exc)})
-
-
-def _exists(fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=fd, follow_symlinks=False)
-    except OSError:
-        return False
-    return True
 
 
 def _unchanged(fd: int, out: _Output) -> bool:

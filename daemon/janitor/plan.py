@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 from daemon.config import Config, RetentionRule
 from daemon.disk import FsUsage
-from daemon.names import CLAIM_PREFIX
+from daemon.names import CLAIM_PREFIX, is_date
 
 # The mount table of this process: every mount point below the roots is refused (bind mounts included).
 MOUNTINFO = "/proc/self/mountinfo"
@@ -50,7 +50,6 @@ EMPTY_FOLDERS_PER_PASS = 10_000
 # Paths named one by one in each of the plan's lists (refused, left alone, pin markers); the rest are counted.
 LISTED = 100
 
-DATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 OUTPUT_SUFFIXES = (".mp4", ".json", ".jpg")
 _SUFFIXES = frozenset(suffix[1:] for suffix in OUTPUT_SUFFIXES)
 TEMP_MARKS = (".part", ".tmp", ".copy")
@@ -304,17 +303,6 @@ class _Rules:
         return self.default_days, "default_days"
 
 
-def _is_date(name: str) -> bool:
-    """A date folder's name: YYYY-MM-DD and a real day (2026-13-45 and 2026-02-30 are not in the layout)."""
-    if DATE_NAME.match(name) is None:
-        return False
-    try:
-        datetime.date(int(name[:4]), int(name[5:7]), int(name[8:10]))
-    except ValueError:
-        return False
-    return True
-
-
 def _is_temp(name: str) -> bool:
     return name.startswith(".") and any(mark in name for mark in TEMP_MARKS)
 
@@ -519,7 +507,7 @@ class Planner:
                 if name == marker:
                     continue
                 path = os.path.join(root, name)
-                if not self._managed_dir(date, path, dev, _is_date(name)):
+                if not self._managed_dir(date, path, dev, is_date(name)):
                     if root_name == "outputs" and path not in self.mounts and self._unmanaged_is_dir(date):
                         seen = self._plan_tree(root_fd, (name,), path)
                         if seen:
@@ -967,7 +955,7 @@ class Planner:
         try:
             root_pinned = os.path.lexists(os.path.join(root, marker))
             with os.scandir(root_fd) as it:
-                names = sorted(e.name for e in it if _is_date(e.name) and e.is_dir(follow_symlinks=False))
+                names = sorted(e.name for e in it if is_date(e.name) and e.is_dir(follow_symlinks=False))
             for name in names:
                 if f"{root}/{name}" in self.mounts:
                     continue

@@ -10,7 +10,6 @@ not followed, and no name can leave outputs/<date>/<user>/. Outputs are the jani
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import fnmatch
 import json
@@ -25,11 +24,12 @@ from typing import Any, BinaryIO
 
 from daemon import names
 from daemon.config import Config
+from daemon.files import exists_at
+from daemon.names import is_date
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted under a result's name must not hang the request (it is then refused as no file).
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-DATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 SUFFIXES = ("mp4", "json", "jpg")
 RECORD_MAX_BYTES = 4 << 20  # a record bigger than this is not read (it is not one the worker wrote)
 DAY = 86400.0
@@ -37,17 +37,6 @@ DAY = 86400.0
 
 class NotFound(Exception):
     """The file is not there for this caller: missing, not theirs, a symlink, not a regular file, a bad name."""
-
-
-def is_date(name: str) -> bool:
-    """A date folder's name: YYYY-MM-DD and a real day."""
-    if DATE_NAME.match(name) is None:
-        return False
-    try:
-        datetime.date(int(name[:4]), int(name[5:7]), int(name[8:10]))
-    except ValueError:
-        return False
-    return True
 
 
 def is_name(name: str) -> bool:
@@ -172,14 +161,14 @@ def scan(root: Path, user: str, marker: str, date: str | None = None) -> list[Fo
     found: list[Folder] = []
     now = time.time()
     try:
-        root_pinned = _exists(root_fd, marker)
+        root_pinned = exists_at(root_fd, marker)
         for day in _dates(root_fd, date):
             try:
                 date_fd = open_dir(root_fd, day)
             except NotFound:
                 continue
             try:
-                date_pinned = root_pinned or _exists(date_fd, marker)
+                date_pinned = root_pinned or exists_at(date_fd, marker)
                 try:
                     user_fd = open_dir(date_fd, user)
                 except NotFound:
@@ -244,14 +233,6 @@ def stat_date(folder_fd: int, outputs: list[Output]) -> list[Output]:
             with contextlib.suppress(OSError):
                 output.files[suffix] = os.stat(f"{output.stem}.{suffix}", dir_fd=folder_fd, follow_symlinks=False)
     return sorted((o for o in outputs if o.files), key=lambda o: o.mtime, reverse=True)
-
-
-def _exists(fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=fd, follow_symlinks=False)
-    except OSError:
-        return False
-    return True
 
 
 def read_record(folder_fd: int, stem: str) -> dict[str, Any]:
