@@ -328,22 +328,8 @@ def _open_user_folder(root: Path, date: str, user: str) -> int:
 
 
 def _avatars(config: Config, user: str) -> list[str]:
-    try:
-        root = files.open_dir(None, str(config.paths.avatars))
-    except files.NotFound:
-        return []
-    try:
-        folder = files.open_dir(root, user)
-    except files.NotFound:
-        return []
-    finally:
-        os.close(root)
-    try:
-        with os.scandir(folder) as it:
-            return sorted(names.parse(e.name).stem for e in it
-                          if e.is_file(follow_symlinks=False) and names.parse(e.name).kind == "video")
-    finally:
-        os.close(folder)
+    return sorted(names.parse(name).stem for name in files.own_files(config.paths.avatars, user)
+                  if names.parse(name).kind == "video")
 
 
 def _history(path: Path) -> list[dict[str, Any]]:

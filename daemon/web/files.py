@@ -54,6 +54,26 @@ def open_dir(parent_fd: int | None, name: str) -> int:
         raise
 
 
+def own_files(root: Path | str, user: str) -> list[str]:
+    """The names of the plain files in <root>/<user>/ (inbox, avatars), reached without following symlinks;
+    [] when there is no such folder."""
+    try:
+        root_fd = open_dir(None, str(root))
+    except NotFound:
+        return []
+    try:
+        folder = open_dir(root_fd, user)
+    except NotFound:
+        return []
+    finally:
+        os.close(root_fd)
+    try:
+        with os.scandir(folder) as it:
+            return [e.name for e in it if e.is_file(follow_symlinks=False)]
+    finally:
+        os.close(folder)
+
+
 @contextlib.contextmanager
 def user_folder(root: Path, date: str, user: str) -> Iterator[int]:
     """The fd of <root>/<date>/<user>/ opened component by component without following symlinks."""

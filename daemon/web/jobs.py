@@ -44,22 +44,8 @@ def inbox(config: Config, user: str) -> list[str]:
     """The files waiting in inbox/<user>/ to be paired and taken (an upload shows here first); temps left out."""
     if not files.is_name(user):
         return []
-    try:
-        root = files.open_dir(None, str(config.paths.inbox))
-    except files.NotFound:
-        return []
-    try:
-        folder = files.open_dir(root, user)
-    except files.NotFound:
-        return []
-    finally:
-        os.close(root)
-    try:
-        with os.scandir(folder) as it:
-            return sorted(names.escape(e.name) for e in it
-                          if e.is_file(follow_symlinks=False) and not names.is_temp_name(e.name))
-    finally:
-        os.close(folder)
+    return sorted(names.escape(name) for name in files.own_files(config.paths.inbox, user)
+                  if not names.is_temp_name(name))
 
 
 def failures(config: Config, user: str) -> list[dict[str, Any]]:
