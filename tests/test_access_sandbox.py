@@ -9,10 +9,8 @@ SystemCallFilter=. Setting ACLs on what the service owns needs no capability, so
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -31,7 +29,7 @@ from tests.access_support import (
     system_python_fits,
 )
 from tests.daemon_harness import ROOT, failures, outputs, wait_for
-from tests.test_units import DEVICES_CLOSED, check_against_unit, read_trace
+from tests.test_units import DEVICES_CLOSED, check_against_unit, read_trace, stop_traced
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
@@ -77,14 +75,8 @@ def test_the_unprivileged_service_sets_private_acls_inside_its_sandbox(people: P
         assert dropped.returncode == 0, dropped.stderr
         wait_for(lambda: outputs(root) or failures(root), 120, "the job to finish", interval=0.3)
     finally:
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ValueError, ProcessLookupError, OSError):  # the daemon: strace's first tracee
-                os.kill(int(trace_file.read_text().split(None, 1)[0]), signal.SIGTERM)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if proc is not None:
+            stop_traced(proc, trace_file, 90)
         run("userdel", service)
     log = log_file.read_text(errors="replace")
     date = time.strftime("%Y-%m-%d")

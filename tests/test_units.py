@@ -350,6 +350,20 @@ def traced(argv: list[str], out: Path, **kwargs: object) -> subprocess.Popen[byt
                             **kwargs)  # type: ignore[call-overload]
 
 
+def stop_traced(proc: subprocess.Popen[bytes], trace_file: Path, timeout: float) -> None:
+    """Stop a traced service as systemd would: SIGTERM to strace's first tracee (the service itself; strace
+    exits after it), SIGKILL to the whole group after *timeout*."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ValueError, ProcessLookupError, OSError):
+        os.kill(int(trace_file.read_text().split(None, 1)[0]), signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def read_trace(path: Path) -> Trace:
     lines = path.read_text(errors="replace").splitlines()
     names = {m.group(1) for line in lines if (m := re.match(r"^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]", line))}
@@ -415,15 +429,7 @@ def test_daemon_and_a_builtin_render_stay_inside_the_service_sandbox(tmp_path: P
         wait_for(lambda: outputs(tmp_path) or list((tmp_path / "failed").rglob("error.txt")), 240,
                  "the traced job to finish", interval=0.5)
     finally:
-        if proc.poll() is None:
-            # Stop the daemon itself (strace's first tracee), as systemd would; strace exits after it.
-            with contextlib.suppress(ValueError, ProcessLookupError, OSError):
-                os.kill(int(trace_file.read_text().split(None, 1)[0]), signal.SIGTERM)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_traced(proc, trace_file, 90)
         log.close()
     assert outputs(tmp_path), (tmp_path / "daemon.log").read_text()[-3000:]
     trace = read_trace(trace_file)

@@ -20,6 +20,7 @@ from daemon import names
 from daemon.access import Access, AccessError, Kind, NoAccount
 from daemon.config import Config
 from daemon.names import Exit
+from daemon.notify.messages import human
 
 
 def _say(text: str) -> None:
@@ -156,17 +157,10 @@ def list_users(config: Config, *, as_json: bool) -> int:
     print(f"{'USER':16} {'ACCOUNT':16} {'FOLDERS':>7} {'RESULTS':>7} {'KEPT':>10} {'PINS':>5} {'FAILED':>6}")
     for p in found.values():
         print(f"{names.escape(p.user)[:16]:16} {p.account[:16]:16} {len(p.folders):7} {p.results:7} "
-              f"{_size(p.bytes):>10} {p.pins:5} {p.failures:6}")
+              f"{human(p.bytes):>10} {p.pins:5} {p.failures:6}")
     return Exit.OK
 
 
-def _size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def fix_permissions(config: Config, name: str | None) -> int:

@@ -7,12 +7,10 @@ and not from 127.0.0.1. strace shows the video going out through sendfile, and t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -159,7 +157,7 @@ def test_the_web_server_stays_inside_its_units_sandbox(tmp_path: Path) -> None:
     """Every system call, socket family and device of a traced `lipsyncd web` doing a password login (argon2),
     a listing, a ranged sendfile and an upload is allowed by lipsyncd-web.service, with no writable+executable
     memory (MemoryDenyWriteExecute=yes)."""
-    from tests.test_units import DEVICES_CLOSED, check_against_unit, read_trace, writable_executable_maps
+    from tests.test_units import DEVICES_CLOSED, check_against_unit, read_trace, stop_traced, writable_executable_maps
 
     add_output(tmp_path, "alice", "clip", video=os.urandom(1 << 20))
     web = WebServer(tmp_path, auth="password")
@@ -189,13 +187,7 @@ def test_the_web_server_stays_inside_its_units_sandbox(tmp_path: Path) -> None:
                     "-F", f"audio=@{tmp_path / 'a.wav'}", "-F", f"video=@{tmp_path / 'a.wav'};filename=v.mp4",
                     interface=None, user=None)[0] == 200
     finally:
-        with contextlib.suppress(ValueError, ProcessLookupError, OSError):
-            os.kill(int(trace_file.read_text().split(None, 1)[0]), signal.SIGTERM)  # gunicorn's arbiter
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_traced(proc, trace_file, 60)  # the first tracee: gunicorn's arbiter
         log.close()
     trace = read_trace(trace_file)
     assert trace.calls("sendfile"), "the traced server sent no file"
