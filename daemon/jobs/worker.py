@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lipsyncd.worker")
 
-IDLE_POLL_MIN, IDLE_POLL_MAX = 0.02, 0.25  # seconds between empty-queue polls (backs off when idle)
+IDLE_POLL_MIN, IDLE_POLL_MAX = 0.02, 0.1  # seconds between empty-queue polls: a drop waits half the last on average
 QUEUE_RETRY_MAX = 30.0
 HEARTBEAT_MAX_SECONDS = 2.0
 MIN_FREE_BYTES = 16 * 1024 * 1024  # below this on spool/ or outputs/, jobs wait instead of failing

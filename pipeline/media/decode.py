@@ -209,7 +209,7 @@ def scaled_size(info: VideoInfo, max_side: int | None) -> tuple[int, int]:
 def _read_batch(pipe: IO[bytes], width: int, height: int, want: int, pixels: str) -> np.ndarray | None:
     """Up to *want* frames from a rawvideo pipe, in a writable array; None at the end."""
     frame_bytes = _frame_bytes(width, height, pixels)
-    buffer = bytearray(frame_bytes * want)
+    buffer = np.empty(frame_bytes * want, dtype=np.uint8)  # bytearray() would zero tens of MB first, holding the GIL
     view = memoryview(buffer)
     filled = 0
     while filled < len(buffer):
@@ -220,7 +220,7 @@ def _read_batch(pipe: IO[bytes], width: int, height: int, want: int, pixels: str
     frames = filled // frame_bytes
     if frames == 0:
         return None
-    array = np.frombuffer(buffer, dtype=np.uint8, count=frames * frame_bytes)
+    array = buffer[:frames * frame_bytes]
     if pixels == "yuv420p":
         return array.reshape(frames, frame_bytes)
     return array.reshape(frames, height, width, 3)

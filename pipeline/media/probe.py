@@ -10,6 +10,7 @@ import struct
 import subprocess
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -91,9 +92,12 @@ class Limits:
                               "3840x2160 is 8.3) - scale it down (1920x1080 is plenty for a face) and drop it again")
 
     def check_inputs(self, audio: Path, video: Path) -> None:
-        """Probe a job's inputs and check both limits before any engine decodes them."""
-        self.check_sound(probe(audio, "audio"), "audio")
-        self.check_picture(probe(video, "video"), "video")
+        """Probe a job's inputs (both at once: each ffprobe is mostly start-up) and check both limits before
+        any engine decodes them."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe") as pool:
+            picture = pool.submit(probe, video, "video")
+            self.check_sound(probe(audio, "audio"), "audio")
+            self.check_picture(picture.result(), "video")
 
 
 def clock(seconds: float) -> str:

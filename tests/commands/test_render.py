@@ -146,3 +146,22 @@ def test_an_engine_that_cannot_run_still_exits_2_when_found_by_the_render(tmp_pa
     assert done.returncode == 2, done.stderr
     assert "engine 'builtin' cannot run: ffmpeg is not installed" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out.mp4").exists()
+
+
+def test_auto_without_gpu_device_nodes_is_the_cpu_without_importing_torch(tmp_path: Path) -> None:
+    """`auto` (the default device) must not cost a cold render torch's import (about 2 s) before the engine
+    starts where no GPU can be: no /dev/nvidia* or /dev/kfd node."""
+    from pipeline import devices
+
+    assert not devices._gpu_nodes(tmp_path)
+    for node in ("nvidia0", "kfd"):
+        (tmp_path / node).touch()
+        assert devices._gpu_nodes(tmp_path)
+        (tmp_path / node).unlink()
+    (tmp_path / "nvidiactl").touch()  # the control node alone is no GPU
+    assert not devices._gpu_nodes(tmp_path)
+    if devices._gpu_nodes():
+        pytest.skip("this machine has GPU device nodes: auto asks torch, as it should")
+    code = "import sys; from pipeline import devices; print(devices.resolve('auto'), 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.split() == ["cpu", "False"]

@@ -154,13 +154,11 @@ class MouthWarper:
                                                      align_corners=False)
         xs = torch.arange(crop_w, dtype=torch.float32, device=self.device).view(1, 1, -1)
         ys = torch.arange(crop_h, dtype=torch.float32, device=self.device).view(1, -1, 1)
-        moved_full = _sample(full, xs, ys, shift_full[:, 0], shift_full[:, 1])
+        moved_full = _sample(full, shift_full)
         _paint(moved_full, xs, ys, mouth, full_colours)
         moved_half = None
         if half is not None and half_colours is not None:
-            half_xs = torch.arange(crop_w // 2, dtype=torch.float32, device=self.device).view(1, 1, -1)
-            half_ys = torch.arange(crop_h // 2, dtype=torch.float32, device=self.device).view(1, -1, 1)
-            moved_half = _sample(half, half_xs, half_ys, shift_x / 2.0, shift_y / 2.0)
+            moved_half = _sample(half, shift_half, pixel=2.0)
             _paint(moved_half, centre_x, centre_y, mouth, half_colours)
             moved_half = moved_half.round_().clamp_(0, 255).to(torch.uint8)
         # Where the remapping is the identity, bilinear sampling lands within float error of the pixel
@@ -189,12 +187,19 @@ class _Mouth:
         return self.seam - UPPER_LIP_LIFT * self.drop * lens, self.seam + self.drop * lens
 
 
-def _sample(image: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, shift_x: torch.Tensor,
-            shift_y: torch.Tensor) -> torch.Tensor:
-    """grid_sample of uint8 *image* (N, C, h, w) at (xs + shift_x, ys + shift_y), in float."""
+def _sample(image: torch.Tensor, shift: torch.Tensor, pixel: float = 1.0) -> torch.Tensor:
+    """grid_sample of uint8 *image* (N, C, h, w), each pixel taken from where *shift* (N, 2, h, w: x, y, in
+    units of *pixel* image pixels) points, in float.
+
+    The grid is built in place in grid_sample's (N, h, w, 2) layout: stacking x and y into it used to cost
+    more than the sampling itself on the CPU.
+    """
     height, width = image.shape[2:]
-    grid = torch.stack(((xs + shift_x) * (2.0 / max(width - 1, 1)) - 1.0,
-                        (ys + shift_y) * (2.0 / max(height - 1, 1)) - 1.0), dim=-1)
+    xs = torch.arange(width, dtype=torch.float32, device=image.device)
+    ys = torch.arange(height, dtype=torch.float32, device=image.device)
+    pixels = torch.stack((xs.view(1, -1).expand(height, width), ys.view(-1, 1).expand(height, width)), dim=-1)
+    grid = torch.add(pixels, shift.permute(0, 2, 3, 1), alpha=1.0 / pixel)
+    grid.mul_(torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], device=image.device)).sub_(1.0)
     return torch.nn.functional.grid_sample(image.float(), grid, mode="bilinear", padding_mode="border",
                                            align_corners=True)
 
