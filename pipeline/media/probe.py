@@ -10,13 +10,13 @@ import struct
 import subprocess
 import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import EngineError
+from pipeline.media.threads import in_background
 
 PROBE_TIMEOUT_SECONDS = 60
 # A file that decodes this much shorter than its container promises was cut short (an interrupted copy):
@@ -94,10 +94,9 @@ class Limits:
     def check_inputs(self, audio: Path, video: Path) -> None:
         """Probe a job's inputs (both at once: each ffprobe is mostly start-up) and check both limits before
         any engine decodes them."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe") as pool:
-            picture = pool.submit(probe, video, "video")
-            self.check_sound(probe(audio, "audio"), "audio")
-            self.check_picture(picture.result(), "video")
+        picture = in_background(lambda: probe(video, "video"), name="probe")
+        self.check_sound(probe(audio, "audio"), "audio")
+        self.check_picture(picture(), "video")
 
 
 def clock(seconds: float) -> str:
