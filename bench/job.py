@@ -152,8 +152,10 @@ def main() -> int:
             print(f"  ratio drop-to-output / floor: {best['wall'] / floor:.2f} (median of runs "
                   f"{statistics.median(j['wall'] for j in jobs) / floor:.2f}; target <= 1.5)")
             job_cpu, floor_cpu = min(j["cpu"] for j in jobs), min(f["cpu"] for f in floors)
+            cores = os.cpu_count() or 1
             print(f"  CPU time to the published output: worker + its ffmpegs {job_cpu:.2f} s, floor {floor_cpu:.2f} s:"
-                  f" {job_cpu / floor_cpu:.2f}x (a wall ratio below this needs cores the floor leaves idle)")
+                  f" {job_cpu / floor_cpu:.2f}x; even with all {cores} cores busy throughout, the job needs "
+                  f"{job_cpu / cores:.2f} s = {job_cpu / cores / floor:.2f}x the floor")
             print(f"  record complete (sync score + poster) {best['scored']:.2f} s after the drop "
                   f"(settle taken off); sync score {best['score'] and best['score'].get('correlation')}")
             stages = ", ".join(f"{k} {v:.2f}" for k, v in best["timings"].items())
