@@ -177,6 +177,7 @@ def render_text(status: dict[str, Any]) -> str:
         if job.get("waiting"):
             since = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(job["waiting"].get("since") or 0)))
             what = {"publish": "rendered, cannot be published",
+                    "finish": "published, its poster and sync score cannot be added",
                     "fail": "failed, cannot be filed under failed/"}.get(job["waiting"].get("stage") or "", "waits")
             lines.append(f"           {what} since {since}: {job['waiting'].get('reason')}")
     if len(status["queued"]) > 20:

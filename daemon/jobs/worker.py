@@ -552,7 +552,7 @@ class Worker:
                         filing.publish_sidecar(final, ".json", done, job.id, **owner)
                     except OSError as exc:
                         self._wait_to_publish(run, exc, what="is published, but its poster and sync score cannot "
-                                                             "be added")
+                                                             "be added", stage="finish")
                         return
                     self._waited(run)
             sync = f"{score['correlation']:.2f}" if score and "correlation" in score else "n/a"
@@ -561,14 +561,15 @@ class Worker:
         with self._commit_lock:
             self._remove_job_folder(run.folder)
 
-    def _wait_to_publish(self, run: Run, exc: OSError, what: str = "is rendered but cannot be published") -> None:
+    def _wait_to_publish(self, run: Run, exc: OSError, what: str = "is rendered but cannot be published",
+                         stage: str = "publish") -> None:
         """The server cannot take the output now: the job waits, its render kept, and the daemon's reaper puts
         it back on the queue every little while (it is not failed, no attempt is counted, nothing is rendered
         again). Logged once per fault; `lipsyncd status` shows the reason from WAITING_FILE."""
         job, folder = run.job, run.folder
         why = server_fault(exc)
         with self._commit_lock:
-            new = self._note_waiting(run, why, stage="publish")
+            new = self._note_waiting(run, why, stage=stage)
             job.state = JobState.QUEUED
             job.attempts = run.attempts
             with contextlib.suppress(OSError):

@@ -79,12 +79,7 @@ def test_publish_fault_waits_without_rendering_again(tmp_path: Path, fault: Call
             assert not failures(root)
             assert daemon.proc is not None and daemon.proc.poll() is None
 
-            def waiting() -> dict | None:
-                """One look, taken while the job waits between tries (every 2 leases a retry takes it a moment)."""
-                seen = status.collect(configmod.load(config))
-                return seen if len(seen["queued"]) == 1 else None
-
-            seen = wait_for(waiting, 10, "the waiting job in the status")
+            seen = wait_for(lambda: _one_waiting(config), 10, "the waiting job in the status")
             [entry] = seen["queued"]
             assert entry["waiting"]["reason"], entry
             assert "cannot be published" in status.render_text(seen)
@@ -104,6 +99,12 @@ def test_publish_fault_waits_without_rendering_again(tmp_path: Path, fault: Call
     assert "is fixed" in log
     assert not list((root / "spool").glob("2*")), "the job folder is gone once published"
     shutil.rmtree(root / "outputs.away", ignore_errors=True)
+
+
+def _one_waiting(config: Path) -> dict | None:
+    """One look at the status, taken while the job waits between tries (every 2 leases a retry takes it a moment)."""
+    seen = status.collect(configmod.load(config))
+    return seen if len(seen["queued"]) == 1 else None
 
 
 def test_a_restarted_worker_does_not_create_a_missing_outputs_folder(tmp_path: Path) -> None:
@@ -145,6 +146,9 @@ def test_a_publish_stopped_half_way_finishes_with_its_poster(tmp_path: Path) -> 
                  "the job to wait for the poster's name")
         [out] = outputs(root)  # published first: the video and a complete record are out while it waits
         assert json.loads(out.with_suffix(".json").read_text())["pending"] == ["sync_score", "poster"]
+        seen = wait_for(lambda: _one_waiting(config), 10, "the waiting job in the status")
+        said = status.render_text(seen)
+        assert "published, its poster and sync score cannot be added" in said and "cannot be published" not in said
         squat.rmdir()
         assert wait_for(lambda: finished(root), 60, "the poster and the score once the name is free") == [out]
     assert out.name == "talk.mp4" and out.with_suffix(".jpg").is_file()
