@@ -1,12 +1,15 @@
 """Exactly as many frames as the audio needs: the video cut, or played back and forth ("ping-pong").
 
 Ping-pong needs frames in reverse, which a video decoder cannot give cheaply, so the source frames that
-will be shown in reverse are kept as JPEG (quality 95, 4:4:4) in a file in the scratch folder during the
-first pass. Memory never grows with the video's length.
+will be shown in reverse are kept in a file in the scratch folder during the first pass: as decoded when
+they take at most RAW_CACHE_BYTES and a quarter of the free space (a short avatar clip: reading one back
+is a copy), else as JPEG (quality 95, 4:4:4; encoding and decoding one costs about 15 ms at 720p). Memory
+never grows with the video's length.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ from pipeline.media.decode import VideoInfo, _frame_bytes, frame_size, read_fram
 REVERSE_SLACK_FRAMES = 10  # extra frames cached in case the frame count estimate is a little off
 CACHE_ALL_FRAMES = 100  # a video this short plays back and forth entirely from the cache
 JPEG_QUALITY = 95
+RAW_CACHE_BYTES = 512 * 1024 * 1024  # frames kept uncompressed up to this much scratch file
 
 
 @dataclass
@@ -55,8 +59,8 @@ def frames_for_audio(info: VideoInfo, n_frames: int, batch_frames: int, scratch:
         # Keep every frame a reverse pass may show: output frame j >= N shows 2N - 2 - j (down to 0,
         # where the next forward pass starts), so with n output frames it reaches down to 2N - 1 - n.
         keep_from = max(0, 2 * estimate - 1 - n_frames - REVERSE_SLACK_FRAMES)
-        cache = _FrameCache(scratch, keep_from=0 if estimate <= CACHE_ALL_FRAMES else keep_from,
-                            row_width=frame_size(info, pixels)[0])
+        keep_from = 0 if estimate <= CACHE_ALL_FRAMES else keep_from
+        cache = _FrameCache(scratch, info, pixels, keep_from=keep_from, expected=estimate - keep_from)
     try:
         n_source = 0
         for frames in read_frames(info, batch_frames, limit=n_frames, pixels=pixels):
@@ -73,7 +77,7 @@ def frames_for_audio(info: VideoInfo, n_frames: int, batch_frames: int, scratch:
         else:
             keep, stop = range(max(0, 2 * n_source - 1 - n_frames), n_source - 1), n_source - 1
         if cache is None:
-            cache = _FrameCache(scratch, keep_from=keep.start, row_width=frame_size(info, pixels)[0])
+            cache = _FrameCache(scratch, info, pixels, keep_from=keep.start, expected=len(keep))
         if not cache.covers(keep):  # the frame count estimate was off: decode the missing frames again
             cache.keep_from = min(cache.keep_from, keep.start)
             _fill_cache(cache, info, batch_frames, stop=stop, pixels=pixels)
@@ -81,7 +85,7 @@ def frames_for_audio(info: VideoInfo, n_frames: int, batch_frames: int, scratch:
             window = [source_index(j, n_source) for j in range(produced, min(n_frames, produced + batch_frames))]
             run = _one_direction(window, n_source)
             if cache.covers(run):
-                yield FrameBatch(cache.get_many(run, info, pixels), np.asarray(run, dtype=np.int64), produced)
+                yield FrameBatch(cache.get_many(run), np.asarray(run, dtype=np.int64), produced)
                 produced += len(run)
                 continue
             # A forward pass (reverse passes are always cached): decode it from the video again.
@@ -127,56 +131,67 @@ def _fill_cache(cache: _FrameCache, info: VideoInfo, batch_frames: int, stop: in
 
 
 class _FrameCache:
-    """Source frames kept as JPEG in one scratch file, for reading in any order."""
+    """Source frames kept in one scratch file, raw or as JPEG (see the module docstring), for reading in any order."""
 
-    def __init__(self, folder: Path, keep_from: int = 0, row_width: int = 0) -> None:
+    def __init__(self, folder: Path, info: VideoInfo, pixels: str, keep_from: int = 0, expected: int = 0) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.keep_from = keep_from
-        self.row_width = row_width  # yuv420p frames: the frame width
-        self.path = folder / f".frames-{id(self):x}.jpgcache"
+        self.pixels = pixels
+        self.width, self.height = frame_size(info, pixels)
+        self.shape = ((_frame_bytes(self.width, self.height, pixels),) if pixels == "yuv420p"
+                      else (self.height, self.width, 3))
+        needed = (expected + REVERSE_SLACK_FRAMES) * _frame_bytes(self.width, self.height, pixels)
+        self.raw = needed <= min(RAW_CACHE_BYTES, shutil.disk_usage(folder).free // 4)  # never the one that fills it
+        self.path = folder / f".frames-{id(self):x}.{'raw' if self.raw else 'jpg'}cache"
         self.file = open(self.path, "w+b")  # noqa: SIM115 (closed in close())
         self.where: dict[int, tuple[int, int]] = {}
 
     def put_many(self, first: int, frames: np.ndarray) -> None:
         """Keep frames first, first + 1, ... (those from keep_from on that are not kept yet)."""
-        import cv2
-
-        params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                  cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
         for offset, frame in enumerate(frames):
             index = first + offset
             if index < self.keep_from or index in self.where:
                 continue
-            if frame.ndim == 1:  # yuv420p: the planes as one grey picture (H * 3/2 rows of W)
-                frame = frame.reshape(-1, self.row_width)
-            ok, data = cv2.imencode(".jpg", frame, params)  # RGB is stored as if BGR, read back the same way
-            if not ok:
-                raise EngineError("could not keep a video frame for back-and-forth playback (JPEG encoding "
-                                  "failed); check the free space of the work folder")
+            data = memoryview(np.ascontiguousarray(frame)).cast("B") if self.raw else self._jpeg(frame)
             self.file.seek(0, 2)
             position = self.file.tell()
-            self.file.write(data.tobytes())
+            self.file.write(data)
             self.where[index] = (position, len(data))
+
+    def _jpeg(self, frame: np.ndarray) -> bytes:
+        import cv2
+
+        params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                  cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+        if frame.ndim == 1:  # yuv420p: the planes as one grey picture (H * 3/2 rows of W)
+            frame = frame.reshape(-1, self.width)
+        ok, data = cv2.imencode(".jpg", frame, params)  # RGB is stored as if BGR, read back the same way
+        if not ok:
+            raise EngineError("could not keep a video frame for back-and-forth playback (JPEG encoding "
+                              "failed); check the free space of the work folder")
+        return data.tobytes()
 
     def covers(self, run: Iterable[int]) -> bool:
         return all(index in self.where for index in run)
 
-    def get_many(self, run: list[int], info: VideoInfo, pixels: str) -> np.ndarray:
-        import cv2
-
-        width, height = frame_size(info, pixels)
-        if pixels == "yuv420p":
-            frames = np.empty((len(run), _frame_bytes(width, height, pixels)), dtype=np.uint8)
-            mode = cv2.IMREAD_GRAYSCALE
-        else:
-            frames = np.empty((len(run), height, width, 3), dtype=np.uint8)
-            mode = cv2.IMREAD_COLOR
+    def get_many(self, run: list[int]) -> np.ndarray:
+        # A bytearray behind the array, as in decode._read_batch (no transparent huge pages).
+        frames = np.frombuffer(bytearray(len(run) * _frame_bytes(self.width, self.height, self.pixels)),
+                               dtype=np.uint8).reshape(len(run), *self.shape)
         for k, index in enumerate(run):
             position, size = self.where[index]
             self.file.seek(position)
-            data = np.frombuffer(self.file.read(size), dtype=np.uint8)
-            frames[k] = cv2.imdecode(data, mode).reshape(frames.shape[1:])
+            if self.raw:
+                self.file.readinto(memoryview(frames[k]).cast("B"))
+            else:
+                frames[k] = self._unjpeg(self.file.read(size))
         return frames
+
+    def _unjpeg(self, data: bytes) -> np.ndarray:
+        import cv2
+
+        mode = cv2.IMREAD_GRAYSCALE if self.pixels == "yuv420p" else cv2.IMREAD_COLOR
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), mode).reshape(self.shape)
 
     def close(self) -> None:
         self.file.close()

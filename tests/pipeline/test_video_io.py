@@ -37,22 +37,55 @@ def test_ping_pong_order() -> None:
     assert [pingpong.source_index(j, 2) for j in range(5)] == [0, 1, 0, 1, 0]
 
 
+@pytest.mark.parametrize("cache", ["raw", "jpeg"])
 @pytest.mark.parametrize("n_source", [1, 3, 40, 130])  # 130: longer than the all-in-cache limit
-def test_frames_for_audio_cuts_or_plays_back_and_forth(tmp_path: Path, n_source: int) -> None:
+def test_frames_for_audio_cuts_or_plays_back_and_forth(tmp_path: Path, n_source: int, cache: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reverse passes come from the scratch cache: raw frames when they are few, JPEG when they would take
+    more than pipeline.media.pingpong.RAW_CACHE_BYTES."""
+    if cache == "jpeg":
+        monkeypatch.setattr(pingpong, "RAW_CACHE_BYTES", 0)
     clip = media.write_video(tmp_path / "numbered.mp4", _numbered_frames(n_source), 25, (64, 48))
     info = video.open_video(clip)
     for n_out in sorted({1, max(1, n_source // 2), n_source, n_source + 1, n_source + 7, 3 * n_source + 5}):
         sources: list[int] = []
         shown: list[int] = []
+        kinds: set[str] = set()  # the caches seen while it played
         for batch in pingpong.frames_for_audio(info, n_out, 16, tmp_path / "scratch"):
             assert batch.first == len(sources) and len(batch) <= 16
             assert batch.frames.flags.writeable
             sources += batch.sources.tolist()
             shown += _index_of(batch.frames)
+            if (tmp_path / "scratch").exists():
+                kinds |= {p.suffix for p in (tmp_path / "scratch").iterdir() if p.name.endswith("cache")}
         expected = [pingpong.source_index(j, n_source) for j in range(n_out)]
         assert sources == expected, n_out
         assert shown == expected, n_out  # the pixels really are those frames
+        if n_out > n_source:
+            assert kinds == {f".{'raw' if cache == 'raw' else 'jpg'}cache"}, n_out
     assert list((tmp_path / "scratch").iterdir()) == []  # the reverse-play cache is gone
+
+
+def test_the_reverse_cache_is_jpeg_where_raw_frames_would_crowd_the_scratch_disk(tmp_path: Path) -> None:
+    """Raw frames only while they take under a quarter of the scratch disk's free space: on a small one (a 1 MB
+    tmpfs; 40 raw frames of 64x48 would take 0.45 MB) the cache is JPEG, and the frames are still right."""
+    n_source = 40
+    clip = media.write_video(tmp_path / "numbered.mp4", _numbered_frames(n_source), 25, (64, 48))
+    info = video.open_video(clip)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(scratch)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        kinds: set[str] = set()
+        shown: list[int] = []
+        for batch in pingpong.frames_for_audio(info, 3 * n_source, 16, scratch):
+            shown += _index_of(batch.frames)
+            kinds |= {p.suffix for p in scratch.iterdir()}
+        assert kinds == {".jpgcache"}
+        assert shown == [pingpong.source_index(j, n_source) for j in range(3 * n_source)]
+    finally:
+        subprocess.run(["umount", str(scratch)], check=True)
 
 
 def test_rotation_metadata_is_applied(tmp_path: Path) -> None:
