@@ -17,6 +17,11 @@ largest of its ffmpeg children's. Target: <= 2 GB for 3 minutes at 1080p, within
     .venv/bin/python bench/pipeline.py                                  # CPU, 720p, 10 s + memory at 1080p
     .venv/bin/python bench/pipeline.py --device cuda --size 1080        # on a GPU machine
     .venv/bin/python bench/pipeline.py --no-memory                      # skip the 1- and 3-minute renders
+    .venv/bin/python bench/pipeline.py --no-memory --pingpong 4         # also a 4 s avatar under the speech
+
+--pingpong S: a clip of S seconds under the longer speech plays back and forth; its reverse passes come from
+a scratch cache of raw frames (pipeline.media.pingpong.RAW_CACHE_BYTES). Baseline, in the same run: the same
+render with that cache as JPEG (as before, and still beyond the limit).
 """
 
 from __future__ import annotations
@@ -188,6 +193,31 @@ def stages_alone(video: Path, audio: Path, device: str, out: Path) -> dict[str, 
             "mouth warp": frames / warp_seconds, "encode (writer)": frames / encode}
 
 
+def pingpong_cache(size: int, avatar_seconds: float, sound: Path, device: str) -> dict:
+    """A short avatar under longer speech: raw-frame cache against the JPEG cache, alternating, best of 3."""
+    from pipeline.media import pingpong
+
+    clip = face_clip(size, avatar_seconds, OUT)
+    limit, results = pingpong.RAW_CACHE_BYTES, {"raw": [], "jpeg": []}
+    try:
+        for _ in range(3):
+            for kind in results:
+                pingpong.RAW_CACHE_BYTES = limit if kind == "raw" else 0
+                results[kind].append(run_engine(sound, clip, OUT / "pingpong.mp4", device))
+    finally:
+        pingpong.RAW_CACHE_BYTES = limit
+    best = {kind: min(runs, key=lambda r: r["wall"]) for kind, runs in results.items()}
+    cpu = {kind: min(r["cpu"] for r in runs) for kind, runs in results.items()}
+    print(f"back and forth: a {avatar_seconds:g} s {size}p clip under {best['raw']['frames']} frames of speech "
+          "(reverse passes from the scratch cache)")
+    for kind in results:
+        print(f"  {kind} cache   {best[kind]['wall']:7.2f} s wall {cpu[kind]:7.2f} s CPU   the tracking thread "
+              f"waited {best[kind]['timings'].get('decode', 0.0):.2f} s for frames")
+    print(f"  ratio raw / JPEG: {best['raw']['wall'] / best['jpeg']['wall']:.2f} wall, "
+          f"{cpu['raw'] / cpu['jpeg']:.2f} CPU")
+    return {kind: {"wall": best[kind]["wall"], "cpu": cpu[kind]} for kind in results}
+
+
 def memory_child(video: str, audio: str, out: str, device: str) -> None:
     """Run in a fresh process: render, then print peak RSS of this process and of its largest ffmpeg child."""
     result = run_engine(Path(audio), Path(video), Path(out), device)
@@ -213,6 +243,8 @@ def main() -> int:
     parser.add_argument("--memory-size", type=int, default=1080, choices=sorted(SIZES),
                         help="height of the 1- and 3-minute memory inputs (default 1080)")
     parser.add_argument("--no-memory", action="store_true", help="skip the 1- and 3-minute memory renders")
+    parser.add_argument("--pingpong", type=float, metavar="S",
+                        help="also render an S-second clip under the speech: raw vs JPEG reverse-pass cache")
     parser.add_argument("--memory-child", nargs=4, metavar=("VIDEO", "AUDIO", "OUT", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -260,6 +292,9 @@ def main() -> int:
     summary = {"device": device, "size": args.size, "seconds": args.seconds, "frames": frames, "floor": floor,
                "engine": {"wall": engine["wall"], "cpu": engine["cpu"]}, "ratio": ratio, "cpu_ratio": cpu_ratio,
                "realtime": realtime, "timings": engine["timings"], "alone_fps": alone}
+
+    if args.pingpong:
+        summary["pingpong"] = pingpong_cache(args.size, args.pingpong, sound, device)
 
     if not args.no_memory:
         print(f"peak memory, {args.memory_size}p, in fresh processes (this may take several minutes on a CPU):")
