@@ -123,8 +123,6 @@ def run_engine(audio: Path, video: Path, out: Path, device: str) -> dict:
 def stages_alone(video: Path, audio: Path, device: str, out: Path) -> dict[str, float]:
     """Frames/s of each stage on its own, as the engine runs it (same pixels, same settings), on the clip's
     frames decoded once into memory (short clips only)."""
-    import torch
-
     from pipeline.engines.builtin import motion
     from pipeline.engines.builtin.lipsync import PIXELS
     from pipeline.engines.builtin.warp import MouthWarper
@@ -148,9 +146,7 @@ def stages_alone(video: Path, audio: Path, device: str, out: Path) -> dict[str, 
     features = audiomod.frame_features(sound, float(info.fps), frames)
     audio_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    track = motion.mouth_motion(features, device)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    track = motion.mouth_motion(features)
     motion_seconds = time.perf_counter() - started
 
     tracker = FaceTracker(pipeline["builtin"]["detect_every"])
@@ -177,6 +173,8 @@ def stages_alone(video: Path, audio: Path, device: str, out: Path) -> dict[str, 
         warper.apply(frames_batch, mouths, track.opening[span], track.width[span], size=size)
         index += len(frames_batch)
     if device.startswith("cuda"):
+        import torch
+
         torch.cuda.synchronize()
     warp_seconds = time.perf_counter() - started
 

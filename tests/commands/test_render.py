@@ -148,6 +148,19 @@ def test_an_engine_that_cannot_run_still_exits_2_when_found_by_the_render(tmp_pa
     assert "Traceback" not in done.stderr and not (tmp_path / "out.mp4").exists()
 
 
+def test_a_render_on_the_cpu_never_imports_torch(tmp_path: Path, speech_wav: Path, face_mp4: Path) -> None:
+    """On the CPU the builtin engine needs no torch (numpy motion, OpenCV warp): its import would cost a
+    cold render about 1.5 s of CPU. The render runs whole and the process never loads torch."""
+    sound = media.convert(speech_wav, tmp_path / "one-second.wav", "-t", "1")
+    code = ("import sys; from pathlib import Path; from tests.lipsync_support import render; "
+            f"result = render(Path({str(sound)!r}), Path({str(face_mp4)!r}), Path({str(tmp_path / 'out.mp4')!r})); "
+            "print(result.details['frames_changed'] > 0, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]
+
+
 def test_auto_without_gpu_device_nodes_is_the_cpu_without_importing_torch(tmp_path: Path) -> None:
     """`auto` (the default device) must not cost a cold render torch's import (about 2 s) before the engine
     starts where no GPU can be: no /dev/nvidia* or /dev/kfd node."""

@@ -71,7 +71,7 @@ def test_the_engine_opens_the_mouth_where_the_lips_are(clip: str, tmp_path: Path
     assert psnr(ours[:count][outside], plain[:count][outside]) >= 38.0
     sound = audiomod.load_audio(speech_4s)
     features = audiomod.frame_features(sound, 25.0, audiomod.frame_count(sound.duration, 25.0))
-    opening = mouth_motion(features).opening.numpy()  # what the engine opens the mouth to, frame by frame
+    opening = mouth_motion(features).opening  # what the engine opens the mouth to, frame by frame
     offsets: list[float] = []
     between: list[float] = []
     for k in range(count):

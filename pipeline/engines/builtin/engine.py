@@ -13,14 +13,14 @@ from pipeline.media.probe import require_tool
 
 class BuiltinEngine(Engine):
     name = "builtin"
-    checked_by_render = True  # check() imports torch and loads OpenCV's cascade; render() does both (in a thread)
+    checked_by_render = True  # check() loads OpenCV's cascade; render() does too (in a thread)
     options = {
         "mouth_gain": Option(float, 0.0, 4.0, "how far the mouth opens; 1 is as measured"),
         "detect_every": Option(int, 1, 100, "frames between full face detections"),
     }
 
     def check(self) -> None:
-        """ffmpeg, torch and OpenCV's face cascade must be there."""
+        """ffmpeg and OpenCV's face cascade must be there (torch too, for a GPU: it comes with lipsyncd)."""
         from pipeline.errors import EngineError
 
         try:
@@ -29,8 +29,6 @@ class BuiltinEngine(Engine):
         except EngineError as exc:
             raise EngineUnavailable(str(exc)) from None
         try:
-            import torch  # noqa: F401
-
             from pipeline.face import FaceDetector
 
             FaceDetector()

@@ -1,11 +1,11 @@
 """The builtin engine's pipeline, strung together in one place that reads top to bottom.
 
   1. audio features   media.audio      decode to 16 kHz mono; log-mel and loudness per video frame
-  2. mouth motion     builtin.motion   opening and width per frame (torch, on the device)
+  2. mouth motion     builtin.motion   opening and width per frame (numpy)
   3. frames           media.pingpong   decoded in batches; cut, or played back and forth, to the audio's length
      faces            pipeline.face    tracked main face per frame (None: frame passes through)
      lips             pipeline.lips    the lips located in the face (None: frame passes through)
-     synthesis        builtin.warp     mouth region warped on the device (grid_sample), in place
+     synthesis        builtin.warp     mouth region warped in place (OpenCV on the CPU, torch on a GPU)
      encoding         media.encode     H.264 + AAC of the audio, MP4 with faststart
 
 Frames stream through in batches of pipeline.batch_frames: memory does not grow with the video's
@@ -16,11 +16,12 @@ The stages of step 3 overlap: a pipeline of threads over queues one batch deep (
   ffmpeg decoder -> [decode thread] -> [tracking thread: faces, lips] -> [this thread: warp] -> [writer] -> x264
 
 so batch n + 1 is tracked while batch n is warped and batch n - 1 encoded. Each thread spends its time in
-code that releases the GIL (the ffmpeg pipes, OpenCV, torch, numpy), so they run at once on several cores.
+code that releases the GIL (the ffmpeg pipes, OpenCV, numpy, torch), so they run at once on several cores.
 At most two batches wait between two stages: memory stays flat in the video's length.
 
-torch and OpenCV are imported in a thread while step 1 runs (it needs neither): in a cold process
-(`lipsyncd render`) their import overlaps the probe and the audio; in a warm worker it is already done.
+OpenCV (and torch, for a GPU) are imported in a thread while step 1 runs (it needs neither): in a cold
+process (`lipsyncd render`) their import overlaps the probe and the audio; in a warm worker it is already
+done. On the CPU torch is never imported: its import alone costs a cold render about 1.5 s of CPU.
 """
 
 from __future__ import annotations
@@ -95,15 +96,18 @@ class StageClock:
 def lipsync(audio_path: Path, video_path: Path, output: Path, *, settings: BuiltinSettings,
             device: str = "cpu", workdir: Path | None = None, progress: ProgressFn = no_progress) -> RenderResult:
     """Write *output*: *video_path*'s face speaking *audio_path*. EngineError in plain words on bad input."""
-    heavy = threads.in_background(_import_heavy, name="import")
+    heavy = threads.in_background(lambda: _import_heavy(device), name="import")
     return _lipsync(Path(audio_path), Path(video_path), Path(output), settings, device, workdir, progress, heavy)
 
 
-def _import_heavy() -> None:
-    """torch (and so the motion model and the warp) and OpenCV: seconds in a cold process."""
+def _import_heavy(device: str) -> None:
+    """OpenCV, and torch for a GPU: seconds in a cold process."""
     import cv2  # noqa: F401
 
     from pipeline.engines.builtin import motion, warp  # noqa: F401
+
+    if not device.startswith("cpu"):
+        import torch  # noqa: F401
 
 
 def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: BuiltinSettings, device: str,
@@ -121,7 +125,7 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
         audio.require_sound(features, audio_path)
     with clock.stage("imports"):  # what the import thread had left to do (nothing in a warm worker)
         heavy()
-    with _threads_for(device):
+    with _cv2_threads():
         return _render(audio_path, video_path, output, settings, device, workdir, progress, clock, info, sound,
                        n_frames, features)
 
@@ -129,13 +133,13 @@ def _lipsync(audio_path: Path, video_path: Path, output: Path, settings: Builtin
 def _render(audio_path: Path, video_path: Path, output: Path, settings: BuiltinSettings, device: str,
             workdir: Path | None, progress: ProgressFn, clock: StageClock, info: video.VideoInfo,
             sound: audio.Audio, n_frames: int, features: audio.FrameFeatures) -> RenderResult:
-    """Steps 2 and 3, once torch is imported."""
+    """Steps 2 and 3, once OpenCV (and torch, for a GPU) is imported."""
     from pipeline.engines.builtin import motion
     from pipeline.engines.builtin.warp import MouthWarper
 
-    # 2. Mouth motion for every output frame, on the device.
+    # 2. Mouth motion for every output frame.
     with clock.stage("motion"):
-        track = motion.mouth_motion(features, device, gain=settings.mouth_gain)
+        track = motion.mouth_motion(features, gain=settings.mouth_gain)
 
     # 3. Frames, batch by batch: faces, mouth warp, encoding.
     # Frames stay in the decoder's YUV 4:2:0 from decoder to encoder: no colour conversion, and pixels
@@ -200,25 +204,19 @@ def _no_face(video_path: Path) -> EngineError:
 
 
 @contextlib.contextmanager
-def _threads_for(device: str) -> Iterator[None]:
+def _cv2_threads() -> Iterator[None]:
     """Leave most CPU cores to the ffmpeg decoder and encoder that run alongside (and to each other).
 
-    torch and OpenCV default to one thread per core; next to two busy ffmpeg processes that mostly
-    adds contention. On the GPU, torch's CPU threads are not used for the warp at all.
+    OpenCV defaults to one thread per core; next to two busy ffmpeg processes that mostly adds contention.
     """
     import cv2
-    import torch
 
-    threads = max(1, (os.cpu_count() or 1) // 4)
-    saved = torch.get_num_threads(), cv2.getNumThreads()
-    cv2.setNumThreads(threads)
-    if device.startswith("cpu"):
-        torch.set_num_threads(threads)
+    saved = cv2.getNumThreads()
+    cv2.setNumThreads(max(1, (os.cpu_count() or 1) // 4))
     try:
         yield
     finally:
-        torch.set_num_threads(saved[0])
-        cv2.setNumThreads(saved[1])
+        cv2.setNumThreads(saved)
 
 
 def _tracked(batches: Iterator[pingpong.FrameBatch], tracker: FaceTracker, lip_tracker: LipTracker,
@@ -260,15 +258,15 @@ def _warp(warper: MouthWarper, frames: Any, mouths: list, track: motion.MouthTra
 
     Returns the piece size to use from now on and how many frames changed.
     """
-    import torch
-
     opening, width = track.opening[span], track.width[span]
     start = changed = 0
     while start < len(frames):
         piece = slice(start, start + pieces)
         try:
             changed += warper.apply(frames[piece], mouths[piece], opening[piece], width[piece], size=size)
-        except torch.cuda.OutOfMemoryError:
+        except warper.out_of_memory:
+            import torch
+
             if pieces == 1:
                 raise EngineError("the GPU ran out of memory even for one frame; free the GPU (other jobs?) "
                                   "or set pipeline.device to cpu") from None

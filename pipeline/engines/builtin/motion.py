@@ -1,8 +1,8 @@
 """From sound to mouth motion: how open the mouth is, and how wide, at each video frame.
 
 What this is: a deterministic, hand-written mapping from audio features to two numbers per frame,
-written as torch operations on the job's device. It is the "temporal model" stage of the builtin
-engine, with no trained weights:
+in numpy on the CPU whatever the job's device (a few numbers per frame: copying them to a GPU would cost
+more than computing them). It is the "temporal model" stage of the builtin engine, with no trained weights:
 
 1. Opening follows the loudness envelope. Each frame's level (dBFS) is placed between a gate (the
    noise floor + 6 dB, or 30 dB under the speech peak, whichever is higher) and the speech peak
@@ -27,7 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from pipeline.media.audio import FrameFeatures, mel_band_hz
 
@@ -52,107 +53,104 @@ WIDTH_SECONDS = 0.060
 
 @dataclass(frozen=True)
 class MouthTrack:
-    """Per video frame, on the device: opening in [0, 1] (1 = jaw fully dropped), width factor (1 = rest)."""
+    """Per video frame: opening in [0, 1] (1 = jaw fully dropped), width factor (1 = rest)."""
 
-    opening: torch.Tensor  # (T,) float32
-    width: torch.Tensor  # (T,) float32
+    opening: np.ndarray  # (T,) float32
+    width: np.ndarray  # (T,) float32
 
     def __len__(self) -> int:
         return int(self.opening.shape[0])
 
 
-def mouth_motion(features: FrameFeatures, device: str | torch.device = "cpu", gain: float = 1.0) -> MouthTrack:
+def mouth_motion(features: FrameFeatures, gain: float = 1.0) -> MouthTrack:
     """The mouth's opening and width at every frame of *features* (see the module docstring)."""
-    device = torch.device(device)
-    level = torch.as_tensor(features.loudness, dtype=torch.float32, device=device)
-    mel_db = torch.as_tensor(features.mel, dtype=torch.float32, device=device)
-    power = torch.pow(10.0, mel_db / 10.0)
-    band_hz = torch.as_tensor(mel_band_hz(), dtype=torch.float32, device=device)
+    level = np.asarray(features.loudness, dtype=np.float32)
+    power = np.power(np.float32(10.0), np.asarray(features.mel, dtype=np.float32) / np.float32(10.0))
+    band_hz = np.asarray(mel_band_hz(), dtype=np.float32)
     fps = features.fps
 
     target, gate = _loudness_target(level)
     target = target * _sibilant_factor(power, band_hz)
     closure = _closures(level, gate, max(1, round(CLOSURE_WINDOW_SECONDS * fps)))
-    target = torch.where(closure, torch.zeros_like(target), target)
+    target = np.where(closure, np.float32(0.0), target)
     opening = _follow(target, closure, fps)
-    opening = torch.clamp(opening * gain, 0.0, 1.0)
+    opening = np.clip(opening * np.float32(gain), 0.0, 1.0).astype(np.float32)
 
     width_target = _width_target(power, band_hz, voiced=level > gate)
     width = _smooth(width_target, fps, WIDTH_SECONDS)
-    return MouthTrack(opening=opening, width=width)
+    return MouthTrack(opening=opening, width=width.astype(np.float32))
 
 
-def _loudness_target(level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _loudness_target(level: np.ndarray) -> tuple[np.ndarray, np.float32]:
     """Opening target from level alone, and the gate level below which the mouth is shut."""
-    peak = torch.quantile(level, PEAK_QUANTILE)
-    noise = torch.quantile(level, NOISE_QUANTILE)
-    gate = torch.maximum(noise + GATE_ABOVE_NOISE_DB, peak - DYNAMIC_RANGE_DB)
-    span = torch.clamp(peak - gate, min=1.0)
-    target = torch.clamp((level - gate) / span, 0.0, 1.0) ** OPENING_POWER
+    peak = np.float32(np.quantile(level, PEAK_QUANTILE))
+    noise = np.float32(np.quantile(level, NOISE_QUANTILE))
+    gate = max(noise + np.float32(GATE_ABOVE_NOISE_DB), peak - np.float32(DYNAMIC_RANGE_DB))
+    span = max(peak - gate, np.float32(1.0))
+    target = np.clip((level - gate) / span, 0.0, 1.0) ** np.float32(OPENING_POWER)
     return target, gate
 
 
-def _sibilant_factor(power: torch.Tensor, band_hz: torch.Tensor) -> torch.Tensor:
+def _sibilant_factor(power: np.ndarray, band_hz: np.ndarray) -> np.ndarray:
     """1 for voiced sound, down to SIBILANT_OPENING where most energy is above SIBILANT_SPLIT_HZ."""
-    high = power[:, band_hz >= SIBILANT_SPLIT_HZ].sum(dim=1)
-    share = high / torch.clamp(power.sum(dim=1), min=1e-12)
+    high = power[:, band_hz >= SIBILANT_SPLIT_HZ].sum(axis=1)
+    share = high / np.maximum(power.sum(axis=1), np.float32(1e-12))
     low, full = SIBILANT_SHARE
     return 1.0 - (1.0 - SIBILANT_OPENING) * _smoothstep(low, full, share)
 
 
-def _closures(level: torch.Tensor, gate: torch.Tensor, window: int) -> torch.Tensor:
+def _closures(level: np.ndarray, gate: np.float32, window: int) -> np.ndarray:
     """Frames where the level dips CLOSURE_DIP_DB under louder speech on both sides: lips closed."""
     count = level.shape[0]
-    padded = torch.nn.functional.pad(level.view(1, 1, -1), (window, window), value=float(level.min()))
-    peaks = torch.nn.functional.max_pool1d(padded, kernel_size=window, stride=1).view(-1)
+    padded = np.pad(level, window, constant_values=level.min())
+    peaks = sliding_window_view(padded, window).max(axis=1)  # peaks[i] = max(padded[i:i + window])
     before = peaks[:count]  # max of level[t - window .. t - 1]
     after = peaks[window + 1:window + 1 + count]  # max of level[t + 1 .. t + window]
-    around = torch.minimum(before, after)
-    return (around > gate) & (level < around - CLOSURE_DIP_DB)
+    around = np.minimum(before, after)
+    return (around > gate) & (level < around - np.float32(CLOSURE_DIP_DB))
 
 
-def _follow(target: torch.Tensor, closure: torch.Tensor, fps: float) -> torch.Tensor:
+def _follow(target: np.ndarray, closure: np.ndarray, fps: float) -> np.ndarray:
     """Move towards the target: fast when opening, slower when closing, snapping shut on closures."""
-    open_rate, close_rate, snap_rate = (_rate(seconds, fps) for seconds in (OPEN_SECONDS, CLOSE_SECONDS,
-                                                                             SNAP_SECONDS))
-    rate_when_closing = torch.where(closure, torch.full_like(target, snap_rate), torch.full_like(target, close_rate))
-    out = torch.empty_like(target)
-    state = torch.zeros((), dtype=target.dtype, device=target.device)
-    for t in range(target.shape[0]):  # a recursive filter: each frame depends on the one before
-        rate = torch.where(target[t] > state, open_rate, rate_when_closing[t])
-        state = state + rate * (target[t] - state)
+    open_rate, close_rate, snap_rate = (np.float32(_rate(seconds, fps))
+                                        for seconds in (OPEN_SECONDS, CLOSE_SECONDS, SNAP_SECONDS))
+    out = np.empty_like(target)
+    state = np.float32(0.0)
+    for t, (goal, shut) in enumerate(zip(target, closure, strict=True)):  # each frame depends on the one before
+        rate = open_rate if goal > state else snap_rate if shut else close_rate
+        state = state + rate * (goal - state)
         out[t] = state
     return out
 
 
-def _width_target(power: torch.Tensor, band_hz: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+def _width_target(power: np.ndarray, band_hz: np.ndarray, voiced: np.ndarray) -> np.ndarray:
     """Width factor from the voiced-band spectral centroid relative to the speaker's median."""
     low, high = VOICED_BAND_HZ
     in_band = (band_hz >= low) & (band_hz <= high)
     band_power = power[:, in_band]
-    centroid = (band_power * band_hz[in_band]).sum(dim=1) / torch.clamp(band_power.sum(dim=1), min=1e-12)
-    if not bool(voiced.any()):
-        return torch.ones_like(centroid)
-    typical = torch.median(centroid[voiced])
-    relative = (centroid - typical) / torch.clamp(typical, min=1.0)
-    width = 1.0 + torch.clamp(WIDTH_PER_CENTROID * relative, -WIDTH_RANGE, WIDTH_RANGE)
-    return torch.where(voiced, width, torch.ones_like(width))
+    centroid = (band_power * band_hz[in_band]).sum(axis=1) / np.maximum(band_power.sum(axis=1), np.float32(1e-12))
+    if not voiced.any():
+        return np.ones_like(centroid)
+    typical = np.sort(centroid[voiced])[(int(voiced.sum()) - 1) // 2]  # the lower median: a value that occurs
+    relative = (centroid - typical) / max(typical, np.float32(1.0))
+    width = 1.0 + np.clip(np.float32(WIDTH_PER_CENTROID) * relative, -WIDTH_RANGE, WIDTH_RANGE)
+    return np.where(voiced, width, np.float32(1.0))
 
 
-def _smooth(values: torch.Tensor, fps: float, seconds: float) -> torch.Tensor:
+def _smooth(values: np.ndarray, fps: float, seconds: float) -> np.ndarray:
     """Zero-phase exponential smoothing (forward then backward), so it adds no delay."""
     rate = _rate(seconds, fps)
     forward = _exponential(values, rate)
-    return _exponential(forward.flip(0), rate).flip(0)
+    return _exponential(forward[::-1], rate)[::-1]
 
 
-def _exponential(values: torch.Tensor, rate: float) -> torch.Tensor:
+def _exponential(values: np.ndarray, rate: float) -> np.ndarray:
     """y[t] = y[t-1] + rate * (x[t] - y[t-1]) as a convolution with a truncated exponential kernel."""
     taps = max(1, math.ceil(math.log(1e-3) / math.log(1.0 - rate))) if rate < 1.0 else 1
-    kernel = rate * (1.0 - rate) ** torch.arange(taps, dtype=values.dtype, device=values.device)
+    kernel = (rate * (1.0 - rate) ** np.arange(taps)).astype(np.float32)
     kernel = kernel / kernel.sum()
-    padded = torch.nn.functional.pad(values.view(1, 1, -1), (taps - 1, 0), mode="replicate")
-    return torch.nn.functional.conv1d(padded, kernel.flip(0).view(1, 1, -1)).view(-1)
+    padded = np.pad(values, (taps - 1, 0), mode="edge")
+    return np.convolve(padded, kernel, mode="valid").astype(np.float32)
 
 
 def _rate(seconds: float, fps: float) -> float:
@@ -160,6 +158,6 @@ def _rate(seconds: float, fps: float) -> float:
     return 1.0 - math.exp(-1.0 / (fps * seconds))
 
 
-def _smoothstep(low: float, high: float, x: torch.Tensor) -> torch.Tensor:
-    t = torch.clamp((x - low) / (high - low), 0.0, 1.0)
+def _smoothstep(low: float, high: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - low) / (high - low), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
