@@ -280,9 +280,9 @@ def main() -> int:
     for stage, seconds in engine["timings"].items():
         rate = f"{frames / seconds:9.1f} frames/s" if seconds > 0 and stage not in ("probe", "imports") else ""
         print(f"  {stage:<8} {seconds:7.2f} s {rate}")
-    from pipeline.engines.builtin.lipsync import _threads_for
+    from pipeline.engines.builtin.lipsync import _cv2_threads
 
-    with _threads_for(device):  # the engine's own thread settings
+    with _cv2_threads():  # the engine's own thread settings
         alone = stages_alone(clip, sound, device, OUT / "stages.mp4")
     print("each stage alone on the same frames:")
     for stage, rate in alone.items():
