@@ -9,7 +9,8 @@
      encoding         media.encode     H.264 + AAC of the audio, MP4 with faststart
 
 Frames stream through in batches of pipeline.batch_frames: memory does not grow with the video's
-length. On a CUDA out-of-memory error the warp batch is halved and the job goes on.
+length, and the batches reuse the same memory (media.heap). On a CUDA out-of-memory error the warp batch
+is halved and the job goes on.
 
 The stages of step 3 overlap: a pipeline of threads over queues one batch deep (threads.prefetch),
 
@@ -39,7 +40,7 @@ from pipeline.engines.base import ProgressFn, RenderResult, no_progress
 from pipeline.errors import EngineError
 from pipeline.face import FaceBox, FaceTracker
 from pipeline.lips import Lips, LipTracker, LowerFace
-from pipeline.media import audio, encode, pingpong, threads
+from pipeline.media import audio, encode, heap, pingpong, threads
 from pipeline.media import decode as video
 from pipeline.media.probe import Limits
 
@@ -97,7 +98,9 @@ def lipsync(audio_path: Path, video_path: Path, output: Path, *, settings: Built
             device: str = "cpu", workdir: Path | None = None, progress: ProgressFn = no_progress) -> RenderResult:
     """Write *output*: *video_path*'s face speaking *audio_path*. EngineError in plain words on bad input."""
     heavy = threads.in_background(lambda: _import_heavy(device), name="import")
-    return _lipsync(Path(audio_path), Path(video_path), Path(output), settings, device, workdir, progress, heavy)
+    with heap.frames_from_heap():  # batches reuse the same pages instead of fresh mappings (see media.heap)
+        return _lipsync(Path(audio_path), Path(video_path), Path(output), settings, device, workdir, progress,
+                        heavy)
 
 
 def _import_heavy(device: str) -> None:
