@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import threading
 from collections.abc import Iterator
 
@@ -55,10 +55,11 @@ def frames_from_heap() -> Iterator[None]:
                 libc.malloc_trim(0)
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     """The C library, if it is glibc (it has mallopt and malloc_trim with these meanings)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018 (glibc only)
     except (OSError, AttributeError):
         return None
