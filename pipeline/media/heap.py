@@ -20,39 +20,31 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import threading
 from collections.abc import Iterator
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536  # glibc's defaults
 NO_TRIM = 1 << 30
 
-_lock = threading.Lock()
-_users = 0
-
 
 @contextlib.contextmanager
 def frames_from_heap() -> Iterator[None]:
-    """While inside, large allocations come from the heap and freed memory stays for reuse (nests)."""
-    global _users
+    """While inside, large allocations come from the heap and freed memory stays for reuse.
+
+    Process-wide: meant for one render at a time, as a worker and `lipsyncd render` run them.
+    """
     libc = _glibc()
     if libc is None:
         yield
         return
-    with _lock:
-        _users += 1
-        if _users == 1:
-            libc.mallopt(M_MMAP_MAX, 0)
-            libc.mallopt(M_TRIM_THRESHOLD, NO_TRIM)
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, NO_TRIM)
     try:
         yield
     finally:
-        with _lock:
-            _users -= 1
-            if _users == 0:
-                libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-                libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-                libc.malloc_trim(0)
+        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
 
 
 @functools.cache

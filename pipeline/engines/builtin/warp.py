@@ -75,7 +75,6 @@ class MouthWarper:
         backend = backend or ("numpy" if on_cpu else "torch")
         if backend == "numpy" and not on_cpu:
             raise ValueError(f"the numpy warp runs on the CPU, not on {device!r}")
-        self.device = str(device)
         self.pixels = pixels
         self.backend: _NumpyBackend | _TorchBackend = _NumpyBackend() if backend == "numpy" else _TorchBackend(device)
         convert = {"rgb": lambda rgb: rgb, "bgr": lambda rgb: rgb[::-1], "yuv420p": _yuv}[pixels]
