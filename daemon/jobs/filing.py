@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import time
@@ -112,8 +113,9 @@ def publish(outputs_root: Path, job: Job, video: Path, *, sidecars: dict[str, Pa
             publish_dir: Path | None = None, access: Access | None = None) -> Path:
     """Put *video* into outputs/<date>/<user>/ under a free name; sidecars (".json", ".jpg") follow its name.
 
-    Idempotent for one job: if an earlier attempt already linked the video (same inode), that name is reused,
-    and a sidecar file an interrupted try already moved to its temp is taken from there.
+    Idempotent for one job: if an earlier attempt already linked the video (same inode), that name is reused;
+    if it finished (its temp link gone, the video no longer at *video*), its record's job_id finds it; a
+    sidecar file an interrupted try already moved to its temp is taken from there.
     The outputs folder itself is never created here: a missing one is a fault of the server (an unmounted
     share) to wait out, not a folder to make anew on whatever disk lies below.
     With *access*, outputs/<date>/<user>/ is made with its ACL, and files renamed in from the spool get it too.
@@ -126,6 +128,8 @@ def publish(outputs_root: Path, job: Job, video: Path, *, sidecars: dict[str, Pa
     folder.mkdir(parents=True, exist_ok=True)
     temp = folder / f".{names.printable(job.stem)}.{job.id}.part"
     final = _already_published(folder, temp)
+    if final is None and not temp.exists() and not video.exists():
+        final = _published_by(folder, job.id)  # done here by an attempt stopped before job.json said so
     if final is None:
         if not temp.exists():
             _copy_or_move(video, temp)
@@ -190,6 +194,22 @@ def _already_published(folder: Path, temp: Path) -> Path | None:
         other = entry.stat(follow_symlinks=False)
         if (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev):
             return Path(entry.path)
+    return None
+
+
+def _published_by(folder: Path, job_id: str) -> Path | None:
+    """The video whose record names *job_id*: published whole by an attempt that was stopped before its worker
+    could write down where (the video and the temp link are gone then, the record is the trace)."""
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") or not entry.name.endswith(".json"):
+            continue
+        try:
+            named = json.loads(Path(entry.path).read_text(encoding="utf-8")).get("job_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        video = Path(entry.path).with_suffix(".mp4")
+        if named == job_id and video.is_file():
+            return video
     return None
 
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,29 @@ def test_a_service_started_while_outputs_is_read_only_runs_and_publishes_once_fi
     finally:
         clear()
     assert out.name == "talk.mp4" and not failures(root)
+
+
+def test_publishing_again_after_an_attempt_that_finished_finds_its_video_by_the_record(tmp_path: Path) -> None:
+    """A worker killed after filing.publish had done everything (the video renamed out of the job folder, its
+    temp link removed, the record written) but before job.json said so: the next attempt's publish finds the
+    video by the record's job_id. It used to wait for ever on a 'missing' video, blamed on the server."""
+    from daemon.jobs import filing
+    from daemon.jobs.job import InputFile, Job
+
+    outputs_root = tmp_path / "outputs"
+    outputs_root.mkdir()
+    kept = tmp_path / "rendered"
+    kept.mkdir()
+    (kept / "output.mp4").write_bytes(b"video")
+    job = Job(id="20261201-000000-abcdef", user="ann", stem="talk", audio=InputFile("talk.wav", "talk.wav"),
+              video=InputFile("talk.mp4", "talk.mp4"))
+    other = tmp_path / "other.mp4"
+    other.write_bytes(b"someone else's")
+    first = filing.publish(outputs_root, job, kept / "output.mp4", sidecars={".json": {"job_id": job.id}})
+    # Another job of the same name got the next free name since; its record names its own job.
+    second = filing.publish(outputs_root, replace(job, id="20261201-000001-fedcba"), other,
+                            sidecars={".json": {"job_id": "20261201-000001-fedcba"}})
+    assert not (kept / "output.mp4").exists() and (first.name, second.name) == ("talk.mp4", "talk-2.mp4")
+    again = filing.publish(outputs_root, job, kept / "output.mp4", sidecars={".json": {"job_id": job.id}})
+    assert again == first and first.read_bytes() == b"video"
+    assert sorted(p.name for p in first.parent.iterdir()) == ["talk-2.json", "talk-2.mp4", "talk.json", "talk.mp4"]
